@@ -1,0 +1,694 @@
+"""
+The classic ASP.NET SignalR 2.x wire protocol, without I/O.
+
+Everything here works on plain values: URLs are built from strings, frames are parsed
+from bytes into immutable message values, and invocations are encoded to bytes.  No
+reactor, no sockets; the Twisted adapters in :mod:`txsignalr._connection` and
+:mod:`txsignalr._websocket` feed this module and act on what it returns.
+
+Reference: ``classic.md`` §1-§5 and the transcripts recorded from a real 2.4.3 server.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Union
+from urllib.parse import quote, urlsplit, urlunsplit, parse_qsl
+
+import attrs
+
+from txsignalr.errors import InvalidURL, NegotiationError, ProtocolError
+
+_orjson: Any
+try:  # orjson is optional: it makes the receive path a good deal faster.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _orjson = None
+
+__all__ = [
+    "CLIENT_PROTOCOL",
+    "KEEPALIVE",
+    "ClientInvocation",
+    "Endpoints",
+    "HubResult",
+    "KeepAlive",
+    "NegotiateResponse",
+    "PersistentResponse",
+    "Progress",
+    "RawMessage",
+    "ServerMessage",
+    "Frame",
+    "Transport",
+    "encode_invocation",
+    "loads",
+    "dumps",
+    "parse_frame",
+    "parse_negotiate",
+    "parse_start_response",
+]
+
+#: The protocol version this client announces.  1.5 gives the delayed ``/start`` and
+#: hub progress, and is what the 2.2/2.3 clients sent; every 2.2+ server answers 1.5.
+CLIENT_PROTOCOL: Final = "1.5"
+
+#: Oldest and newest server protocol versions accepted in a negotiate answer
+#: (the .NET 2.4.3 client accepts the same range).
+MIN_SERVER_PROTOCOL: Final = (1, 4)
+MAX_SERVER_PROTOCOL: Final = (2, 1)
+
+
+# --------------------------------------------------------------------------- JSON
+
+if _orjson is not None:
+    _orjson_loads = _orjson.loads
+    _orjson_dumps = _orjson.dumps
+
+    def loads(data: bytes | str) -> Any:
+        """Decode JSON (orjson when installed)."""
+        return _orjson_loads(data)
+
+    def dumps(value: Any) -> bytes:
+        """Encode compact JSON as UTF-8 bytes (orjson when installed)."""
+        encoded: bytes = _orjson_dumps(value)
+        return encoded
+
+    _JSONError: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, ValueError, TypeError)
+else:  # pragma: no cover - exercised where orjson is absent
+    _json_decoder = json.JSONDecoder()
+    _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+    def loads(data: bytes | str) -> Any:
+        """Decode JSON (orjson when installed)."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data).decode("utf-8")
+        return _json_decoder.decode(data.strip())
+
+    def dumps(value: Any) -> bytes:
+        """Encode compact JSON as UTF-8 bytes (orjson when installed)."""
+        return _json_encoder.encode(value).encode("utf-8")
+
+    _JSONError = (ValueError, TypeError)
+
+
+# ------------------------------------------------------------------ message values
+
+
+class Transport(str, enum.Enum):
+    """Transport names as they appear in the ``transport`` query parameter."""
+
+    web_sockets = "webSockets"
+    server_sent_events = "serverSentEvents"
+    long_polling = "longPolling"
+
+
+@attrs.frozen
+class KeepAlive:
+    """The ``{}`` keep-alive frame: activity, but no message."""
+
+
+#: The one keep-alive value; ``parse_frame`` returns this instance.
+KEEPALIVE: Final = KeepAlive()
+
+
+@attrs.frozen
+class ClientInvocation:
+    """
+    A server-to-client method call found inside a persistent response's ``M``.
+
+    :ivar hub: the hub name as the server spells it (match case-insensitively).
+    :ivar method: the client method name as the server spells it.
+    :ivar args: the arguments.
+    :ivar state: caller state changes (``S``) to merge into the hub proxy, or ``None``.
+    """
+
+    hub: str
+    method: str
+    args: tuple[Any, ...]
+    state: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class Progress:
+    """
+    A progress report for a pending invocation (``{"I":"P|n","P":{"I":"n","D":…}}``).
+
+    :ivar invocation_id: the id of the invocation it belongs to (string).
+    :ivar data: the reported value.
+    """
+
+    invocation_id: str
+    data: Any
+
+
+@attrs.frozen
+class HubResult:
+    """
+    The outcome of a hub method invocation (``{"I":…,"R":…}`` or with ``E``).
+
+    :ivar invocation_id: the invocation id, always a string.
+    :ivar result: the return value (``None`` for void or null returns).
+    :ivar has_result: whether ``R`` was present.
+    :ivar error: the error message, or ``None`` on success.
+    :ivar is_hub_exception: whether the server raised a ``HubException`` (``H``).
+    :ivar error_data: the ``HubException`` error data (``D``).
+    :ivar stack_trace: the server stack trace (``T``), when sent.
+    :ivar state: changed hub state keys (``S``) to merge into the proxy, or ``None``.
+    """
+
+    invocation_id: str
+    result: Any = None
+    has_result: bool = False
+    error: str | None = None
+    is_hub_exception: bool = False
+    error_data: Any = None
+    stack_trace: str | None = None
+    state: Mapping[str, Any] | None = None
+
+
+@attrs.frozen
+class RawMessage:
+    """A value inside ``M`` that is not a hub message (raw PersistentConnection data)."""
+
+    value: Any
+
+
+ServerMessage = Union[ClientInvocation, Progress, HubResult, RawMessage]
+
+
+@attrs.frozen
+class PersistentResponse:
+    """
+    A ``{"C":…,"M":[…]}`` frame from the receive channel.
+
+    :ivar cursor: the message id to resume from (``C``), or ``None`` when absent.
+    :ivar messages: the messages (``M``), in order.
+    :ivar initialized: ``S:1``, the init frame that triggers ``/start``.
+    :ivar reconnect: ``T:1``, the server asks the client to reconnect.
+    :ivar groups_token: the new groups token (``G``), or ``None``.
+    :ivar long_poll_delay: ``L`` in milliseconds, or ``None``.
+    :ivar disconnect: ``D:1`` (protocol 1.3 and older), the server disconnected us.
+    :ivar error: ``E``, a global server error that ends the connection.
+    """
+
+    cursor: str | None
+    messages: tuple[ServerMessage, ...] = ()
+    initialized: bool = False
+    reconnect: bool = False
+    groups_token: str | None = None
+    long_poll_delay: int | None = None
+    disconnect: bool = False
+    error: str | None = None
+
+
+Frame = Union[KeepAlive, PersistentResponse, HubResult]
+
+
+# ------------------------------------------------------------------ frame parsing
+
+
+def _invocation_id(value: Any, frame: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ProtocolError("invocation id 'I' is neither a string nor an integer", frame)
+
+
+def _optional_state(value: Any, frame: Any) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("state 'S' is not a JSON object", frame)
+    return value
+
+
+def _hub_result(obj: dict[str, Any]) -> HubResult:
+    error = obj.get("E")
+    if error is not None and not isinstance(error, str):
+        error = str(error)
+    trace = obj.get("T")
+    if trace is not None and not isinstance(trace, str):
+        trace = str(trace)
+    return HubResult(
+        invocation_id=_invocation_id(obj["I"], obj),
+        result=obj.get("R"),
+        has_result="R" in obj,
+        error=error,
+        is_hub_exception=obj.get("H") is True,
+        error_data=obj.get("D"),
+        stack_trace=trace,
+        state=_optional_state(obj.get("S"), obj),
+    )
+
+
+def _message(item: Any) -> ServerMessage:
+    if type(item) is not dict:
+        return RawMessage(item)
+    if "P" in item:
+        progress = item["P"]
+        if type(progress) is not dict or "I" not in progress:
+            raise ProtocolError("progress message without a 'P.I' invocation id", item)
+        return Progress(_invocation_id(progress["I"], item), progress.get("D"))
+    if "I" in item:
+        return _hub_result(item)
+    hub = item.get("H")
+    method = item.get("M")
+    if type(hub) is str and type(method) is str:
+        args = item.get("A")
+        if args is None:
+            args_t: tuple[Any, ...] = ()
+        elif type(args) is list:
+            args_t = tuple(args)
+        else:
+            raise ProtocolError("client method call whose arguments 'A' are not an array", item)
+        state = item.get("S")
+        if state is not None and type(state) is not dict:
+            raise ProtocolError("state 'S' is not a JSON object", item)
+        return ClientInvocation(hub, method, args_t, state)
+    return RawMessage(item)
+
+
+def parse_frame(data: bytes | str) -> Frame:
+    """
+    Parse one frame from the receive channel.
+
+    :param data: the frame: a WebSocket text message, an SSE ``data:`` payload or a
+        long-poll body (leading whitespace is tolerated).
+    :returns: :data:`KEEPALIVE`, a :class:`PersistentResponse` or, for results written
+        straight to the socket, a :class:`HubResult`.
+    :raises ProtocolError: when the frame is not JSON or not a SignalR frame.
+    """
+    try:
+        obj = loads(data)
+    except _JSONError as e:
+        raise ProtocolError(f"frame is not valid JSON ({e})", _text(data)) from None
+    if type(obj) is not dict:
+        raise ProtocolError("frame is not a JSON object", _text(data))
+    if not obj:
+        return KEEPALIVE
+    try:
+        if "I" in obj:
+            return _hub_result(obj)
+        messages = obj.get("M")
+        if messages is None:
+            parsed: tuple[ServerMessage, ...] = ()
+        elif type(messages) is list:
+            parsed = tuple([_message(m) for m in messages])
+        else:
+            raise ProtocolError("'M' is not an array", obj)
+        cursor = obj.get("C")
+        if cursor is not None and type(cursor) is not str:
+            raise ProtocolError("cursor 'C' is not a string", obj)
+        groups = obj.get("G")
+        if groups is not None and type(groups) is not str:
+            raise ProtocolError("groups token 'G' is not a string", obj)
+        error = obj.get("E")
+        delay = obj.get("L")
+        if delay is not None and (type(delay) is not int):
+            raise ProtocolError("long poll delay 'L' is not an integer", obj)
+        return PersistentResponse(
+            cursor=cursor,
+            messages=parsed,
+            initialized=obj.get("S") == 1,
+            reconnect=obj.get("T") == 1,
+            groups_token=groups,
+            long_poll_delay=delay,
+            disconnect=obj.get("D") == 1,
+            error=None if error is None else str(error),
+        )
+    except ProtocolError as e:
+        if e.data is not obj:
+            raise
+        raise ProtocolError(e.message, _text(data)) from None
+
+
+def _text(data: bytes | str) -> str:
+    if isinstance(data, str):
+        return data
+    return bytes(data).decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_invocation(
+    hub: str,
+    method: str,
+    args: Sequence[Any],
+    invocation_id: int | str,
+    state: Mapping[str, Any] | None = None,
+) -> bytes:
+    """
+    Encode a client-to-server hub invocation.
+
+    :param hub: the hub name.
+    :param method: the server method name.
+    :param args: the arguments (any JSON values).
+    :param invocation_id: the id the result will carry back (as a string).
+    :param state: the hub proxy state, sent only when non-empty.
+    :returns: the UTF-8 JSON text, ``{"H":…,"M":…,"A":[…],"I":…[,"S":{…}]}``.
+    :raises TypeError: when an argument is not JSON-serialisable.
+    """
+    message: dict[str, Any] = {"H": hub, "M": method, "A": list(args), "I": invocation_id}
+    if state:
+        message["S"] = dict(state)
+    return dumps(message)
+
+
+# ---------------------------------------------------------------- negotiate
+
+
+def _parse_version(text: str) -> tuple[int, int] | None:
+    parts = text.split(".")
+    if len(parts) < 2:
+        return None
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+
+
+def _seconds(obj: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise NegotiationError(f"negotiate field {key!r} is not a number: {value!r}")
+    if value < 0:
+        raise NegotiationError(f"negotiate field {key!r} is negative: {value!r}")
+    return float(value)
+
+
+@attrs.frozen(repr=False)
+class NegotiateResponse:
+    """
+    The server's answer to ``/negotiate``.  Times are in seconds.
+
+    The connection token is a secret: it is left out of ``repr()``.
+    """
+
+    url: str
+    connection_token: str
+    connection_id: str
+    keep_alive_timeout: float | None
+    disconnect_timeout: float
+    connection_timeout: float
+    try_websockets: bool
+    protocol_version: str
+    transport_connect_timeout: float
+    long_poll_delay: float
+
+    def __repr__(self) -> str:
+        return (
+            f"NegotiateResponse(connection_id={self.connection_id!r}, "
+            f"protocol_version={self.protocol_version!r}, "
+            f"keep_alive_timeout={self.keep_alive_timeout!r}, "
+            f"disconnect_timeout={self.disconnect_timeout!r}, "
+            f"try_websockets={self.try_websockets!r}, connection_token=<redacted>)"
+        )
+
+
+def parse_negotiate(body: bytes, status: int = 200) -> NegotiateResponse:
+    """
+    Parse and check a classic negotiate answer.
+
+    :param body: the response body.
+    :param status: the HTTP status, for error messages.
+    :returns: the negotiated connection parameters.
+    :raises NegotiationError: when the body is not a usable classic negotiate answer:
+        not JSON, an ASP.NET Core server, an error document, a missing field, or a
+        protocol version outside 1.4-2.1.
+    """
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise NegotiationError(
+            "negotiate response is not JSON (is the URL a SignalR endpoint?)", status, body
+        ) from None
+    if not isinstance(obj, dict):
+        raise NegotiationError("negotiate response is not a JSON object", status, body)
+    if "ConnectionToken" not in obj and (
+        "availableTransports" in obj or "negotiateVersion" in obj or "connectionId" in obj
+    ):
+        raise NegotiationError(
+            "Detected a connection attempt to an ASP.NET Core SignalR server. This client "
+            "only supports connecting to an ASP.NET SignalR (classic 2.x) server.",
+            status,
+            body,
+        )
+    if obj.get("Error") is not None:
+        raise NegotiationError(
+            f"Error message received from the server: '{obj['Error']}'.", status, body
+        )
+    if obj.get("RedirectUrl") is not None:
+        raise NegotiationError(
+            "the server answered negotiate with a redirect (Azure SignalR Service), "
+            "which this client does not follow yet",
+            status,
+            body,
+        )
+    version = obj.get("ProtocolVersion")
+    parsed = _parse_version(version) if isinstance(version, str) else None
+    if parsed is None or not (MIN_SERVER_PROTOCOL <= parsed <= MAX_SERVER_PROTOCOL):
+        raise NegotiationError(
+            "You are using a version of the client that isn't compatible with the server. "
+            f"Client version {CLIENT_PROTOCOL}, server version {version}.",
+            status,
+            body,
+        )
+    for key in ("ConnectionToken", "ConnectionId"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise NegotiationError(f"negotiate response has no {key}", status, body)
+    url = obj.get("Url")
+    try:
+        return NegotiateResponse(
+            url=url if isinstance(url, str) else "",
+            connection_token=obj["ConnectionToken"],
+            connection_id=obj["ConnectionId"],
+            keep_alive_timeout=_seconds(obj, "KeepAliveTimeout", None),
+            disconnect_timeout=_seconds(obj, "DisconnectTimeout", 30.0) or 30.0,
+            connection_timeout=_seconds(obj, "ConnectionTimeout", 110.0) or 110.0,
+            try_websockets=obj.get("TryWebSockets", True) is not False,
+            protocol_version=version,  # type: ignore[arg-type]
+            transport_connect_timeout=_seconds(obj, "TransportConnectTimeout", 5.0) or 5.0,
+            long_poll_delay=_seconds(obj, "LongPollDelay", 0.0) or 0.0,
+        )
+    except NegotiationError as e:
+        raise NegotiationError(e.message, status, body) from None
+
+
+def parse_start_response(body: bytes) -> bool:
+    """
+    Check the ``/start`` answer, ``{ "Response": "started" }``.
+
+    :returns: ``True`` when the server says ``started``, else ``False``.
+    """
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("Response") == "started"
+
+
+# ---------------------------------------------------------------- URLs
+
+
+def _enc(value: str) -> str:
+    """Percent-encode a query value exactly once (like ``encodeURIComponent``)."""
+    return quote(value, safe="")
+
+
+def connection_data(hub_names: Iterable[str]) -> str:
+    """
+    The ``connectionData`` JSON for a set of hubs: ``[{"name":"c3"},…]``.
+
+    :param hub_names: hub names, in the order the proxies were created.
+    """
+    return json.dumps([{"name": name} for name in hub_names], separators=(",", ":"))
+
+
+@attrs.frozen
+class Endpoints:
+    """
+    Builds every classic SignalR URL from the user's base URL.
+
+    URLs are built from the base URL the user gave, never from negotiate's ``Url``
+    field, which is wrong behind path-rewriting proxies.  The user's own query
+    parameters (from the base URL and ``query``) are kept on every request.
+
+    :ivar base: the base URL without query, e.g. ``https://host/signalr``.
+    :ivar user_query: the user's query parameters, already encoded as ``k=v`` pairs.
+    :ivar connection_data: the encoded ``connectionData`` value, or ``None`` for a raw
+        persistent connection.
+    """
+
+    base: str
+    user_query: tuple[str, ...]
+    connection_data: str | None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        hub_names: Iterable[str] | None = None,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    ) -> Endpoints:
+        """
+        :param url: the connection URL, ``http(s)://host[:port]/path`` (``ws``/``wss``
+            are accepted and mapped to ``http``/``https``); a query string is kept.
+        :param hub_names: the hubs for ``connectionData``; ``None`` for no hubs.
+        :param query: extra query parameters sent on every request.
+        :raises InvalidURL: when the URL is not an absolute http(s) URL, or a query
+            parameter reuses a name SignalR reserves.
+        """
+        if not isinstance(url, str):
+            raise InvalidURL(f"connection URL must be a string, not {type(url).__name__}")
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as e:
+            raise InvalidURL(f"invalid connection URL {_redact_url(url)!r}: {e}") from None
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+        if scheme not in ("http", "https"):
+            raise InvalidURL(
+                f"connection URL must start with http:// or https://: {_redact_url(url)!r}"
+            )
+        if not parts.hostname:
+            raise InvalidURL(f"connection URL has no host: {_redact_url(url)!r}")
+        if parts.fragment:
+            raise InvalidURL(f"connection URL must not have a fragment: {_redact_url(url)!r}")
+        del port
+        path = parts.path.rstrip("/")
+        base = urlunsplit((scheme, parts.netloc, path, "", ""))
+        pairs: list[tuple[str, str]] = parse_qsl(parts.query, keep_blank_values=True)
+        if query is not None:
+            items = query.items() if isinstance(query, Mapping) else query
+            pairs.extend((str(k), str(v)) for k, v in items)
+        for key, _ in pairs:
+            if key in _RESERVED:
+                raise InvalidURL(f"query parameter {key!r} is reserved by the SignalR protocol")
+        names = None if hub_names is None else list(hub_names)
+        return cls(
+            base=base,
+            user_query=tuple(f"{_enc(k)}={_enc(v)}" for k, v in pairs),
+            connection_data=None if names is None else _enc(connection_data(names)),
+        )
+
+    @property
+    def secure(self) -> bool:
+        """Whether the base URL is https (the WebSocket is then wss)."""
+        return self.base.startswith("https:")
+
+    def _query(self, *pairs: tuple[str, str | None]) -> str:
+        out = [f"{k}={_enc(v)}" for k, v in pairs if v is not None]
+        if self.connection_data is not None:
+            # Kept after the fixed parameters as the official clients do.
+            out.insert(min(len(out), 2), f"connectionData={self.connection_data}")
+        out.extend(self.user_query)
+        return "&".join(out)
+
+    def negotiate(self) -> str:
+        """``GET {base}/negotiate?clientProtocol=…&connectionData=…``."""
+        return f"{self.base}/negotiate?{self._query(('clientProtocol', CLIENT_PROTOCOL))}"
+
+    def _transport_url(
+        self,
+        command: str,
+        transport: Transport,
+        token: str,
+        *extra: tuple[str, str | None],
+    ) -> str:
+        query = self._query(
+            ("clientProtocol", CLIENT_PROTOCOL),
+            ("transport", transport.value),
+            ("connectionToken", token),
+            *extra,
+        )
+        return f"{self.base}/{command}?{query}"
+
+    def connect(
+        self,
+        transport: Transport,
+        token: str,
+        tid: int | None = None,
+    ) -> str:
+        """The ``/connect`` URL (http form; see :meth:`websocket`)."""
+        return self._transport_url(
+            "connect", transport, token, ("tid", None if tid is None else str(tid))
+        )
+
+    def reconnect(
+        self,
+        transport: Transport,
+        token: str,
+        message_id: str | None,
+        groups_token: str | None,
+        tid: int | None = None,
+    ) -> str:
+        """The ``/reconnect`` URL carrying the last cursor and groups token."""
+        return self._transport_url(
+            "reconnect",
+            transport,
+            token,
+            ("messageId", message_id),
+            ("groupsToken", groups_token),
+            ("tid", None if tid is None else str(tid)),
+        )
+
+    def start(self, transport: Transport, token: str) -> str:
+        """``GET {base}/start?…``, sent after the init frame."""
+        return self._transport_url("start", transport, token)
+
+    def abort(self, transport: Transport, token: str) -> str:
+        """``POST {base}/abort?…``, sent on a deliberate stop."""
+        return self._transport_url("abort", transport, token)
+
+    def ping(self) -> str:
+        """``GET {base}/ping``."""
+        if self.user_query:
+            return f"{self.base}/ping?{'&'.join(self.user_query)}"
+        return f"{self.base}/ping"
+
+
+_RESERVED: Final = frozenset(
+    {
+        "clientProtocol",
+        "transport",
+        "connectionToken",
+        "connectionData",
+        "messageId",
+        "groupsToken",
+        "tid",
+        "frameId",
+        "callback",
+    }
+)
+
+
+def websocket_url(http_url: str) -> str:
+    """Map an ``http(s)://`` URL to the matching ``ws(s)://`` URL."""
+    if http_url.startswith("https:"):
+        return "wss:" + http_url[6:]
+    if http_url.startswith("http:"):
+        return "ws:" + http_url[5:]
+    return http_url
+
+
+def _redact_url(url: str) -> str:
+    """The URL with its query values hidden, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.query:
+        return url
+    keys = [p.split("=", 1)[0] for p in parts.query.split("&") if p]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(
+        (parts.scheme, netloc, parts.path, "&".join(f"{k}=…" for k in keys), "")
+    )
+
+
+redact_url = _redact_url

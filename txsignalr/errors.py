@@ -1,0 +1,160 @@
+"""
+The errors txsignalr raises.
+
+Everything the library raises on purpose derives from :class:`SignalRError`, so an
+application can catch the whole family in one place.  Two standard Twisted errors are
+used as they are: :class:`twisted.internet.defer.CancelledError` when a caller cancels a
+Deferred, and :class:`twisted.internet.defer.TimeoutError` when an invocation times out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConnectionClosed",
+    "HubError",
+    "InvalidStateError",
+    "InvalidURL",
+    "MessageTooLarge",
+    "NegotiationError",
+    "ProtocolError",
+    "SignalRError",
+    "StartError",
+]
+
+
+class SignalRError(Exception):
+    """Base class of every error raised by txsignalr."""
+
+
+class NegotiationError(SignalRError):
+    """
+    The negotiate request failed or its answer cannot be used.
+
+    :ivar status: the HTTP status code, or ``None`` when no HTTP answer arrived.
+    :ivar body: the response body (bytes, possibly empty), or ``None``.
+    """
+
+    def __init__(self, message: str, status: int | None = None, body: bytes | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.message
+        snippet = (self.body or b"")[:200]
+        return f"{self.message} (HTTP {self.status}, body {snippet!r})"
+
+
+class StartError(SignalRError):
+    """
+    The connection could not be started after a successful negotiate: the transport
+    failed before the init frame, the init frame did not arrive in time, or ``/start``
+    did not answer ``started``.
+
+    :ivar status: HTTP status of a failed ``/start`` or WebSocket upgrade, if any.
+    :ivar body: the matching response body, if any.
+    """
+
+    def __init__(self, message: str, status: int | None = None, body: bytes | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body = body
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.message
+        return f"{self.message} (HTTP {self.status}, body {(self.body or b'')[:200]!r})"
+
+
+class ProtocolError(SignalRError):
+    """
+    The server sent something that is not valid classic SignalR: a frame that is not
+    JSON, a frame of the wrong shape, a message without a required field.
+
+    :ivar data: the offending payload (truncated to 500 characters in ``str()``).
+    """
+
+    def __init__(self, message: str, data: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        if self.data is None:
+            return self.message
+        text = self.data if isinstance(self.data, str) else repr(self.data)
+        if len(text) > 500:
+            text = text[:500] + "..."
+        return f"{self.message}: {text}"
+
+
+class HubError(SignalRError):
+    """
+    A hub method invocation failed on the server.
+
+    :ivar message: the server's error text (``E``).
+    :ivar data: the error data (``D``) of a ``HubException``, else ``None``.
+    :ivar is_hub_exception: ``True`` when the server raised a ``HubException`` (``H``).
+    :ivar stack_trace: the server's stack trace (``T``) when it sent one.
+    :ivar hub: the hub name used for the call.
+    :ivar method: the method name used for the call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        data: Any = None,
+        is_hub_exception: bool = False,
+        stack_trace: str | None = None,
+        hub: str | None = None,
+        method: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.is_hub_exception = is_hub_exception
+        self.stack_trace = stack_trace
+        self.hub = hub
+        self.method = method
+
+    def __str__(self) -> str:
+        where = f"{self.hub}.{self.method}: " if self.hub and self.method else ""
+        if self.data is not None:
+            return f"{where}{self.message} (data: {self.data!r})"
+        return f"{where}{self.message}"
+
+
+class ConnectionClosed(SignalRError):
+    """
+    The connection was closed or lost before an operation could complete.
+
+    :ivar reason: a human-readable reason.
+    :ivar cause: the underlying exception, when there is one.
+    """
+
+    def __init__(self, reason: str, cause: BaseException | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.cause = cause
+
+    def __str__(self) -> str:
+        if self.cause is not None:
+            return f"{self.reason} ({type(self.cause).__name__}: {self.cause})"
+        return self.reason
+
+
+class InvalidStateError(SignalRError):
+    """An operation was attempted in a connection state that does not allow it."""
+
+
+class InvalidURL(SignalRError, ValueError):
+    """The connection URL or its query parameters cannot be used."""
+
+
+class MessageTooLarge(SignalRError):
+    """An invocation is larger than the connection's ``max_message_size``."""
