@@ -1,0 +1,769 @@
+"""
+The connection state machine, in memory: StubTreq for HTTP, a fake transport for the
+WebSocket, ``task.Clock`` for all time.  Loopback tests against the real test server are
+in ``test_client_integration.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from txsignalr import (
+    ConnectionClosed,
+    ConnectionState,
+    HubConnection,
+    HubError,
+    InvalidStateError,
+    MessageTooLarge,
+    NegotiationError,
+    StartError,
+)
+
+TOKEN = "AQAAANCMnd8+BFdERjHoAwE/Cl+sBAAAAA=="
+
+
+def negotiate_body(**changes: Any) -> bytes:
+    body: dict[str, Any] = {
+        "Url": "/signalr",
+        "ConnectionToken": TOKEN,
+        "ConnectionId": "9c1f4b3e-0d1a-4e59-9a6b-2f6b3c1d0e77",
+        "KeepAliveTimeout": 20.0,
+        "DisconnectTimeout": 30.0,
+        "ConnectionTimeout": 110.0,
+        "TryWebSockets": True,
+        "ProtocolVersion": "1.5",
+        "TransportConnectTimeout": 5.0,
+        "LongPollDelay": 0.0,
+    }
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+class FakeServer(Resource):
+    """Answers negotiate, start and abort like the real server, and records them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.negotiate = (200, negotiate_body())
+        self.start = (200, b'{ "Response": "started" }')
+        self.requests: list[tuple[str, str, dict[str, list[str]], dict[str, str]]] = []
+        self.hold_start = False
+        self.held: list[Request] = []
+
+    def render(self, request: Request) -> bytes:
+        path = request.path.decode()
+        query = parse_qs(urlsplit(request.uri.decode()).query)
+        headers = {k.decode().lower(): v[0].decode()
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        command = path.rsplit("/", 1)[-1]
+        self.requests.append((request.method.decode(), command, query, headers))
+        if command == "negotiate":
+            request.setResponseCode(self.negotiate[0])
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"affinity=abc123; Path=/"])
+            return self.negotiate[1]
+        if command == "start":
+            request.setResponseCode(self.start[0])
+            if self.hold_start:
+                self.held.append(request)
+                return NOT_DONE_YET  # type: ignore[no-any-return]
+            return self.start[1]
+        if command == "abort":
+            return b""
+        request.setResponseCode(404)
+        return b""
+
+    def commands(self) -> list[str]:
+        return [r[1] for r in self.requests]
+
+
+class FakeTransport:
+    """Stands in for the WebSocket; the test drives the sink callbacks."""
+
+    instances: list[FakeTransport] = []
+
+    def __init__(self, reactor: Any, url: str, headers: dict[str, str], tls: Any,
+                 sink: Any) -> None:
+        self.url = url
+        self.headers = headers
+        self.sink = sink
+        self.sent: list[bytes] = []
+        self.opened = False
+        self.closed = False
+        self.aborted = False
+        FakeTransport.instances.append(self)
+
+    def open(self) -> None:
+        self.opened = True
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self, timeout: float = 2.0) -> Deferred[None]:
+        self.closed = True
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    def abort(self) -> Deferred[None]:
+        self.aborted = True
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    # test helpers
+    def open_ok(self) -> None:
+        self.sink.transport_opened(self)
+
+    def frame(self, data: bytes | dict[str, Any]) -> None:
+        if isinstance(data, dict):
+            data = json.dumps(data).encode()
+        self.sink.frame_received(self, data)
+
+    def lose(self, text: str = "gone", status: int | None = None) -> None:
+        reason = ConnectionClosed(text)
+        if status is not None:
+            reason.status = status  # type: ignore[attr-defined]
+        self.sink.transport_lost(self, reason)
+
+    def sent_json(self) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in self.sent]
+
+
+class Harness:
+    def __init__(self, **kwargs: Any) -> None:
+        self.clock = Clock()
+        self.server = FakeServer()
+        self.stub = StubTreq(self.server)
+        FakeTransport.instances = []
+        self.conn = HubConnection(self.clock, "http://example.com/signalr",
+                                  http_client=self.stub, **kwargs)
+        self.conn._transport_factory = FakeTransport  # type: ignore[assignment]
+        self.c3 = self.conn.hub("c3")
+
+    @property
+    def transport(self) -> FakeTransport:
+        return FakeTransport.instances[-1]
+
+    def flush(self) -> None:
+        self.stub.flush()
+
+    def start(self) -> Deferred[None]:
+        d = self.conn.start()
+        self.flush()
+        return d
+
+    def connect(self) -> None:
+        d = self.start()
+        t = self.transport
+        t.open_ok()
+        t.frame({"C": "d-1-A,0", "S": 1, "M": []})
+        self.flush()
+        assert d.called and d.result is None, d.result
+        assert self.conn.state is ConnectionState.connected
+
+    def stop(self) -> Deferred[None]:
+        d = self.conn.stop()
+        self.flush()
+        return d
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d: Deferred[Any]) -> Failure:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    return results[0]
+
+
+# ------------------------------------------------------------------ start
+
+
+def test_start_waits_for_init_frame_then_start(h: Harness) -> None:
+    """start() fires only after S:1 and a 'started' answer to /start, in that order."""
+    d = h.start()
+    assert h.conn.state is ConnectionState.connecting
+    assert h.server.commands() == ["negotiate"]
+    t = h.transport
+    assert t.opened
+    t.open_ok()
+    h.flush()
+    assert h.server.commands() == ["negotiate"], "/start must wait for the init frame"
+    assert not d.called
+    t.frame({"C": "d-1-A,0", "S": 1, "M": []})
+    h.flush()
+    assert h.server.commands() == ["negotiate", "start"]
+    assert result_of(d) is None
+    assert h.conn.state is ConnectionState.connected
+    assert h.conn.connection_id == "9c1f4b3e-0d1a-4e59-9a6b-2f6b3c1d0e77"
+
+
+def test_connect_url_and_handshake_headers() -> None:
+    """The WS URL has the token encoded once; cookies from negotiate and headers go along."""
+    h = Harness(headers={"X-Api": "k1"}, cookies={"session": "s1"}, query={"app": "demo"})
+    h.start()
+    t = h.transport
+    assert t.url.startswith("ws://example.com/signalr/connect?")
+    query = parse_qs(urlsplit(t.url).query)
+    assert query["connectionToken"] == [TOKEN]
+    assert "AQAAANCMnd8%2BBFdERjHoAwE%2FCl%2BsBAAAAA%3D%3D" in t.url
+    assert query["transport"] == ["webSockets"]
+    assert query["clientProtocol"] == ["1.5"]
+    assert json.loads(query["connectionData"][0]) == [{"name": "c3"}]
+    assert query["app"] == ["demo"]
+    assert t.headers["X-Api"] == "k1"
+    assert "affinity=abc123" in t.headers["Cookie"]
+    assert "session=s1" in t.headers["Cookie"]
+    negotiate = h.server.requests[0]
+    assert negotiate[3]["x-api"] == "k1"
+    assert "session=s1" in negotiate[3]["cookie"]
+
+
+def test_cookies_and_headers_on_start_and_abort() -> None:
+    """The negotiate cookie and custom headers are sent on /start and /abort too."""
+    h = Harness(headers={"Authorization": "Bearer secret"})
+    h.connect()
+    result_of(h.stop())
+    for method, command, _query, headers in h.server.requests:
+        assert headers["authorization"] == "Bearer secret", command
+        if command != "negotiate":
+            assert "affinity=abc123" in headers.get("cookie", ""), command
+    assert [r[:2] for r in h.server.requests] == [
+        ("GET", "negotiate"), ("GET", "start"), ("POST", "abort")]
+
+
+def test_messages_between_init_and_start_are_buffered(h: Harness) -> None:
+    """Client calls arriving before /start answers are delivered after connected."""
+    seen: list[tuple[Any, ConnectionState]] = []
+    h.c3.on("tick", lambda n: seen.append((n, h.conn.state)))
+    h.server.hold_start = True
+    d = h.conn.start()
+    h.flush()
+    t = h.transport
+    t.open_ok()
+    t.frame({"C": "d-1-A,0", "S": 1, "M": []})
+    h.flush()
+    t.frame({"C": "d-1-A,1", "M": [{"H": "c3", "M": "tick", "A": [1]}]})
+    assert seen == []
+    assert not d.called
+    request = h.server.held.pop()
+    request.write(h.server.start[1])
+    request.finish()
+    h.flush()
+    result_of(d)
+    assert seen == [(1, ConnectionState.connected)]
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (401, b""), (500, b""), (200, b"<html>Please log in</html>"), (200, b"{bad json"),
+])
+def test_negotiate_refused(h: Harness, status: int, body: bytes) -> None:
+    """HTTP errors and unusable bodies fail start() with NegotiationError(status, body)."""
+    h.server.negotiate = (status, body)
+    f = failure_of(h.start())
+    assert f.check(NegotiationError)
+    assert f.value.status == status
+    assert f.value.body == body
+    assert h.conn.state is ConnectionState.disconnected
+    assert FakeTransport.instances == []
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_negotiate_try_websockets_false(h: Harness) -> None:
+    """A server that refuses WebSockets gives a StartError saying so."""
+    h.server.negotiate = (200, negotiate_body(TryWebSockets=False))
+    f = failure_of(h.start())
+    assert f.check(StartError)
+    assert "TryWebSockets" in str(f.value)
+
+
+def test_no_init_frame_times_out(h: Harness) -> None:
+    """Without S:1 within TransportConnectTimeout, start fails with StartError."""
+    d = h.start()
+    h.transport.open_ok()
+    h.clock.advance(4.9)
+    assert not d.called
+    h.clock.advance(0.2)
+    h.flush()
+    f = failure_of(d)
+    assert f.check(StartError)
+    assert "init frame" in str(f.value)
+    assert h.transport.aborted
+    assert h.conn.state is ConnectionState.disconnected
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_transport_fails_before_init(h: Harness) -> None:
+    """A refused WebSocket upgrade fails start with the HTTP status."""
+    d = h.start()
+    h.transport.lose("WebSocket upgrade refused with HTTP 400", status=400)
+    h.flush()
+    f = failure_of(d)
+    assert f.check(StartError)
+    assert f.value.status == 400
+    assert "start" not in h.server.commands()
+
+
+def test_bad_start_answer(h: Harness) -> None:
+    """/start answering anything but 'started' fails start and aborts the connection."""
+    h.server.start = (200, b'{ "Response": "nope" }')
+    d = h.start()
+    h.transport.open_ok()
+    h.transport.frame({"C": "x", "S": 1, "M": []})
+    h.flush()
+    h.flush()
+    f = failure_of(d)
+    assert f.check(StartError)
+    assert "Invalid start response" in str(f.value)
+    assert h.server.commands() == ["negotiate", "start", "abort"]
+
+
+def test_start_twice_is_refused(h: Harness) -> None:
+    """start() while not disconnected is an InvalidStateError."""
+    h.connect()
+    assert failure_of(h.conn.start()).check(InvalidStateError)
+
+
+def test_stop_during_start(h: Harness) -> None:
+    """stop() before start completes fails start with ConnectionClosed and cleans up."""
+    d = h.start()
+    h.transport.open_ok()
+    stopped = h.stop()
+    assert failure_of(d).check(ConnectionClosed)
+    result_of(stopped)
+    assert h.conn.state is ConnectionState.disconnected
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_cancel_start(h: Harness) -> None:
+    """Cancelling start() gives CancelledError and leaves nothing behind."""
+    from twisted.internet.defer import CancelledError
+
+    d = h.start()
+    h.transport.open_ok()
+    d.cancel()
+    h.flush()
+    assert failure_of(d).check(CancelledError)
+    assert h.conn.state is ConnectionState.disconnected
+    assert h.transport.aborted
+    assert h.clock.getDelayedCalls() == []
+
+
+# ------------------------------------------------------------------ invoke
+
+
+def test_invoke_result_and_state(h: Harness) -> None:
+    """invoke sends H/M/A/I (+S) and fires with R; S changes merge into the proxy state."""
+    h.connect()
+    h.c3.state["counter"] = 5
+    d = h.c3.invoke("Subscribe", ["market_summaries"])
+    sent = h.transport.sent_json()[-1]
+    assert sent == {"H": "c3", "M": "Subscribe", "A": [["market_summaries"]], "I": 0,
+                    "S": {"counter": 5}}
+    h.transport.frame({"S": {"counter": 6}, "R": [{"Success": True, "ErrorCode": None}],
+                       "I": "0"})
+    assert result_of(d) == [{"Success": True, "ErrorCode": None}]
+    assert h.c3.state == {"counter": 6}
+
+
+def test_invoke_void(h: Harness) -> None:
+    """A void result (no R) fires with None."""
+    h.connect()
+    d = h.c3.invoke("Send", "a", "b")
+    h.transport.frame(b'{"I":"0"}')
+    assert result_of(d) is None
+
+
+def test_invoke_hub_error(h: Harness) -> None:
+    """A hub error becomes HubError with message, data and the HubException flag."""
+    h.connect()
+    d = h.c3.invoke("Fail")
+    h.transport.frame({"I": "0", "H": True, "E": "Intentional failure",
+                       "D": {"Code": 42}, "T": "trace"})
+    f = failure_of(d)
+    assert f.check(HubError)
+    e: HubError = f.value
+    assert (e.message, e.data, e.is_hub_exception, e.stack_trace) == (
+        "Intentional failure", {"Code": 42}, True, "trace")
+    assert (e.hub, e.method) == ("c3", "Fail")
+
+
+def test_invoke_progress(h: Harness) -> None:
+    """Progress inside M reaches on_progress in order; late progress is dropped."""
+    h.connect()
+    progress: list[Any] = []
+    d = h.c3.invoke("Slow", 500, on_progress=progress.append)
+    for n in (20, 40):
+        h.transport.frame({"C": f"c{n}", "M": [{"I": "P|0", "P": {"I": "0", "D": n}}]})
+    h.transport.frame({"R": "done", "I": "0"})
+    h.transport.frame({"C": "c100", "M": [{"I": "P|0", "P": {"I": "0", "D": 100}}]})
+    assert progress == [20, 40]
+    assert result_of(d) == "done"
+
+
+def test_invoke_timeout(h: Harness) -> None:
+    """An invocation without an answer fails with TimeoutError on the injected clock."""
+    h.connect()
+    d = h.c3.invoke("Echo", 1, timeout=10)
+    h.clock.advance(9.9)
+    assert not d.called
+    h.clock.advance(0.2)
+    assert failure_of(d).check(TimeoutError)
+    # A late result is ignored, not delivered to anyone.
+    h.transport.frame({"R": 1, "I": "0"})
+
+
+def test_invoke_ids_increase_and_results_match(h: Harness) -> None:
+    """Results are matched by id, whatever the order they arrive in."""
+    h.connect()
+    d0 = h.c3.invoke("Echo", "a")
+    d1 = h.c3.invoke("Echo", "b")
+    h.transport.frame({"R": "b", "I": "1"})
+    h.transport.frame({"R": "a", "I": 0})
+    assert (result_of(d0), result_of(d1)) == ("a", "b")
+
+
+def test_invoke_when_not_connected(h: Harness) -> None:
+    """invoke before start is an InvalidStateError, not a hang."""
+    assert failure_of(h.c3.invoke("Echo", 1)).check(InvalidStateError)
+
+
+def test_invoke_unserialisable_args(h: Harness) -> None:
+    """Arguments that are not JSON fail the Deferred with TypeError."""
+    h.connect()
+    assert failure_of(h.c3.invoke("Echo", object())).check(TypeError)
+
+
+def test_invoke_too_large(h: Harness) -> None:
+    """Messages over 64 KiB are refused instead of making the server drop the socket."""
+    h.connect()
+    assert failure_of(h.c3.invoke("Echo", "x" * 70000)).check(MessageTooLarge)
+    assert h.transport.sent == []
+
+
+# ------------------------------------------------------------------ client calls
+
+
+def test_client_calls_match_case_insensitively(h: Harness) -> None:
+    """Hub and method names from the server match handlers case-insensitively."""
+    seen: list[tuple[Any, ...]] = []
+    h.c3.on("marketSummaries", lambda *a: seen.append(a))
+    h.connect()
+    h.transport.frame({"C": "1", "M": [{"H": "C3", "M": "MARKETSUMMARIES", "A": ["x", 1]}]})
+    assert seen == [("x", 1)]
+
+
+def test_failing_handler_is_logged_and_others_run(h: Harness) -> None:
+    """A handler that raises is logged; the others and the connection carry on."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    seen: list[int] = []
+
+    def bad(n: int) -> None:
+        raise RuntimeError("handler bug")
+
+    h.c3.on("tick", bad)
+    h.c3.on("tick", seen.append)
+    try:
+        h.connect()
+        h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]},
+                                           {"H": "c3", "M": "tick", "A": [2]}]})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert seen == [1, 2]
+    assert h.conn.state is ConnectionState.connected
+    assert len(errors) == 2
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 2
+    assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_async_handler_failure_is_logged(h: Harness) -> None:
+    """A handler returning a failing Deferred is logged too."""
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    failing: Deferred[None] = Deferred()
+    h.c3.on("tick", lambda n: failing)
+    h.connect()
+    h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]}]})
+    failing.errback(ValueError("later"))
+    assert len(errors) == 1 and "later" in str(errors[0])
+
+
+def test_off_removes_handler(h: Harness) -> None:
+    """The remover returned by on() stops deliveries."""
+    seen: list[int] = []
+    remove = h.c3.on("tick", seen.append)
+    h.connect()
+    h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]}]})
+    remove()
+    h.transport.frame({"C": "2", "M": [{"H": "c3", "M": "tick", "A": [2]}]})
+    assert seen == [1]
+
+
+def test_malformed_frame_reported_not_fatal(h: Harness) -> None:
+    """A malformed frame is reported through on_error; the connection keeps going."""
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    seen: list[int] = []
+    h.c3.on("tick", seen.append)
+    h.connect()
+    h.transport.frame(b"{not json")
+    h.transport.frame({"C": "2", "M": [{"H": "c3", "M": "tick", "A": [2]}]})
+    assert len(errors) == 1
+    assert seen == [2]
+    assert h.conn.state is ConnectionState.connected
+
+
+# ------------------------------------------------------------------ keep-alive
+
+
+def test_keepalive_slow_then_reconnect(h: Harness) -> None:
+    """Slow at 2/3 of KeepAliveTimeout; at the timeout the transport drops and reconnects."""
+    slow: list[bool] = []
+    reconnecting: list[Any] = []
+    h.conn.on_slow(lambda: slow.append(True))
+    h.conn.on_reconnecting(reconnecting.append)
+    h.connect()
+    first = h.transport
+    h.clock.advance(13.0)
+    assert slow == []
+    # Checked every (timeout - warning) / 3 = 2.22 s, like Microsoft's clients.
+    h.clock.advance(2.6)
+    assert slow == [True]
+    assert h.conn.state is ConnectionState.connected
+    h.clock.advance(4.3)
+    assert h.conn.state is ConnectionState.connected
+    h.clock.advance(0.2)
+    assert h.conn.state is ConnectionState.reconnecting
+    assert first.aborted
+    assert len(reconnecting) == 1
+    assert "keep-alive" in str(reconnecting[0])
+
+
+def test_keepalive_frames_keep_connection(h: Harness) -> None:
+    """{} frames reset the watchdog."""
+    h.connect()
+    for _ in range(20):
+        h.clock.advance(10)
+        h.transport.frame(b"{}")
+    assert h.conn.state is ConnectionState.connected
+
+
+def test_no_keepalive_monitoring_when_null() -> None:
+    """KeepAliveTimeout null: no watchdog at all."""
+    h = Harness()
+    h.server.negotiate = (200, negotiate_body(KeepAliveTimeout=None))
+    h.connect()
+    assert h.clock.getDelayedCalls() == []
+    h.clock.advance(1000)
+    assert h.conn.state is ConnectionState.connected
+
+
+# ------------------------------------------------------------------ reconnect
+
+
+def test_reconnect_carries_cursor_and_groups_and_fails_pending(h: Harness) -> None:
+    """Loss -> reconnecting: pending invokes fail; /reconnect has messageId and groupsToken."""
+    h.connect()
+    pending = h.c3.invoke("Slow", 1000)
+    h.transport.frame({"C": "d-1-A,5", "G": "grp+token/=", "M": []})
+    h.transport.lose()
+    assert h.conn.state is ConnectionState.reconnecting
+    f = failure_of(pending)
+    assert f.check(ConnectionClosed)
+    assert "reconnecting" in str(f.value)
+    assert len(FakeTransport.instances) == 1
+    h.clock.advance(2.0)
+    t = h.transport
+    assert len(FakeTransport.instances) == 2
+    assert "/signalr/reconnect?" in t.url
+    query = parse_qs(urlsplit(t.url).query)
+    assert query["messageId"] == ["d-1-A,5"]
+    assert query["groupsToken"] == ["grp+token/="]
+    reconnected: list[bool] = []
+    h.conn.on_reconnected(lambda: reconnected.append(True))
+    t.open_ok()
+    assert h.conn.state is ConnectionState.connected
+    assert reconnected == [True]
+    assert h.server.commands().count("start") == 1, "no /start after a reconnect"
+
+
+def test_invoke_while_reconnecting_is_refused(h: Harness) -> None:
+    """New invocations during reconnecting fail at once instead of hanging."""
+    h.connect()
+    h.transport.lose()
+    assert failure_of(h.c3.invoke("Echo", 1)).check(InvalidStateError)
+
+
+def test_reconnect_retries_then_gives_up_after_disconnect_timeout(h: Harness) -> None:
+    """Attempts every 2 s until DisconnectTimeout; then closed with a clear reason."""
+    closed: list[Any] = []
+    h.conn.on_closed(closed.append)
+    h.connect()
+    when_closed = h.conn.when_closed()
+    h.transport.lose()
+    for _ in range(14):
+        h.clock.advance(2.0)
+        h.transport.lose("refused")
+    assert len(FakeTransport.instances) == 15
+    assert h.conn.state is ConnectionState.reconnecting
+    h.clock.advance(2.0)
+    assert h.conn.state is ConnectionState.disconnected
+    f = failure_of(when_closed)
+    assert f.check(ConnectionClosed)
+    assert "Couldn't reconnect within the configured timeout of 30 s" in str(f.value)
+    assert closed and closed[0] is f.value
+    assert "abort" not in h.server.commands()
+    assert h.clock.getDelayedCalls() == []
+    assert failure_of(h.conn.when_closed()).check(ConnectionClosed)
+
+
+def test_reconnect_refused_by_server_closes_at_once(h: Harness) -> None:
+    """A 400 on /reconnect (token unknown to the server) closes without waiting."""
+    h.connect()
+    d = h.conn.when_closed()
+    h.transport.lose()
+    h.clock.advance(2.0)
+    h.transport.lose("upgrade refused", status=400)
+    f = failure_of(d)
+    assert "HTTP 400" in str(f.value)
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_server_reconnect_request(h: Harness) -> None:
+    """T:1 drops the transport and reconnects."""
+    h.connect()
+    first = h.transport
+    h.transport.frame({"C": "1", "T": 1, "M": []})
+    assert first.aborted
+    assert h.conn.state is ConnectionState.reconnecting
+
+
+@pytest.mark.parametrize("frame", [{"E": "Azure says no"}, {"C": "1", "D": 1, "M": []}])
+def test_server_error_and_disconnect_close(h: Harness, frame: dict[str, Any]) -> None:
+    """E and D:1 close the connection for good without /abort."""
+    h.connect()
+    d = h.conn.when_closed()
+    h.transport.frame(frame)
+    assert failure_of(d).check(ConnectionClosed)
+    assert h.conn.state is ConnectionState.disconnected
+    assert "abort" not in h.server.commands()
+
+
+def test_frames_from_an_old_transport_are_ignored(h: Harness) -> None:
+    """After a drop, a late frame on the old socket is not delivered."""
+    seen: list[int] = []
+    h.c3.on("tick", seen.append)
+    h.connect()
+    old = h.transport
+    old.lose()
+    old.frame({"C": "9", "M": [{"H": "c3", "M": "tick", "A": [9]}]})
+    assert seen == []
+
+
+# ------------------------------------------------------------------ stop
+
+
+def test_stop_aborts_fails_pending_and_leaves_no_timers(h: Harness) -> None:
+    """stop(): /abort, socket closed, pending invokes fail, no delayed calls remain."""
+    h.connect()
+    when_closed = h.conn.when_closed()
+    pending = h.c3.invoke("Slow", 1000, timeout=60)
+    d = h.stop()
+    assert result_of(d) is None
+    f = failure_of(pending)
+    assert f.check(ConnectionClosed)
+    assert "disconnected" in str(f.value)
+    assert h.server.commands()[-1] == "abort"
+    abort_query = h.server.requests[-1][2]
+    assert abort_query["connectionToken"] == [TOKEN]
+    assert h.transport.closed
+    assert result_of(when_closed) is None
+    assert h.conn.state is ConnectionState.disconnected
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_while_reconnecting(h: Harness) -> None:
+    """stop() during reconnecting cancels the retry and the deadline."""
+    h.connect()
+    h.transport.lose()
+    result_of(h.stop())
+    assert h.clock.getDelayedCalls() == []
+    assert h.server.commands()[-1] == "abort"
+
+
+def test_restart_after_stop_renegotiates(h: Harness) -> None:
+    """A stopped connection can start again; it negotiates anew."""
+    h.connect()
+    result_of(h.stop())
+    h.connect()
+    assert h.server.commands().count("negotiate") == 2
+
+
+def test_state_changes_are_observable(h: Harness) -> None:
+    """on_state_change reports every transition in order."""
+    changes: list[tuple[str, str]] = []
+    h.conn.on_state_change(lambda old, new: changes.append((old.value, new.value)))
+    h.connect()
+    h.transport.lose()
+    h.clock.advance(2)
+    h.transport.open_ok()
+    result_of(h.stop())
+    assert changes == [
+        ("disconnected", "connecting"), ("connecting", "connected"),
+        ("connected", "reconnecting"), ("reconnecting", "connected"),
+        ("connected", "disconnected"),
+    ]
+
+
+def test_secrets_never_logged_or_in_repr() -> None:
+    """Tokens, cookies and Authorization never appear in logs or reprs."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness(headers={"Authorization": "Bearer TOPSECRET"}, cookies={"sess": "COOKIEVAL"})
+        h.connect()
+        h.transport.frame(b"garbage")
+        h.transport.lose()
+        h.clock.advance(2)
+        h.transport.lose("nope", status=400)
+        text = repr(h.conn) + repr(h.conn.negotiated)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    text += "\n".join(formatEvent(e) + repr(e) for e in events)
+    assert events
+    for secret in (TOKEN, "AQAAANCMnd8%2B", "TOPSECRET", "COOKIEVAL", "abc123"):
+        assert secret not in text

@@ -1,0 +1,236 @@
+"""
+The WebSocket transport: an autobahn client protocol that only opens, sends, closes
+and hands received frames upward.
+
+autobahn's own timers (auto-ping, opening/closing handshake timeouts, server drop
+timeout) are switched off: they run on txaio's global loop rather than the reactor the
+connection was given, so tests driving time with ``task.Clock`` could not control them.
+The connection applies its own deadlines on the injected clock instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+
+from txsignalr.errors import ConnectionClosed
+
+__all__ = ["TransportSink", "WebSocketTransport"]
+
+
+class TransportSink(Protocol):
+    """What a transport reports to: the connection state machine."""
+
+    def transport_opened(self, transport: WebSocketTransport) -> None: ...
+
+    def frame_received(self, transport: WebSocketTransport, data: bytes) -> None: ...
+
+    def transport_lost(self, transport: WebSocketTransport, reason: ConnectionClosed) -> None: ...
+
+
+_UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    """Forwards autobahn's callbacks to the owning :class:`WebSocketTransport`."""
+
+    owner: WebSocketTransport | None = None
+
+    def onOpen(self) -> None:
+        owner = self.factory.owner
+        self.owner = owner
+        owner._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner._sink.frame_received(owner, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.owner._closed(wasClean, code, reason)
+
+
+class _ClientFactory(WebSocketClientFactory):
+    protocol = _ClientProtocol
+
+    def __init__(self, owner: WebSocketTransport, url: str, headers: dict[str, str]) -> None:
+        super().__init__(url, headers=headers)  # type: ignore[no-untyped-call]
+        self.owner = owner
+
+
+class WebSocketTransport:
+    """
+    One WebSocket to a SignalR ``/connect`` or ``/reconnect`` URL.
+
+    :param reactor: the reactor (TCP and time).
+    :param url: the ``ws://`` or ``wss://`` URL.
+    :param headers: extra handshake headers (cookies, custom headers).
+    :param tls: the TLS policy for ``wss://`` URLs.
+    :param sink: where opening, frames and loss are reported.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        headers: dict[str, str],
+        tls: IPolicyForHTTPS | None,
+        sink: TransportSink,
+    ) -> None:
+        self._reactor = reactor
+        self._url = url
+        self._headers = headers
+        self._tls = tls
+        self._sink = sink
+        self._protocol: WebSocketClientProtocol | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._done = False
+        self._close_timer: Any = None
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def open(self) -> None:
+        """Start connecting; the sink hears ``transport_opened`` or ``transport_lost``."""
+        parts = urlsplit(self._url)
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        factory: WebSocketClientFactory = _ClientFactory(self, self._url, self._headers)
+        factory.setProtocolOptions(
+            autoPingInterval=0,
+            autoPingTimeout=0,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            serverConnectionDropTimeout=0,
+            # Frames from a SignalR server are text; do not spend time validating
+            # UTF-8 twice: the JSON decoder rejects invalid UTF-8 anyway.
+            utf8validateIncoming=False,
+            tcpNoDelay=True,
+        )
+        endpoint: Any = HostnameEndpoint(self._reactor, host, port)
+        if secure:
+            policy = self._tls
+            if policy is None:
+                from twisted.web.client import BrowserLikePolicyForHTTPS
+
+                policy = BrowserLikePolicyForHTTPS()
+            creator = policy.creatorForNetloc(host.encode("idna"), port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        d = endpoint.connect(factory)
+        self._connecting = d
+
+        def connected(protocol: Any) -> None:
+            self._connecting = None
+
+        def failed(f: Failure) -> None:
+            self._connecting = None
+            if not self._done:
+                self._finish(ConnectionClosed("could not connect the WebSocket", f.value))
+
+        d.addCallbacks(connected, failed)
+
+    # -- called by the protocol
+
+    def _opened(self, protocol: WebSocketClientProtocol) -> None:
+        self._protocol = protocol
+        if self._done:
+            protocol.dropConnection(abort=True)
+            return
+        self._sink.transport_opened(self)
+
+    def _closed(self, was_clean: bool, code: int | None, reason: str | None) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        waiters, self._closed_waiters = self._closed_waiters, []
+        if not self._done:
+            text = reason or ""
+            status = _UPGRADE_FAILED.search(text)
+            if status is not None:
+                closed = ConnectionClosed(
+                    f"WebSocket upgrade refused with HTTP {status.group(1)}"
+                )
+                closed.status = int(status.group(1))  # type: ignore[attr-defined]
+            elif was_clean:
+                closed = ConnectionClosed(f"WebSocket closed by the server (code {code})")
+            else:
+                closed = ConnectionClosed(f"WebSocket lost: {text or 'connection dropped'}")
+            self._finish(closed)
+        for w in waiters:
+            w.callback(None)
+
+    def _finish(self, reason: ConnectionClosed) -> None:
+        self._done = True
+        self._sink.transport_lost(self, reason)
+
+    # -- used by the connection
+
+    def send(self, data: bytes) -> None:
+        """Send one text message."""
+        protocol = self._protocol
+        if protocol is None or self._done:
+            raise ConnectionClosed("the WebSocket is not open")
+        protocol.sendMessage(data, False)
+
+    def close(self, timeout: float = 2.0) -> Deferred[None]:
+        """
+        Close without telling the sink (the caller already decided what happens next).
+
+        Sends a close frame and drops the TCP connection if the server has not closed
+        it within ``timeout`` seconds on the injected clock.
+
+        :returns: a Deferred that fires once the socket is gone.
+        """
+        self._done = True
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        protocol = self._protocol
+        if protocol is None or protocol.state == WebSocketClientProtocol.STATE_CLOSED:
+            return _succeeded()
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        if protocol.state == WebSocketClientProtocol.STATE_OPEN:
+            protocol.sendClose(1000)
+        else:
+            protocol.dropConnection(abort=True)
+        clock: IReactorTime = self._reactor
+        self._close_timer = clock.callLater(timeout, self._force_drop)
+        return d
+
+    def abort(self) -> Deferred[None]:
+        """Drop the TCP connection at once, without telling the sink."""
+        self._done = True
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        protocol = self._protocol
+        if protocol is None or protocol.state == WebSocketClientProtocol.STATE_CLOSED:
+            return _succeeded()
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        protocol.dropConnection(abort=True)
+        return d
+
+    def _force_drop(self) -> None:
+        self._close_timer = None
+        protocol = self._protocol
+        if protocol is not None and protocol.state != WebSocketClientProtocol.STATE_CLOSED:
+            protocol.dropConnection(abort=True)
+
+
+def _succeeded() -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    d.callback(None)
+    return d
+
