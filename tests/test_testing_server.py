@@ -1,0 +1,909 @@
+"""
+Tests of the in-process SignalR server (:mod:`txsignalr.testing`) on its own: the
+sans-I/O pieces with plain values, the HTTP and WebSocket behaviour with raw treq and
+autobahn clients on 127.0.0.1 (not our HubConnection).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+import treq
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import defer, task
+from twisted.internet.task import LoopingCall
+
+from txsignalr.payloads import decode_deflate_base64
+from txsignalr.testing import C3Hub, ChatHub, Hub, HubCall, HubException, SignalRServer
+from txsignalr.testing._bus import MessageBus
+from txsignalr.testing._server import parse_cookies
+from txsignalr.testing._tokens import Protector
+from txsignalr.testing._wire import (
+    hub_result,
+    negotiate_body,
+    parse_invocation,
+    persistent_response,
+    progress_message,
+    resolve_protocol,
+)
+
+T = TypeVar("T")
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def bounded(seconds: float = 15.0) -> Callable[[Callable[..., Awaitable[T]]], Any]:
+    """Fail the wrapped async test with TimeoutError after ``seconds``."""
+
+    def deco(fn: Callable[..., Awaitable[T]]) -> Any:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> T:
+            d = defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
+            return await d.addTimeout(seconds, _reactor())  # type: ignore[no-any-return]
+
+        return wrapper
+
+    return deco
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(_reactor(), seconds, lambda: None)
+
+
+class RecordingHub(Hub):
+    """A hub that records its lifecycle hooks and offers a few test methods."""
+
+    name = "Rec"
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_connected(self, connection_id: str) -> None:
+        self.events.append(("connected", connection_id))
+
+    def on_reconnected(self, connection_id: str) -> None:
+        self.events.append(("reconnected", connection_id))
+
+    def on_disconnected(self, connection_id: str, stop_called: bool) -> None:
+        self.events.append(("disconnected", (connection_id, stop_called)))
+
+    def Add(self, call: HubCall, a: int, b: int = 0) -> int:
+        return a + b
+
+    def Nothing(self, call: HubCall) -> None:
+        return None
+
+    def Deferred(self, call: HubCall, value: Any) -> defer.Deferred[Any]:
+        return task.deferLater(_reactor(), 0.01, lambda: value)
+
+    def CallMeBack(self, call: HubCall, text: str) -> str:
+        call.state["seen"] = text
+        call.caller.invoke("calledBack", text)
+        return "ok"
+
+    def Refuse(self, call: HubCall) -> None:
+        raise HubException("no", data=None)
+
+
+@asynccontextmanager
+async def running(**kwargs: Any) -> AsyncIterator[SignalRServer]:
+    hubs = kwargs.pop("hubs", None) or [C3Hub(), ChatHub()]
+    server = SignalRServer(_reactor(), hubs=hubs, **kwargs)
+    await server.listen(0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def cd(*hubs: str) -> str:
+    return quote(json.dumps([{"name": h} for h in hubs]), safe="")
+
+
+async def http_get(url: str, method: str = "GET") -> tuple[int, Any, bytes]:
+    response = await treq.request(method, url, persistent=False)
+    body = await response.content()
+    return response.code, response.headers, body
+
+
+async def negotiate(
+    server: SignalRServer, *hubs: str, protocol: str | None = "1.5"
+) -> dict[str, Any]:
+    query = f"connectionData={cd(*hubs)}"
+    if protocol is not None:
+        query = f"clientProtocol={protocol}&" + query
+    code, _headers, body = await http_get(f"{server.url}/negotiate?{query}")
+    assert code == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def common_query(token: str, *hubs: str) -> str:
+    return (
+        f"transport=webSockets&clientProtocol=1.5&connectionToken={quote(token, safe='')}"
+        f"&connectionData={cd(*hubs)}"
+    )
+
+
+class RawClient(WebSocketClientProtocol):
+    """Collects text frames; never answers anything by itself."""
+
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.frames.put(payload.decode("utf-8"))
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"closed: {reason}"))
+        if not self.factory.closed.called:
+            self.factory.closed.callback(wasClean)
+
+    def send_json(self, value: Any) -> None:
+        self.sendMessage(json.dumps(value).encode("utf-8"))
+
+
+class Conn:
+    """A raw WebSocket to the server plus helpers to read frames."""
+
+    def __init__(self, factory: WebSocketClientFactory, proto: RawClient) -> None:
+        self.factory = factory
+        self.proto = proto
+
+    @property
+    def closed(self) -> defer.Deferred[bool]:
+        return self.factory.closed  # type: ignore[no-any-return]
+
+    async def frame(self, keepalives: bool = False, timeout: float = 5.0) -> Any:
+        while True:
+            d = self.factory.frames.get()
+            text = await d.addTimeout(timeout, _reactor())
+            value = json.loads(text)
+            if value == {} and not keepalives:
+                continue
+            return value
+
+    async def until(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+        while True:
+            value = await self.frame(timeout=timeout)
+            if pred(value):
+                return value
+
+    async def result(self, invocation_id: str, timeout: float = 5.0) -> Any:
+        return await self.until(lambda f: "I" in f and f["I"] == invocation_id, timeout)
+
+    def send(self, value: Any) -> None:
+        self.proto.send_json(value)
+
+    def drop(self) -> None:
+        self.proto.transport.abortConnection()
+
+
+async def open_ws(
+    server: SignalRServer,
+    query: str,
+    kind: str = "connect",
+    headers: dict[str, str] | None = None,
+    origin: str | None = None,
+) -> Conn:
+    url = server.url.replace("http://", "ws://") + f"/{kind}?{query}"
+    factory = WebSocketClientFactory(url, headers=headers or {}, origin=origin)
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    factory.protocol = RawClient
+    factory.frames = defer.DeferredQueue()
+    factory.opened = defer.Deferred()
+    factory.closed = defer.Deferred()
+    connectWS(factory)
+    proto = await factory.opened.addTimeout(5, _reactor())
+    return Conn(factory, proto)
+
+
+async def connect_started(server: SignalRServer, *hubs: str) -> tuple[dict[str, Any], Conn]:
+    """negotiate, WS connect, read the init frame, /start."""
+    neg = await negotiate(server, *hubs)
+    conn = await open_ws(server, common_query(neg["ConnectionToken"], *hubs))
+    init = await conn.frame()
+    assert init.get("S") == 1
+    code, _h, body = await http_get(
+        f"{server.url}/start?{common_query(neg['ConnectionToken'], *hubs)}"
+    )
+    assert (code, body) == (200, b'{ "Response": "started" }')
+    return neg, conn
+
+
+# -- sans-I/O pieces ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        (None, "1.2"),
+        ("", "1.2"),
+        ("2", "1.2"),
+        ("abc", "1.2"),
+        ("1.0", "1.2"),
+        ("1.4", "1.4"),
+        ("1.5", "1.5"),
+        ("2.0", "2.0"),
+        ("2.1", "2.0"),
+        ("9.9", "2.0"),
+    ],
+)
+def test_resolve_protocol_clamps_to_1_2_and_2_0(sent: str | None, expected: str) -> None:
+    """clientProtocol is clamped to [1.2, 2.0]; missing or unparsable gives 1.2."""
+    assert resolve_protocol(sent)[0] == expected
+
+
+def test_negotiate_body_key_order_and_doubles_match_transcript() -> None:
+    """The negotiate document has the real server's key order and prints doubles as 4.0."""
+    body = negotiate_body(
+        url="/signalr",
+        connection_token="T+/=",
+        connection_id="87858d5c-6b60-4cff-9f1b-203bcaf3fe76",
+        keepalive_timeout=4,
+        disconnect_timeout=6,
+        connection_timeout=110,
+        try_websockets=True,
+        protocol_version="1.5",
+        transport_connect_timeout=5,
+        long_poll_delay=0,
+    )
+    assert body == (
+        b'{"Url":"/signalr","ConnectionToken":"T+/=","ConnectionId":'
+        b'"87858d5c-6b60-4cff-9f1b-203bcaf3fe76","KeepAliveTimeout":4.0,"DisconnectTimeout":6.0,'
+        b'"ConnectionTimeout":110.0,"TryWebSockets":true,"ProtocolVersion":"1.5",'
+        b'"TransportConnectTimeout":5.0,"LongPollDelay":0.0}'
+    )
+    nulled = json.loads(
+        negotiate_body(
+            url="/x",
+            connection_token="t",
+            connection_id="i",
+            keepalive_timeout=None,
+            disconnect_timeout=30,
+            connection_timeout=110,
+            try_websockets=True,
+            protocol_version="2.0",
+            transport_connect_timeout=5,
+            long_poll_delay=0,
+        )
+    )
+    assert nulled["KeepAliveTimeout"] is None
+
+
+def test_frames_have_server_key_order() -> None:
+    """Persistent responses are C,S,G,M; results S,R,I,H,E,D; progress I,P."""
+    assert persistent_response("d-1-A,0", [], initialized=True) == '{"C":"d-1-A,0","S":1,"M":[]}'
+    assert (
+        persistent_response("c", ['{"a":1}', "2"], groups_token="g+/")
+        == '{"C":"c","G":"g+/","M":[{"a":1},2]}'
+    )
+    assert hub_result("0") == '{"I":"0"}'
+    assert hub_result("2", result="ok", state={"n": 1}) == '{"S":{"n":1},"R":"ok","I":"2"}'
+    assert (
+        hub_result("8", error="x", is_hub_exception=True, error_data={"Code": 42})
+        == '{"I":"8","H":true,"E":"x","D":{"Code":42}}'
+    )
+    assert hub_result("9", error="x", is_hub_exception=True) == '{"I":"9","H":true,"E":"x"}'
+    assert progress_message("11", 20) == '{"I":"P|11","P":{"I":"11","D":20}}'
+    assert hub_result("1", result={"s": "h\u00e9llo \u2603"}) == '{"R":{"s":"héllo ☃"},"I":"1"}'
+
+
+def test_parse_invocation_normalises_id_to_string() -> None:
+    """Invocation ids may be numbers or strings; the server keeps them as strings."""
+    assert parse_invocation('{"H":"c3","M":"Echo","A":[1],"I":0}').invocation_id == "0"
+    assert parse_invocation('{"H":"c3","M":"Echo","A":[1],"I":"7"}').invocation_id == "7"
+    assert parse_invocation('{"H":"c3","M":"x","A":[],"I":1,"S":{"a":1}}').state == {"a": 1}
+    for bad in ["[]", '{"M":"x","I":1}', '{"H":"c3","M":"x","A":{},"I":1}', "nope"]:
+        with pytest.raises(ValueError):
+            parse_invocation(bad)
+
+
+def test_bus_merges_topics_in_publication_order_and_limits_batches() -> None:
+    """Reading after a cursor yields every later message of its topics, in order, once."""
+    bus = MessageBus("ABCDEF01", buffer_size=100)
+    positions = bus.positions_for(["a", "b"])
+    for i in range(12):
+        bus.publish("a" if i % 2 else "b", str(i))
+    bus.publish("other", "x")
+    first = bus.read(positions, 10)
+    assert [e.payload for e in first] == [str(i) for i in range(10)]
+    for e in first:
+        positions[e.topic] = e.message_id
+    rest = bus.read(positions, 10)
+    assert [e.payload for e in rest] == ["10", "11"]
+
+
+def test_bus_cursor_round_trip_foreign_and_malformed() -> None:
+    """Cursors round-trip; another instance's or malformed cursors mean 'start fresh'."""
+    bus = MessageBus("98046728")
+    bus.publish("t", "1")
+    bus.publish("t", "2")
+    cursor = bus.format_cursor({"t": 2, "u": 0})
+    assert re.fullmatch(r"d-98046728-[A-Za-z0-9]+,2\|[A-Za-z0-9]+,0", cursor)
+    assert bus.parse_cursor(cursor) == {"t": 2, "u": 0}
+    assert bus.parse_cursor(cursor.replace("98046728", "11111111")) is None
+    for bad in [None, "", "d-", "s-0,1", "d-98046728-A", "d-98046728-A,zz", "d-98046728-|"]:
+        assert bus.parse_cursor(bad) is None
+
+
+def test_bus_buffer_is_bounded_per_topic() -> None:
+    """Only the last buffer_size messages of a topic can be replayed."""
+    bus = MessageBus("00000001", buffer_size=3)
+    for i in range(5):
+        bus.publish("t", str(i))
+    assert [e.payload for e in bus.read({"t": 0}, 10)] == ["2", "3", "4"]
+
+
+def test_tokens_round_trip_and_reject_foreign_or_tampered() -> None:
+    """Tokens are readable only by the instance that made them and bind groups to an id."""
+    p = Protector()
+    token = p.connection_token("abc")
+    assert p.connection_id(token) == "abc"
+    base64.b64decode(token, validate=True)
+    assert Protector().connection_id(token) is None
+    raw = bytearray(base64.b64decode(token))
+    raw[-1] ^= 1
+    assert p.connection_id(base64.b64encode(bytes(raw)).decode()) is None
+    assert p.connection_id("garbage") is None
+    assert p.connection_id(token.replace("+", " ")) in (None, "abc")
+    groups = p.groups_token("abc", ["hg-c3.tick"])
+    assert p.groups(groups, "abc") == ["hg-c3.tick"]
+    assert p.groups(groups, "other") == []
+    assert p.groups(token, "abc") == []
+
+
+def test_cookie_parsing_tolerates_attributes() -> None:
+    """Cookie headers with attributes (as forwarded by some clients) still parse."""
+    assert parse_cookies(["stubaffinity=abc123; Path=/", "x=1;y=2; HttpOnly"]) == {
+        "stubaffinity": "abc123",
+        "x": "1",
+        "y": "2",
+    }
+
+
+def test_hub_methods_are_public_subclass_methods_only() -> None:
+    """Hub methods are the subclass's public functions; hooks and helpers are not."""
+    table = RecordingHub.hub_methods()
+    assert set(table) == {"add", "nothing", "deferred", "callmeback", "refuse"}
+    assert C3Hub.name == "c3" and RecordingHub.name == "Rec"
+
+    class Plain(Hub):
+        pass
+
+    assert Plain.name == "Plain"
+
+
+# -- HTTP endpoints -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_negotiate_response_shape() -> None:
+    """negotiate answers the transcript's document, content type and nosniff header."""
+    async with running(keepalive=2.0, disconnect_timeout=6.0) as server:
+        code, headers, body = await http_get(
+            f"{server.url}/negotiate?clientProtocol=1.5&connectionData={cd('c3')}"
+        )
+        assert code == 200
+        assert headers.getRawHeaders("content-type") == ["application/json; charset=UTF-8"]
+        assert headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+        doc = json.loads(body)
+        assert list(doc) == [
+            "Url",
+            "ConnectionToken",
+            "ConnectionId",
+            "KeepAliveTimeout",
+            "DisconnectTimeout",
+            "ConnectionTimeout",
+            "TryWebSockets",
+            "ProtocolVersion",
+            "TransportConnectTimeout",
+            "LongPollDelay",
+        ]
+        assert doc["Url"] == "/signalr"
+        assert b'"KeepAliveTimeout":4.0,"DisconnectTimeout":6.0,"ConnectionTimeout":110.0' in body
+        assert doc["ProtocolVersion"] == "1.5"
+        assert re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", doc["ConnectionId"]
+        )
+        base64.b64decode(doc["ConnectionToken"], validate=True)
+        kind, info = server.log[-1]
+        assert kind == "negotiate" and info["query"]["clientProtocol"] == "1.5"
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_negotiate_version_clamping_and_keepalive_null() -> None:
+    """ProtocolVersion is clamped; keepalive=None advertises KeepAliveTimeout null."""
+    async with running(keepalive=None) as server:
+        assert (await negotiate(server, "c3", protocol="9.9"))["ProtocolVersion"] == "2.0"
+        assert (await negotiate(server, "c3", protocol=None))["ProtocolVersion"] == "1.2"
+        doc = await negotiate(server, "chat", "C3", protocol="1.4")
+        assert doc["ProtocolVersion"] == "1.4"
+        assert doc["KeepAliveTimeout"] is None
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_negotiate_unknown_hub_is_500_empty() -> None:
+    """An unknown hub name in connectionData gives HTTP 500 with an empty body."""
+    async with running() as server:
+        code, _h, body = await http_get(
+            f"{server.url}/negotiate?clientProtocol=1.5&connectionData={cd('nosuchhub')}"
+        )
+        assert (code, body) == (500, b"")
+        code, _h, body = await http_get(
+            f"{server.url}/negotiate?clientProtocol=1.5&connectionData=%5Bnot-json"
+        )
+        assert (code, body) == (500, b"")
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_error_texts_and_ping() -> None:
+    """The 400 texts of the real server, text/plain, and the ping body."""
+    async with running() as server:
+        neg = await negotiate(server, "c3")
+        while "+" not in neg["ConnectionToken"]:  # a raw "+" arrives as a space
+            neg = await negotiate(server, "c3")
+        token = quote(neg["ConnectionToken"], safe="")
+        base = server.url
+        cases = [
+            (f"{base}/connect?clientProtocol=1.5", b"Protocol error: Unknown transport."),
+            (f"{base}/connect?transport=longPolling", b"Protocol error: Unknown transport."),
+            (f"{base}/connect?transport=webSockets", b"Protocol error: Missing connection token."),
+            (
+                f"{base}/connect?transport=webSockets&connectionToken=garbage",
+                b"The ConnectionId is in the incorrect format.",
+            ),
+            (
+                f"{base}/connect?transport=webSockets&connectionToken={neg['ConnectionToken']}",
+                b"The ConnectionId is in the incorrect format.",
+            ),
+            (
+                f"{base}/connect?transport=webSockets&connectionToken={token}",
+                b"Not a valid web socket request.",
+            ),
+            (
+                f"{base}/negotiate/?clientProtocol=1.5",
+                b"Protocol error: Unknown transport.",
+            ),
+        ]
+        for url, text in cases:
+            code, headers, body = await http_get(url)
+            assert (code, body) == (400, text), url
+            assert headers.getRawHeaders("content-type") == ["text/plain"]
+            assert headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+        code, headers, body = await http_get(f"{base}/ping", method="POST")
+        assert (code, body) == (200, b'{ "Response": "pong" }')
+        assert headers.getRawHeaders("content-type") == ["application/json; charset=UTF-8"]
+        assert server.events("ping") == [{}]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_refuse_negotiate_until_reset() -> None:
+    """refuse_negotiate makes every negotiate fail until it is called with None."""
+    async with running() as server:
+        server.refuse_negotiate(503, b"busy", "text/html")
+        code, headers, body = await http_get(f"{server.url}/negotiate?clientProtocol=1.5")
+        assert (code, body) == (503, b"busy")
+        assert headers.getRawHeaders("content-type") == ["text/html"]
+        server.refuse_negotiate(None)
+        assert (await negotiate(server, "c3"))["ProtocolVersion"] == "1.5"
+
+
+# -- WebSocket session ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_connect_init_frame_then_start_runs_on_connected() -> None:
+    """The first frame is {"C":…,"S":1,"M":[]}; /start answers 'started' and runs OnConnected."""
+    rec = RecordingHub()
+    async with running(hubs=[rec, ChatHub()], negotiate_cookies={"aff": "1"}) as server:
+        code, headers, body = await http_get(
+            f"{server.url}/negotiate?clientProtocol=1.5&connectionData={cd('rec')}"
+        )
+        assert any(c.startswith("aff=1") for c in headers.getRawHeaders("set-cookie"))
+        neg = json.loads(body)
+        conn = await open_ws(
+            server,
+            common_query(neg["ConnectionToken"], "rec") + "&tid=3",
+            headers={"Cookie": "aff=1; Path=/"},
+            origin="null",
+        )
+        first = await conn.factory.frames.get().addTimeout(5, _reactor())
+        assert re.fullmatch(r'\{"C":"d-[0-9A-F]{1,8}-[^"]*","S":1,"M":\[\]\}', first), first
+        assert rec.events == []
+        connect_info = server.events("connect")[0]
+        assert connect_info["connection_id"] == neg["ConnectionId"]
+        assert connect_info["cookies"] == {"aff": "1"}
+        code, headers, body = await http_get(
+            f"{server.url}/start?{common_query(neg['ConnectionToken'], 'rec')}"
+        )
+        assert (code, body) == (200, b'{ "Response": "started" }')
+        assert headers.getRawHeaders("content-type") == ["application/json; charset=UTF-8"]
+        assert rec.events == [("connected", neg["ConnectionId"])]
+        assert server.connections == [neg["ConnectionId"]]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_old_protocol_runs_on_connected_at_connect() -> None:
+    """With protocol < 1.4 OnConnected runs on /connect, before the init frame."""
+    rec = RecordingHub()
+    async with running(hubs=[rec]) as server:
+        neg = await negotiate(server, "Rec", protocol=None)
+        query = common_query(neg["ConnectionToken"], "Rec").replace("clientProtocol=1.5", "x=1")
+        conn = await open_ws(server, query)
+        assert (await conn.frame())["S"] == 1
+        assert rec.events == [("connected", neg["ConnectionId"])]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_invocation_results_errors_and_state() -> None:
+    """Results, void, hub and plain errors, unknown methods, state and caller calls."""
+    rec = RecordingHub()
+    async with running(hubs=[rec, C3Hub(), ChatHub()]) as server:
+        _neg, conn = await connect_started(server, "c3", "chat", "rec")
+        conn.send({"H": "c3", "M": "echo", "A": [{"s": "h\u00e9llo", "n": [1, 2.5]}], "I": 0})
+        assert await conn.result("0") == {"R": {"s": "h\u00e9llo", "n": [1, 2.5]}, "I": "0"}
+        conn.send({"H": "REC", "M": "add", "A": [2, 3], "I": "x1"})
+        assert await conn.result("x1") == {"R": 5, "I": "x1"}
+        conn.send({"H": "rec", "M": "Nothing", "A": [], "I": 2})
+        assert await conn.result("2") == {"I": "2"}
+        conn.send({"H": "rec", "M": "Deferred", "A": ["later"], "I": 3})
+        assert await conn.result("3") == {"R": "later", "I": "3"}
+        conn.send({"H": "c3", "M": "Fail", "A": [], "I": 4})
+        assert await conn.result("4") == {
+            "I": "4",
+            "H": True,
+            "E": "Intentional failure from c3.Fail()",
+            "D": {"Code": 42, "Reason": "requested"},
+        }
+        conn.send({"H": "rec", "M": "Refuse", "A": [], "I": 5})
+        assert await conn.result("5") == {"I": "5", "H": True, "E": "no"}
+        conn.send({"H": "C3", "M": "crash", "A": [], "I": 6})
+        assert await conn.result("6") == {
+            "I": "6",
+            "E": "There was an error invoking Hub method 'C3.crash'.",
+        }
+        conn.send({"H": "c3", "M": "NoSuchMethod", "A": [1], "I": 7})
+        assert await conn.result("7") == {
+            "I": "7",
+            "E": "There was an error invoking Hub method 'c3.NoSuchMethod'.",
+        }
+        conn.send(
+            {
+                "H": "chat",
+                "M": "IncrementCounter",
+                "A": [],
+                "I": 8,
+                "S": {"counter": 5, "name": "alice"},
+            }
+        )
+        assert await conn.result("8") == {
+            "S": {"counter": 6, "lastCalled": "IncrementCounter"},
+            "R": 6,
+            "I": "8",
+        }
+        conn.send({"H": "chat", "M": "GetName", "A": [], "I": 9, "S": {"name": "alice"}})
+        assert await conn.result("9") == {"R": "alice", "I": "9"}
+        conn.send({"H": "chat", "M": "Whoami", "A": [], "I": 10})
+        assert (await conn.result("10"))["R"] == server.connections[0]
+        conn.send({"H": "rec", "M": "CallMeBack", "A": ["hey"], "I": 11})
+        call = await conn.until(lambda f: bool(f.get("M")))
+        assert call["M"] == [{"H": "Rec", "M": "calledBack", "A": ["hey"], "S": {"seen": "hey"}}]
+        assert await conn.result("11") == {"S": {"seen": "hey"}, "R": "ok", "I": "11"}
+        # unknown hub and malformed JSON: nothing comes back, the connection stays usable
+        conn.send({"H": "nohub", "M": "x", "A": [], "I": 12})
+        conn.proto.sendMessage(b"{not json")
+        conn.send({"H": "c3", "M": "Echo", "A": [1], "I": 13})
+        assert await conn.frame() == {"R": 1, "I": "13"}
+        received = [i["payload"] for i in server.events("received")]
+        assert received[-2] == "{not json"
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_detailed_errors_and_argument_count() -> None:
+    """detailed_errors sends exception messages and the resolution texts."""
+    async with running(detailed_errors=True) as server:
+        _neg, conn = await connect_started(server, "c3")
+        conn.send({"H": "c3", "M": "Crash", "A": [], "I": 0})
+        assert await conn.result("0") == {
+            "I": "0",
+            "E": "Intentional non-hub exception from c3.Crash()",
+        }
+        conn.send({"H": "c3", "M": "NoSuchMethod", "A": [1], "I": 1})
+        assert await conn.result("1") == {
+            "I": "1",
+            "E": "'NoSuchMethod' method could not be resolved. No method found with that name.",
+        }
+        conn.send({"H": "c3", "M": "echo", "A": [1, 2], "I": 2})
+        error = (await conn.result("2"))["E"]
+        assert error.startswith("'echo' method could not be resolved. Potential candidates are: ")
+        assert "Echo(value:Object):Object" in error
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_progress_messages_arrive_inside_m_before_the_result() -> None:
+    """Slow reports 20..100 as {"I":"P|id","P":{…}} inside M, then the result."""
+    async with running() as server:
+        _neg, conn = await connect_started(server, "c3")
+        conn.send({"H": "c3", "M": "Slow", "A": [50], "I": 11})
+        progress = []
+        while True:
+            frame = await conn.frame()
+            if "I" in frame:
+                assert frame == {"R": "slept 50 ms", "I": "11"}
+                break
+            for m in frame["M"]:
+                assert m["I"] == "P|11"
+                progress.append(m["P"])
+        assert progress == [{"I": "11", "D": d} for d in (20, 40, 60, 80, 100)]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_client_method_broadcast_and_groups() -> None:
+    """Send reaches both clients; JoinGroup sends G; group messages reach members only."""
+    async with running() as server:
+        _na, a = await connect_started(server, "chat")
+        _nb, b = await connect_started(server, "chat")
+        a.send({"H": "chat", "M": "Send", "A": ["alice", "hi all"], "I": 0})
+        for c in (a, b):
+            frame = await c.until(lambda f: bool(f.get("M")))
+            assert frame["M"] == [{"H": "chat", "M": "addMessage", "A": ["alice", "hi all"]}]
+            assert list(frame) == ["C", "M"]
+        assert await a.result("0") == {"I": "0"}
+        a.send({"H": "chat", "M": "JoinGroup", "A": ["g1"], "I": 1})
+        g_frame = await a.until(lambda f: "G" in f)
+        assert list(g_frame) == ["C", "G", "M"] and g_frame["M"] == []
+        b.send({"H": "chat", "M": "SendToGroup", "A": ["g1", "to group"], "I": 0})
+        frame = await a.until(lambda f: bool(f.get("M")))
+        assert frame["M"] == [{"H": "chat", "M": "groupMessage", "A": ["g1", "to group"]}]
+        assert await b.result("0") == {"I": "0"}
+        server.send_to_all("chat", "fromServer", 1)
+        for c in (a, b):
+            assert (await c.until(lambda f: bool(f.get("M"))))["M"][0]["M"] == "fromServer"
+        a_id = server.connections[0]
+        assert server.groups_of(a_id) == [("chat", "g1")]
+        server.remove_from_group(a_id, "chat", "g1")
+        assert "G" in await a.until(lambda f: "G" in f or bool(f.get("M")))
+        server.send_to_connection(a_id, "chat", "direct", "x")
+        direct = await a.until(lambda f: bool(f.get("M")))
+        assert direct["M"] == [{"H": "chat", "M": "direct", "A": ["x"]}]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_c3_pushes_to_subscribed_topics() -> None:
+    """Subscribe joins topics (G), then tick/heartbeat/marketSummaries arrive with one sequence."""
+    async with running(hubs=[C3Hub(interval=0.02)]) as server:
+        _neg, conn = await connect_started(server, "c3")
+        conn.send(
+            {
+                "H": "c3",
+                "M": "Subscribe",
+                "A": [["heartbeat", "tick", "market_summaries", "invalid_x", "private_o"]],
+                "I": 0,
+            }
+        )
+        assert (await conn.result("0"))["R"] == [
+            {"Success": True, "ErrorCode": None},
+            {"Success": True, "ErrorCode": None},
+            {"Success": True, "ErrorCode": None},
+            {"Success": False, "ErrorCode": "INVALID_CHANNEL"},
+            {"Success": False, "ErrorCode": "UNAUTHORIZED"},
+        ]
+        seen: dict[str, Any] = {}
+        while len(seen) < 3:
+            frame = await conn.until(lambda f: bool(f.get("M")))
+            for m in frame["M"]:
+                assert m["H"] == "c3"
+                seen.setdefault(m["M"], m["A"])
+        assert seen["heartbeat"] == []
+        assert set(seen["tick"][0]) == {"Seq", "Ts"}
+        summary = decode_deflate_base64(seen["marketSummaries"][0])
+        assert [d["symbol"] for d in summary["deltas"]] == ["BTC-USD", "ETH-USD"]
+        conn.send({"H": "c3", "M": "Authenticate", "A": ["bad", 1, "r", "s"], "I": 1})
+        assert (await conn.result("1"))["R"] == {"Success": False, "ErrorCode": "INVALID_APIKEY"}
+        conn.send({"H": "c3", "M": "Authenticate", "A": ["key", 1, "r", "s"], "I": 2})
+        assert (await conn.result("2"))["R"] == {"Success": True, "ErrorCode": None}
+        conn.send({"H": "c3", "M": "IsAuthenticated", "A": [], "I": 3})
+        assert (await conn.result("3"))["R"] is True
+
+
+@pytest_twisted.ensureDeferred
+@bounded(20)
+async def test_drop_and_reconnect_replays_exactly_the_missed_messages() -> None:
+    """After a dropped socket, /reconnect with messageId+groupsToken replays the gap once."""
+    rec = RecordingHub()
+    async with running(hubs=[C3Hub(interval=0.02), rec]) as server:
+        neg, conn = await connect_started(server, "c3", "rec")
+        conn.send({"H": "c3", "M": "Subscribe", "A": [["tick"]], "I": 0})
+        cursor = groups_token = None
+        seqs: list[int] = []
+        while len(seqs) < 5 or groups_token is None:
+            frame = await conn.frame()
+            if "C" in frame:
+                cursor = frame["C"]
+                groups_token = frame.get("G", groups_token)
+                seqs += [m["A"][0]["Seq"] for m in frame["M"] if m.get("M") == "tick"]
+        closed = server.when_event("socket_closed")
+        conn.drop()
+        await closed
+        await sleep(0.3)
+        assert server.connections == [neg["ConnectionId"]]
+        query = (
+            common_query(neg["ConnectionToken"], "c3", "rec")
+            + f"&messageId={quote(cursor or '', safe='')}"
+            + f"&groupsToken={quote(groups_token or '', safe='')}"
+        )
+        again = await open_ws(server, query, kind="reconnect")
+        replay = await again.frame()
+        assert "S" not in replay
+        more = [m["A"][0]["Seq"] for m in replay["M"]]
+        assert len(more) > 1
+        while len(more) < 30:
+            frame = await again.frame()
+            more += [m["A"][0]["Seq"] for m in frame["M"] if m.get("M") == "tick"]
+        whole = seqs + more
+        assert whole == list(range(whole[0], whole[0] + len(whole)))
+        info = server.events("reconnect")[0]
+        assert info["cursor_valid"] is True and info["groups"] == ["hg-c3.tick"]
+        assert ("reconnected", neg["ConnectionId"]) in rec.events
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_reconnect_with_foreign_groups_token_rejoins_nothing() -> None:
+    """A groups token made for another connection is ignored on reconnect."""
+    async with running() as server:
+        na, a = await connect_started(server, "chat")
+        a.send({"H": "chat", "M": "JoinGroup", "A": ["g1"], "I": 0})
+        token_a = (await a.until(lambda f: "G" in f))["G"]
+        nb, b = await connect_started(server, "chat")
+        b.drop()
+        query = (
+            common_query(nb["ConnectionToken"], "chat")
+            + f"&messageId=garbage&groupsToken={quote(token_a, safe='')}"
+        )
+        await open_ws(server, query, kind="reconnect")
+        info = server.events("reconnect")[0]
+        assert info["groups"] == [] and info["cursor_valid"] is False
+        assert server.groups_of(nb["ConnectionId"]) == []
+        assert server.groups_of(na["ConnectionId"]) == [("chat", "g1")]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_abort_closes_socket_and_fires_disconnected_with_stop_called() -> None:
+    """/abort answers 200 text/plain, closes the WebSocket and runs OnDisconnected(True)."""
+    rec = RecordingHub()
+    async with running(hubs=[rec]) as server:
+        neg, conn = await connect_started(server, "rec")
+        code, headers, body = await http_get(
+            f"{server.url}/abort?{common_query(neg['ConnectionToken'], 'rec')}", method="POST"
+        )
+        assert (code, body) == (200, b"")
+        assert headers.getRawHeaders("content-type") == ["text/plain"]
+        await conn.closed
+        assert server.events("disconnected") == [
+            {"connection_id": neg["ConnectionId"], "stop_called": True}
+        ]
+        assert rec.events[-1] == ("disconnected", (neg["ConnectionId"], True))
+        assert server.connections == []
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_lost_socket_expires_after_disconnect_timeout() -> None:
+    """Without /abort the connection ends with stop_called False after the window."""
+    rec = RecordingHub()
+    async with running(hubs=[rec], disconnect_timeout=0.2) as server:
+        server._disconnect_threshold = 0.1
+        neg, conn = await connect_started(server, "rec")
+        gone = server.when_event("disconnected")
+        conn.drop()
+        assert await gone == {"connection_id": neg["ConnectionId"], "stop_called": False}
+        assert rec.events[-1] == ("disconnected", (neg["ConnectionId"], False))
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_keepalives_and_switching_them_off() -> None:
+    """Idle sockets get {} every keepalive seconds, and none when disabled."""
+    async with running(keepalive=0.05) as server:
+        _neg, conn = await connect_started(server, "chat")
+        assert await conn.frame(keepalives=True) == {}
+        server.keepalives_enabled = False
+        await sleep(0.1)
+        while conn.factory.frames.pending:
+            conn.factory.frames.pending.pop()
+        await sleep(0.2)
+        assert conn.factory.frames.pending == []
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_oversized_message_drops_the_tcp_connection() -> None:
+    """A client message over 64 KiB makes the server drop TCP without a close frame."""
+    async with running() as server:
+        _neg, conn = await connect_started(server, "c3")
+        conn.send({"H": "c3", "M": "Echo", "A": ["y" * 70000], "I": 0})
+        assert await conn.closed is False
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_drop_all_transports_keeps_the_connection() -> None:
+    """drop_all_transports aborts sockets without ending the SignalR connection."""
+    async with running() as server:
+        neg, conn = await connect_started(server, "chat")
+        server.drop_all_transports()
+        assert await conn.closed is False
+        assert server.connections == [neg["ConnectionId"]]
+        assert server.events("disconnected") == []
+
+
+def _ours(call: Any) -> bool:
+    func = call.func
+    owner = getattr(func, "__self__", None)
+    if isinstance(owner, LoopingCall):
+        func = owner.f
+    return str(getattr(func, "__module__", "")).startswith("txsignalr")
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_stop_leaves_no_delayed_calls_and_restart_refuses_old_tokens() -> None:
+    """stop() cancels every timer; listening again on the same port is a fresh instance."""
+    server = SignalRServer(
+        _reactor(), hubs=[C3Hub(interval=0.05), ChatHub()], keepalive=1.0, disconnect_timeout=30
+    )
+    port = await server.listen(0)
+    try:
+        neg, conn = await connect_started(server, "c3", "chat")
+        _neg2, other = await connect_started(server, "chat")
+        other.drop()
+        await server.when_event("socket_closed")
+        conn.send({"H": "c3", "M": "Slow", "A": [10000], "I": 0})
+        await server.when_event("received")
+        assert [c for c in _reactor().getDelayedCalls() if _ours(c)]
+        await server.stop()
+        assert [c for c in _reactor().getDelayedCalls() if _ours(c)] == []
+        assert await conn.closed is False
+        assert await server.listen(port) == port
+        code, _h, body = await http_get(
+            f"{server.url}/connect?{common_query(neg['ConnectionToken'], 'c3')}"
+        )
+        assert (code, body) == (400, b"The ConnectionId is in the incorrect format.")
+        neg3, _conn3 = await connect_started(server, "c3")
+        assert neg3["ConnectionId"] != neg["ConnectionId"]
+    finally:
+        await server.stop()
+    assert [c for c in _reactor().getDelayedCalls() if _ours(c)] == []

@@ -1,0 +1,22 @@
+"""
+An in-process classic ASP.NET SignalR 2.x server for tests, examples and users' tests.
+
+It speaks the WebSockets transport (client protocol 1.2 to 2.0) the way Microsoft's
+server does: the same negotiate document, init frame, cursors, groups tokens, hub
+results, error texts and keep-alives.  See :class:`SignalRServer`.
+
+Reconnect policy: a ``/reconnect`` is accepted for any valid token.  Within
+``disconnect_timeout + 5`` seconds of losing its socket the connection is still known:
+its groups come back from the groups token and everything published after the client's
+cursor (hub, group and connection messages, up to ``buffer_size`` per topic) is
+replayed.  After that window (or after ``/abort``) the server has run
+``on_disconnected`` and forgotten the connection; a late ``/reconnect`` is still
+accepted as a new connection state and replays what the hub and group topics still
+buffer, but messages addressed to that connection alone are gone.
+"""
+
+from txsignalr.testing._demo import C3Hub, ChatHub
+from txsignalr.testing._hubs import Hub, HubCall, HubException
+from txsignalr.testing._server import SignalRServer
+
+__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubException", "SignalRServer"]
