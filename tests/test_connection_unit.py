@@ -67,8 +67,9 @@ class FakeServer(Resource):
     def render(self, request: Request) -> bytes:
         path = request.path.decode()
         query = parse_qs(urlsplit(request.uri.decode()).query)
-        headers = {k.decode().lower(): v[0].decode()
-                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        headers = {
+            k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()
+        }
         command = path.rsplit("/", 1)[-1]
         self.requests.append((request.method.decode(), command, query, headers))
         if command == "negotiate":
@@ -95,8 +96,9 @@ class FakeTransport:
 
     instances: list[FakeTransport] = []
 
-    def __init__(self, reactor: Any, url: str, headers: dict[str, str], tls: Any,
-                 sink: Any) -> None:
+    def __init__(
+        self, reactor: Any, url: str, headers: dict[str, str], tls: Any, sink: Any
+    ) -> None:
         self.url = url
         self.headers = headers
         self.sink = sink
@@ -149,8 +151,9 @@ class Harness:
         self.server = FakeServer()
         self.stub = StubTreq(self.server)
         FakeTransport.instances = []
-        self.conn = HubConnection(self.clock, "http://example.com/signalr",
-                                  http_client=self.stub, **kwargs)
+        self.conn = HubConnection(
+            self.clock, "http://example.com/signalr", http_client=self.stub, **kwargs
+        )
         self.conn._transport_factory = FakeTransport  # type: ignore[assignment]
         self.c3 = self.conn.hub("c3")
 
@@ -252,12 +255,15 @@ def test_cookies_and_headers_on_start_and_abort() -> None:
     h = Harness(headers={"Authorization": "Bearer secret"})
     h.connect()
     result_of(h.stop())
-    for method, command, _query, headers in h.server.requests:
+    for _method, command, _query, headers in h.server.requests:
         assert headers["authorization"] == "Bearer secret", command
         if command != "negotiate":
             assert "affinity=abc123" in headers.get("cookie", ""), command
     assert [r[:2] for r in h.server.requests] == [
-        ("GET", "negotiate"), ("GET", "start"), ("POST", "abort")]
+        ("GET", "negotiate"),
+        ("GET", "start"),
+        ("POST", "abort"),
+    ]
 
 
 def test_messages_between_init_and_start_are_buffered(h: Harness) -> None:
@@ -282,9 +288,15 @@ def test_messages_between_init_and_start_are_buffered(h: Harness) -> None:
     assert seen == [(1, ConnectionState.connected)]
 
 
-@pytest.mark.parametrize(("status", "body"), [
-    (401, b""), (500, b""), (200, b"<html>Please log in</html>"), (200, b"{bad json"),
-])
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, b""),
+        (500, b""),
+        (200, b"<html>Please log in</html>"),
+        (200, b"{bad json"),
+    ],
+)
 def test_negotiate_refused(h: Harness, status: int, body: bytes) -> None:
     """HTTP errors and unusable bodies fail start() with NegotiationError(status, body)."""
     h.server.negotiate = (status, body)
@@ -386,10 +398,14 @@ def test_invoke_result_and_state(h: Harness) -> None:
     h.c3.state["counter"] = 5
     d = h.c3.invoke("Subscribe", ["market_summaries"])
     sent = h.transport.sent_json()[-1]
-    assert sent == {"H": "c3", "M": "Subscribe", "A": [["market_summaries"]], "I": 0,
-                    "S": {"counter": 5}}
-    h.transport.frame({"S": {"counter": 6}, "R": [{"Success": True, "ErrorCode": None}],
-                       "I": "0"})
+    assert sent == {
+        "H": "c3",
+        "M": "Subscribe",
+        "A": [["market_summaries"]],
+        "I": 0,
+        "S": {"counter": 5},
+    }
+    h.transport.frame({"S": {"counter": 6}, "R": [{"Success": True, "ErrorCode": None}], "I": "0"})
     assert result_of(d) == [{"Success": True, "ErrorCode": None}]
     assert h.c3.state == {"counter": 6}
 
@@ -406,13 +422,18 @@ def test_invoke_hub_error(h: Harness) -> None:
     """A hub error becomes HubError with message, data and the HubException flag."""
     h.connect()
     d = h.c3.invoke("Fail")
-    h.transport.frame({"I": "0", "H": True, "E": "Intentional failure",
-                       "D": {"Code": 42}, "T": "trace"})
+    h.transport.frame(
+        {"I": "0", "H": True, "E": "Intentional failure", "D": {"Code": 42}, "T": "trace"}
+    )
     f = failure_of(d)
     assert f.check(HubError)
     e: HubError = f.value
     assert (e.message, e.data, e.is_hub_exception, e.stack_trace) == (
-        "Intentional failure", {"Code": 42}, True, "trace")
+        "Intentional failure",
+        {"Code": 42},
+        True,
+        "trace",
+    )
     assert (e.hub, e.method) == ("c3", "Fail")
 
 
@@ -496,8 +517,12 @@ def test_failing_handler_is_logged_and_others_run(h: Harness) -> None:
     h.c3.on("tick", seen.append)
     try:
         h.connect()
-        h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]},
-                                           {"H": "c3", "M": "tick", "A": [2]}]})
+        h.transport.frame(
+            {
+                "C": "1",
+                "M": [{"H": "c3", "M": "tick", "A": [1]}, {"H": "c3", "M": "tick", "A": [2]}],
+            }
+        )
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert seen == [1, 2]
@@ -741,8 +766,10 @@ def test_state_changes_are_observable(h: Harness) -> None:
     h.transport.open_ok()
     result_of(h.stop())
     assert changes == [
-        ("disconnected", "connecting"), ("connecting", "connected"),
-        ("connected", "reconnecting"), ("reconnecting", "connected"),
+        ("disconnected", "connecting"),
+        ("connecting", "connected"),
+        ("connected", "reconnecting"),
+        ("reconnecting", "connected"),
         ("connected", "disconnected"),
     ]
 

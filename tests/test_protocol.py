@@ -85,7 +85,7 @@ def test_negotiate_detects_aspnet_core() -> None:
         b'{"negotiateVersion":1,"connectionId":"abc","connectionToken":"def",'
         b'"availableTransports":[{"transport":"WebSockets","transferFormats":["Text"]}]}'
     )
-    with pytest.raises(NegotiationError, match="ASP.NET Core"):
+    with pytest.raises(NegotiationError, match=r"ASP\.NET Core"):
         parse_negotiate(core)
 
 
@@ -202,7 +202,8 @@ def test_client_invocation_with_state() -> None:
             b'No method found with that name."}',
             HubResult(
                 "10",
-                error="'NoSuchMethod' method could not be resolved. No method found with that name.",
+                error="'NoSuchMethod' method could not be resolved. "
+                "No method found with that name.",
             ),
         ),
         (
@@ -279,8 +280,9 @@ def test_parse_frame_never_raises_anything_but_protocol_error(data: bytes) -> No
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -307,7 +309,11 @@ def test_encode_invocation_matches_official_clients() -> None:
         b'{"H":"my_hub","M":"method","A":[],"I":"0"}'
     )
     assert json.loads(encode_invocation("chat", "IncrementCounter", [], 2, {"counter": 5})) == {
-        "H": "chat", "M": "IncrementCounter", "A": [], "I": 2, "S": {"counter": 5},
+        "H": "chat",
+        "M": "IncrementCounter",
+        "A": [],
+        "I": 2,
+        "S": {"counter": 5},
     }
 
 
@@ -334,7 +340,9 @@ CD = "%5B%7B%22name%22%3A%22c3%22%7D%5D"
 def test_negotiate_url() -> None:
     """negotiate carries clientProtocol 1.5 and the encoded connectionData."""
     e = Endpoints.from_url("http://h:8080/signalr", ["c3"])
-    assert e.negotiate() == f"http://h:8080/signalr/negotiate?clientProtocol=1.5&connectionData={CD}"
+    assert (
+        e.negotiate() == f"http://h:8080/signalr/negotiate?clientProtocol=1.5&connectionData={CD}"
+    )
 
 
 def test_token_is_encoded_exactly_once() -> None:
@@ -367,9 +375,10 @@ def test_reconnect_url_without_groups() -> None:
 
 def test_unsafe_character_set_matches_js_client() -> None:
     """The JS UrlFacts unsafe set is encoded like encodeURIComponent would."""
-    unsafe = "$&+,/:;=?@ \"<>#%{}|\\^[]`"
+    unsafe = '$&+,/:;=?@ "<>#%{}|\\^[]`'
     url = Endpoints.from_url("http://h/s", None).start(Transport.web_sockets, unsafe)
-    assert "connectionToken=%24%26%2B%2C%2F%3A%3B%3D%3F%40%20%22%3C%3E%23%25%7B%7D%7C%5C%5E%5B%5D%60" in url
+    expected = "%24%26%2B%2C%2F%3A%3B%3D%3F%40%20%22%3C%3E%23%25%7B%7D%7C%5C%5E%5B%5D%60"
+    assert f"connectionToken={expected}" in url
 
 
 def test_start_abort_ping_urls() -> None:

@@ -108,8 +108,9 @@ class _Observers:
             try:
                 callback(*args)
             except Exception:
-                self._log.failure("{what} callback {callback!r} raised", what=self._what,
-                                  callback=callback)
+                self._log.failure(
+                    "{what} callback {callback!r} raised", what=self._what, callback=callback
+                )
 
 
 class HubProxy:
@@ -279,8 +280,9 @@ class HubConnection:
             # The connection owns its pool and closes it on stop, so no idle HTTP
             # connection (or its timer) outlives the connection.
             self._pool = HTTPConnectionPool(reactor, persistent=True)
-            agent = Agent(reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(),
-                          pool=self._pool)
+            agent = Agent(
+                reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=self._pool
+            )
             own: Any = HTTPClient(agent)
             http_client = own
         assert http_client is not None
@@ -362,13 +364,13 @@ class HubConnection:
             self._proxy_by_spelling.clear()
         return proxy
 
-    def on_state_change(self, callback: Callable[[ConnectionState, ConnectionState], object]
-                        ) -> Callable[[], None]:
+    def on_state_change(
+        self, callback: Callable[[ConnectionState, ConnectionState], object]
+    ) -> Callable[[], None]:
         """Call ``callback(old, new)`` on every state change; returns a remover."""
         return self._on_state_change.add(callback)
 
-    def on_reconnecting(self, callback: Callable[[ConnectionClosed], object]
-                        ) -> Callable[[], None]:
+    def on_reconnecting(self, callback: Callable[[ConnectionClosed], object]) -> Callable[[], None]:
         """Call ``callback(reason)`` when the transport is lost and reconnecting starts."""
         return self._on_reconnecting.add(callback)
 
@@ -380,8 +382,9 @@ class HubConnection:
         """Call ``callback()`` when no frame arrived for 2/3 of the keep-alive timeout."""
         return self._on_slow.add(callback)
 
-    def on_closed(self, callback: Callable[[ConnectionClosed | None], object]
-                  ) -> Callable[[], None]:
+    def on_closed(
+        self, callback: Callable[[ConnectionClosed | None], object]
+    ) -> Callable[[], None]:
         """Call ``callback(reason)`` when the connection closes (``None`` after stop())."""
         return self._on_closed.add(callback)
 
@@ -416,8 +419,9 @@ class HubConnection:
             :class:`~twisted.internet.defer.CancelledError` (cancelled).
         """
         if self._state is not ConnectionState.disconnected:
-            return _failed(InvalidStateError(
-                f"start() called while {self._state.value}; call stop() first"))
+            return _failed(
+                InvalidStateError(f"start() called while {self._state.value}; call stop() first")
+            )
         self._stopping = False
         self._last_close = None
         self._set_state(ConnectionState.connecting)
@@ -443,6 +447,7 @@ class HubConnection:
 
     def ping(self) -> Deferred[bool]:
         """``GET /ping``: fires ``True`` when the server answers ``pong``."""
+
         async def run() -> bool:
             status, body = await self._http("GET", self._endpoints.ping(), "ping")
             if status != 200:
@@ -459,8 +464,9 @@ class HubConnection:
     # ------------------------------------------------------------------ start
 
     async def _run_start(self) -> None:
-        endpoints = Endpoints.from_url(self._url, [p.name for p in self._proxies.values()],
-                                       self._query)
+        endpoints = Endpoints.from_url(
+            self._url, [p.name for p in self._proxies.values()], self._query
+        )
         self._endpoints = endpoints
         opened = False
         try:
@@ -469,16 +475,19 @@ class HubConnection:
             if not negotiated.try_websockets:
                 raise StartError(
                     "the server does not accept WebSockets (negotiate TryWebSockets is "
-                    "false) and this client has no other transport yet")
+                    "false) and this client has no other transport yet"
+                )
             self._token = negotiated.connection_token
             self._message_id = None
             self._groups_token = None
             self._buffer = []
             waiter: Deferred[Any] = Deferred()
             self._start_waiter = waiter
-            url = websocket_url(endpoints.connect(Transport.web_sockets,
-                                                  negotiated.connection_token,
-                                                  next(self._tid)))
+            url = websocket_url(
+                endpoints.connect(
+                    Transport.web_sockets, negotiated.connection_token, next(self._tid)
+                )
+            )
             self._open_transport(url)
             opened = True
             deadline = negotiated.transport_connect_timeout
@@ -487,34 +496,44 @@ class HubConnection:
                 await waiter
             except TimeoutError:
                 raise StartError(
-                    f"no init frame from the server within {deadline:g} s "
-                    "(TransportConnectTimeout)") from None
+                    f"no init frame from the server within {deadline:g} s (TransportConnectTimeout)"
+                ) from None
             except ConnectionClosed as e:
-                raise StartError(f"the WebSocket failed before the connection started: "
-                                 f"{e.reason}", getattr(e, "status", None)) from None
+                raise StartError(
+                    f"the WebSocket failed before the connection started: {e.reason}",
+                    getattr(e, "status", None),
+                ) from None
             # S:1 arrived: now /start; a transport loss meanwhile also fails the waiter.
             waiter = Deferred()
             self._start_waiter = waiter
             request = Deferred.fromCoroutine(
-                self._http("GET", endpoints.start(Transport.web_sockets,
-                                                  negotiated.connection_token), "start"))
+                self._http(
+                    "GET",
+                    endpoints.start(Transport.web_sockets, negotiated.connection_token),
+                    "start",
+                )
+            )
             request.chainDeferred(waiter)
             try:
                 status, body = await waiter
             except ConnectionClosed as e:
                 request.cancel()
-                raise StartError(f"Error during start request: the WebSocket closed "
-                                 f"({e.reason})") from None
+                raise StartError(
+                    f"Error during start request: the WebSocket closed ({e.reason})"
+                ) from None
             except SignalRError as e:
                 raise StartError(f"Error during start request: {e}") from None
             if status != 200:
-                raise StartError("Error during start request. Stopping the connection.",
-                                 status, body)
+                raise StartError(
+                    "Error during start request. Stopping the connection.", status, body
+                )
             if not parse_start_response(body):
                 raise StartError(
                     f"Invalid start response: {body[:200]!r}. Stopping the connection.",
-                    status, body)
-        except BaseException as e:
+                    status,
+                    body,
+                )
+        except Exception as e:
             self._start_waiter = None
             if self._stopping:
                 # stop() does the cleaning up; tell the caller why start failed.
@@ -525,8 +544,11 @@ class HubConnection:
             raise StartError(f"start failed: {e!r}") from e
         self._start_waiter = None
         self._set_state(ConnectionState.connected)
-        self.log.info("connected to {url} (connection {connection_id})",
-                      url=redact_url(self._url), connection_id=negotiated.connection_id)
+        self.log.info(
+            "connected to {url} (connection {connection_id})",
+            url=redact_url(self._url),
+            connection_id=negotiated.connection_id,
+        )
         self._start_keepalive()
         buffered, self._buffer = self._buffer, []
         for message in buffered:
@@ -560,10 +582,10 @@ class HubConnection:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _http(self, method: str, url: str, what: str,
-                    timeout: float | None = None) -> tuple[int, bytes]:
-        headers: dict[bytes | str, list[bytes | str]] = {
-            k: [v] for k, v in self._headers.items()}
+    async def _http(
+        self, method: str, url: str, what: str, timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self._headers.items()}
         if timeout is None:
             timeout = self._http_timeout
         try:
@@ -595,7 +617,8 @@ class HubConnection:
         """POST /abort; the Deferred fires when answered or failed (never errbacks)."""
         url = self._endpoints.abort(Transport.web_sockets, token)
         d = Deferred.fromCoroutine(
-            self._http("POST", url, "abort", min(self._http_timeout, self._abort_timeout)))
+            self._http("POST", url, "abort", min(self._http_timeout, self._abort_timeout))
+        )
 
         def done(result: tuple[int, bytes]) -> None:
             if result[0] != 200:
@@ -626,8 +649,9 @@ class HubConnection:
 
     def _open_transport(self, ws_url: str) -> None:
         http_url = ws_url.replace("ws", "http", 1)
-        transport = self._transport_factory(self._reactor, ws_url,
-                                            self._handshake_headers(http_url), self._tls, self)
+        transport = self._transport_factory(
+            self._reactor, ws_url, self._handshake_headers(http_url), self._tls, self
+        )
         self._transport = transport
         transport.open()
 
@@ -638,8 +662,9 @@ class HubConnection:
             self._cancel(self._deadline_call)
             self._deadline_call = None
             self._set_state(ConnectionState.connected)
-            self.log.info("reconnected (connection {connection_id})",
-                          connection_id=self.connection_id)
+            self.log.info(
+                "reconnected (connection {connection_id})", connection_id=self.connection_id
+            )
             self._start_keepalive()
             self._on_reconnected.fire()
 
@@ -672,9 +697,13 @@ class HubConnection:
         elif state is ConnectionState.reconnecting:
             status = getattr(reason, "status", None)
             if status in _PERMANENT_RECONNECT_STATUSES:
-                self._close_for_good(ConnectionClosed(
-                    f"the server refused /reconnect with HTTP {status}: the connection "
-                    "no longer exists on the server", reason))
+                self._close_for_good(
+                    ConnectionClosed(
+                        f"the server refused /reconnect with HTTP {status}: the connection "
+                        "no longer exists on the server",
+                        reason,
+                    )
+                )
             else:
                 self.log.info("reconnect attempt failed: {reason}", reason=reason.reason)
                 self._schedule_reconnect()
@@ -683,8 +712,9 @@ class HubConnection:
 
     def _persistent(self, frame: PersistentResponse) -> None:
         if frame.error is not None:
-            self._close_for_good(ConnectionClosed(
-                f"Error message received from the server: '{frame.error}'."))
+            self._close_for_good(
+                ConnectionClosed(f"Error message received from the server: '{frame.error}'.")
+            )
             return
         if frame.groups_token is not None:
             self._groups_token = frame.groups_token
@@ -701,12 +731,18 @@ class HubConnection:
                 self._buffer.extend(frame.messages)
         if frame.initialized:
             waiter = self._start_waiter
-            if self._state is ConnectionState.connecting and waiter is not None \
-                    and not waiter.called:
+            if (
+                self._state is ConnectionState.connecting
+                and waiter is not None
+                and not waiter.called
+            ):
                 waiter.callback(None)
         if frame.reconnect and self._state is ConnectionState.connected:
-            self._drop_and_reconnect(ConnectionClosed("the server asked clients to reconnect "
-                                                      "(T:1, server shutting down)"))
+            self._drop_and_reconnect(
+                ConnectionClosed(
+                    "the server asked clients to reconnect (T:1, server shutting down)"
+                )
+            )
         if frame.disconnect:
             self._close_for_good(ConnectionClosed("the server disconnected this connection (D:1)"))
 
@@ -762,25 +798,33 @@ class HubConnection:
         d.addErrback(failed)
 
     def _handler_failed(self, failure: Failure, proxy: HubProxy, method: str) -> None:
-        self.log.failure("handler for {hub}.{method} raised", failure, hub=proxy.name,
-                         method=method)
+        self.log.failure(
+            "handler for {hub}.{method} raised", failure, hub=proxy.name, method=method
+        )
         kind = failure.type.__name__ if failure.type is not None else "error"
-        error = SignalRError(f"handler for {proxy.name}.{method} raised "
-                             f"{kind}: {failure.getErrorMessage()}")
+        error = SignalRError(
+            f"handler for {proxy.name}.{method} raised {kind}: {failure.getErrorMessage()}"
+        )
         self._on_error.fire(error)
 
     def _result(self, result: HubResult) -> None:
         pending = self._pending.pop(result.invocation_id, None)
         if pending is None:
-            self.log.debug("result for unknown or expired invocation {id}",
-                           id=result.invocation_id)
+            self.log.debug("result for unknown or expired invocation {id}", id=result.invocation_id)
             return
         if result.state:
             pending.proxy.state.update(result.state)
         if result.error is not None:
-            pending.deferred.errback(HubError(
-                result.error, result.error_data, result.is_hub_exception,
-                result.stack_trace, pending.proxy.name, pending.method))
+            pending.deferred.errback(
+                HubError(
+                    result.error,
+                    result.error_data,
+                    result.is_hub_exception,
+                    result.stack_trace,
+                    pending.proxy.name,
+                    pending.method,
+                )
+            )
         else:
             pending.deferred.callback(result.result)
 
@@ -799,19 +843,24 @@ class HubConnection:
         timeout: float | None,
     ) -> Deferred[Any]:
         if self._state is not ConnectionState.connected or self._transport is None:
-            return _failed(InvalidStateError(
-                f"cannot invoke {proxy.name}.{method} while {self._state.value}"))
+            return _failed(
+                InvalidStateError(f"cannot invoke {proxy.name}.{method} while {self._state.value}")
+            )
         invocation_id = next(self._ids)
         try:
             payload = encode_invocation(proxy.name, method, args, invocation_id, proxy.state)
         except TypeError as e:
-            return _failed(TypeError(f"arguments of {proxy.name}.{method} are not "
-                                     f"JSON-serialisable: {e}"))
+            return _failed(
+                TypeError(f"arguments of {proxy.name}.{method} are not JSON-serialisable: {e}")
+            )
         if self._max_message_size is not None and len(payload) > self._max_message_size:
-            return _failed(MessageTooLarge(
-                f"invocation of {proxy.name}.{method} is {len(payload)} bytes, over the "
-                f"{self._max_message_size} byte limit (the server drops WebSocket "
-                "messages over 64 KiB unless configured otherwise)"))
+            return _failed(
+                MessageTooLarge(
+                    f"invocation of {proxy.name}.{method} is {len(payload)} bytes, over the "
+                    f"{self._max_message_size} byte limit (the server drops WebSocket "
+                    "messages over 64 KiB unless configured otherwise)"
+                )
+            )
         key = str(invocation_id)
 
         def cancel(d: Deferred[Any]) -> None:
@@ -851,16 +900,23 @@ class HubConnection:
     def _check_keepalive(self) -> None:
         self._keepalive_call = None
         negotiated = self._negotiated
-        if negotiated is None or negotiated.keep_alive_timeout is None \
-                or self._state is not ConnectionState.connected:
+        if (
+            negotiated is None
+            or negotiated.keep_alive_timeout is None
+            or self._state is not ConnectionState.connected
+        ):
             return
         timeout = negotiated.keep_alive_timeout
         idle = self._seconds() - self._last_activity
         if idle >= timeout:
-            self.log.warn("no keep-alive for {idle:.1f} s (timeout {timeout:g} s): reconnecting",
-                          idle=idle, timeout=timeout)
-            self._drop_and_reconnect(ConnectionClosed(
-                f"keep-alive timeout: nothing received for {idle:.1f} s"))
+            self.log.warn(
+                "no keep-alive for {idle:.1f} s (timeout {timeout:g} s): reconnecting",
+                idle=idle,
+                timeout=timeout,
+            )
+            self._drop_and_reconnect(
+                ConnectionClosed(f"keep-alive timeout: nothing received for {idle:.1f} s")
+            )
             return
         if idle >= timeout * 2 / 3:
             if not self._slow:
@@ -898,23 +954,28 @@ class HubConnection:
 
     def _schedule_reconnect(self) -> None:
         self._cancel(self._reconnect_call)
-        self._reconnect_call = self._reactor.callLater(self._reconnect_delay,
-                                                       self._attempt_reconnect)
+        self._reconnect_call = self._reactor.callLater(
+            self._reconnect_delay, self._attempt_reconnect
+        )
 
     def _attempt_reconnect(self) -> None:
         self._reconnect_call = None
         token = self._token
         if self._state is not ConnectionState.reconnecting or token is None:
             return
-        url = self._endpoints.reconnect(Transport.web_sockets, token, self._message_id,
-                                        self._groups_token, next(self._tid))
+        url = self._endpoints.reconnect(
+            Transport.web_sockets, token, self._message_id, self._groups_token, next(self._tid)
+        )
         self.log.debug("reconnecting to {url}", url=redact_url(url))
         self._open_transport(websocket_url(url))
 
     def _give_up(self, window: float) -> None:
         self._deadline_call = None
-        self._close_for_good(ConnectionClosed(
-            f"Couldn't reconnect within the configured timeout of {window:g} s, disconnecting."))
+        self._close_for_good(
+            ConnectionClosed(
+                f"Couldn't reconnect within the configured timeout of {window:g} s, disconnecting."
+            )
+        )
 
     def _close_for_good(self, reason: ConnectionClosed) -> None:
         """Lost for good (no /abort, like Microsoft's clients after a timeout or E)."""

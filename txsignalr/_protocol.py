@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Union
-from urllib.parse import quote, urlsplit, urlunsplit, parse_qsl
+from typing import Any, Final
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import attrs
 
@@ -32,6 +32,7 @@ __all__ = [
     "KEEPALIVE",
     "ClientInvocation",
     "Endpoints",
+    "Frame",
     "HubResult",
     "KeepAlive",
     "NegotiateResponse",
@@ -39,11 +40,10 @@ __all__ = [
     "Progress",
     "RawMessage",
     "ServerMessage",
-    "Frame",
     "Transport",
+    "dumps",
     "encode_invocation",
     "loads",
-    "dumps",
     "parse_frame",
     "parse_negotiate",
     "parse_start_response",
@@ -174,7 +174,7 @@ class RawMessage:
     value: Any
 
 
-ServerMessage = Union[ClientInvocation, Progress, HubResult, RawMessage]
+ServerMessage = ClientInvocation | Progress | HubResult | RawMessage
 
 
 @attrs.frozen
@@ -202,7 +202,7 @@ class PersistentResponse:
     error: str | None = None
 
 
-Frame = Union[KeepAlive, PersistentResponse, HubResult]
+Frame = KeepAlive | PersistentResponse | HubResult
 
 
 # ------------------------------------------------------------------ frame parsing
@@ -686,9 +686,7 @@ def _redact_url(url: str) -> str:
         return url
     keys = [p.split("=", 1)[0] for p in parts.query.split("&") if p]
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(
-        (parts.scheme, netloc, parts.path, "&".join(f"{k}=…" for k in keys), "")
-    )
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(f"{k}=…" for k in keys), ""))
 
 
 redact_url = _redact_url

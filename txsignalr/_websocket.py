@@ -157,9 +157,7 @@ class WebSocketTransport:
             text = reason or ""
             status = _UPGRADE_FAILED.search(text)
             if status is not None:
-                closed = ConnectionClosed(
-                    f"WebSocket upgrade refused with HTTP {status.group(1)}"
-                )
+                closed = ConnectionClosed(f"WebSocket upgrade refused with HTTP {status.group(1)}")
                 closed.status = int(status.group(1))  # type: ignore[attr-defined]
             elif was_clean:
                 closed = ConnectionClosed(f"WebSocket closed by the server (code {code})")
@@ -233,4 +231,3 @@ def _succeeded() -> Deferred[None]:
     d: Deferred[None] = Deferred()
     d.callback(None)
     return d
-
