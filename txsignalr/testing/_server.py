@@ -19,11 +19,17 @@ import attr
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -233,7 +239,7 @@ class _SocketFactory(WebSocketServerFactory):
 class _TrackingFactory(WrappingFactory):
     """Remembers every TCP connection (HTTP or upgraded) so ``stop()`` can drop them."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Any) -> None:
         super().__init__(site)  # type: ignore[no-untyped-call]
         self._closed: dict[ProtocolWrapper, defer.Deferred[None]] = {}
 
@@ -355,6 +361,7 @@ class SignalRServer:
         self._started = False
         self._port: IListeningPort | None = None
         self._interface = "127.0.0.1"
+        self._tls: Any | None = None
         self._tracker: _TrackingFactory | None = None
         self._resource = _SignalRResource(self)
         self._socket_factory = _SocketFactory(self, reactor)
@@ -407,7 +414,8 @@ class SignalRServer:
         host = self._interface if self._interface not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}{self.path}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}{self.path}"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -424,16 +432,26 @@ class SignalRServer:
         for hub in self._hubs.values():
             hub.on_start()
 
-    async def listen(self, port: int = 0, interface: str = "127.0.0.1") -> int:
+    async def listen(
+        self, port: int = 0, interface: str = "127.0.0.1", tls: Any | None = None
+    ) -> int:
         """
-        Listen for HTTP on ``interface:port`` and start the server.
+        Listen for HTTP (or HTTPS) on ``interface:port`` and start the server.
 
+        :param tls: a TLS context factory (e.g. ``ssl.CertificateOptions`` or
+            ``PrivateCertificate.options()``) to serve https/wss instead of http/ws.
         :returns: the bound port.
         """
         if self._port is not None:
             raise RuntimeError("already listening")
         site = Site(_Root(self), reactor=self._reactor)
-        self._tracker = _TrackingFactory(site)
+        self._tls = tls
+        if tls is not None:
+            # TLS inside the tracker: the HTTP channel (and so autobahn) then sees the
+            # TLS protocol itself as its transport, as with reactor.listenSSL.
+            self._tracker = _TrackingFactory(TLSMemoryBIOFactory(tls, False, site))
+        else:
+            self._tracker = _TrackingFactory(site)
         tcp = IReactorTCP(self._reactor)
         self._port = tcp.listenTCP(port, cast(Any, self._tracker), interface=interface)
         self._interface = interface
