@@ -794,3 +794,16 @@ def test_secrets_never_logged_or_in_repr() -> None:
     assert events
     for secret in (TOKEN, "AQAAANCMnd8%2B", "TOPSECRET", "COOKIEVAL", "abc123"):
         assert secret not in text
+
+
+def test_on_any_receives_every_method_with_its_name(h: Harness) -> None:
+    """on_any gets (method, *args) for every client call, after the specific handlers."""
+    order: list[Any] = []
+    h.c3.on("tick", lambda n: order.append(("tick", n)))
+    remove = h.c3.on_any(lambda method, *args: order.append(("any", method, args)))
+    h.connect()
+    h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]},
+                                       {"H": "c3", "M": "heartbeat", "A": []}]})
+    remove()
+    h.transport.frame({"C": "2", "M": [{"H": "c3", "M": "heartbeat", "A": []}]})
+    assert order == [("tick", 1), ("any", "tick", (1,)), ("any", "heartbeat", ())]

@@ -9,6 +9,7 @@ timeouts, start deadline), so the whole machine runs under ``task.Clock`` in tes
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -131,6 +132,7 @@ class HubProxy:
         self.state: dict[str, Any] = {}
         self._connection = connection
         self._handlers: dict[str, list[Callable[..., object]]] = {}
+        self._any: list[Callable[..., object]] = []
         # exact server spelling -> handlers, filled on first use (see _handlers_for)
         self._cache: dict[str, list[Callable[..., object]]] = {}
 
@@ -156,6 +158,24 @@ class HubProxy:
 
         return remove
 
+    def on_any(self, callback: Callable[..., object]) -> Callable[[], None]:
+        """
+        Call ``callback(method, *args)`` for every client-method call on this hub,
+        whatever the method; ``method`` is the server's spelling.  Runs after the
+        handlers registered with :meth:`on` for that method.
+
+        :returns: a function that removes this handler.
+        """
+        self._any.append(callback)
+        self._cache.clear()
+
+        def remove() -> None:
+            if callback in self._any:
+                self._any.remove(callback)
+                self._cache.clear()
+
+        return remove
+
     def off(self, method: str, callback: Callable[..., object] | None = None) -> None:
         """Remove one handler of ``method``, or all of them when ``callback`` is None."""
         key = method.lower()
@@ -172,7 +192,8 @@ class HubProxy:
     def _handlers_for(self, method: str) -> list[Callable[..., object]]:
         handlers = self._cache.get(method)
         if handlers is None:
-            handlers = self._handlers.get(method.lower(), [])
+            handlers = list(self._handlers.get(method.lower(), ()))
+            handlers.extend(functools.partial(callback, method) for callback in self._any)
             self._cache[method] = handlers
         return handlers
 

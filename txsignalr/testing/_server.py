@@ -236,6 +236,17 @@ class _SocketFactory(WebSocketServerFactory):
         return proto
 
 
+def _access_log_line(timestamp: str, request: Request) -> str:
+    """An access log line without query values: they carry connection tokens."""
+    path, _, query = request.uri.partition(b"?")
+    keys = [part.split(b"=", 1)[0] for part in query.split(b"&") if part]
+    shown = path + (b"?" + b"&".join(k + b"=..." for k in keys) if keys else b"")
+    return (
+        f'"{request.method.decode("latin-1")} {shown.decode("latin-1")}" '
+        f"{request.code} {request.sentLength or '-'}"
+    )
+
+
 class _TrackingFactory(WrappingFactory):
     """Remembers every TCP connection (HTTP or upgraded) so ``stop()`` can drop them."""
 
@@ -444,7 +455,7 @@ class SignalRServer:
         """
         if self._port is not None:
             raise RuntimeError("already listening")
-        site = Site(_Root(self), reactor=self._reactor)
+        site = Site(_Root(self), reactor=self._reactor, logFormatter=_access_log_line)
         self._tls = tls
         if tls is not None:
             # TLS inside the tracker: the HTTP channel (and so autobahn) then sees the
