@@ -1,0 +1,411 @@
+"""Tests for the ``twistd signalr`` plugin: discovery, options and makeService."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions
+
+from txsignalr import encode_deflate_base64, tap
+from txsignalr.service import ClientCall, Subscription, SubscriptionService
+
+URL = "https://example.com/signalr"
+
+
+def parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+# ------------------------------------------------------------------ the plugin
+
+
+def test_plugin_is_found() -> None:
+    """getPlugins(IServiceMaker) finds the signalr ServiceMaker, pointing at txsignalr.tap."""
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    maker = makers["signalr"]
+    assert maker.options is tap.Options
+    assert maker.makeService is tap.makeService
+    assert "SignalR" in maker.description
+
+
+def test_twistd_knows_the_subcommand() -> None:
+    """twistd's own option parser accepts `signalr` and hands it our Options."""
+    config = ServerOptions()
+    config.parseOptions(["-n", "signalr", "--url", URL, "--hub", "c3"])
+    assert config.subCommand == "signalr"
+    assert isinstance(config.subOptions, tap.Options)
+    assert config.subOptions["url"] == URL
+
+
+def test_twistd_reports_bad_options_as_usage_errors() -> None:
+    """A bad signalr option surfaces through twistd as a UsageError naming it."""
+    config = ServerOptions()
+    with pytest.raises(usage.UsageError, match="--stale-after 'soon': not a number"):
+        config.parseOptions(["-n", "signalr", "--url", URL, "--stale-after", "soon"])
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_full_command_line(tmp_path: Path) -> None:
+    """Every option lands where makeService reads it."""
+    out = tmp_path / "calls.jsonl"
+    options = parse(
+        "--url", URL,
+        "--hub", "extra",
+        "--subscribe", 'c3.Subscribe:[["market_summaries", "tick"]]',
+        "--subscribe", "c3.Authenticate",
+        "--on", "c3.marketSummaries",
+        "--on", "c3.tick",
+        "--header", "Authorization: Bearer abc:def",
+        "--cookie", "session=s=1",
+        "--query", "key=v",
+        "--output", str(out),
+        "--decode", "deflate-base64",
+        "--stale-after", "30",
+        "--max-attempts", "5",
+        "--invoke-timeout", "7.5",
+    )  # fmt: skip
+    assert options["url"] == URL
+    assert options["hubs"] == ["extra"]
+    assert options["subscriptions"] == [
+        ("c3", "Subscribe", (["market_summaries", "tick"],)),
+        ("c3", "Authenticate", ()),
+    ]
+    assert options["on"] == [("c3", "marketSummaries"), ("c3", "tick")]
+    assert options["headers"] == {"Authorization": "Bearer abc:def"}
+    assert options["cookies"] == {"session": "s=1"}
+    assert options["query"] == {"key": "v"}
+    assert options["output"] == str(out)
+    assert options["decode"] == "deflate-base64"
+    assert options["stale-after"] == 30.0
+    assert options["max-attempts"] == 5
+    assert options["invoke-timeout"] == 7.5
+    subs = options.subscriptions()
+    assert [(s.hub, s.method, s.args, s.stale_after, s.watch) for s in subs] == [
+        ("c3", "Subscribe", (["market_summaries", "tick"],), 30.0, ("marketSummaries", "tick")),
+        ("c3", "Authenticate", (), 30.0, ("marketSummaries", "tick")),
+    ]
+    settings = options.settings(URL)
+    assert settings.hubs == ("extra",)
+    assert dict(settings.headers) == {"Authorization": "Bearer abc:def"}
+
+
+def test_defaults() -> None:
+    """Without options: output to stdout, no decoding, no watchdog, never give up."""
+    options = parse("--url", URL, "--hub", "c3")
+    assert options["output"] == "-"
+    assert options["decode"] is None
+    assert options["stale-after"] is None
+    assert options["max-attempts"] is None
+    assert options["on"] == []
+    assert options.subscriptions() == []
+
+
+def test_watch_list_is_per_hub() -> None:
+    """--stale-after watches only the --on methods of the subscription's own hub."""
+    options = parse(
+        "--url", URL,
+        "--subscribe", "a.Sub", "--subscribe", "b.Sub",
+        "--on", "a.feed", "--stale-after", "3",
+    )  # fmt: skip
+    assert [(s.hub, s.watch) for s in options.subscriptions()] == [("a", ("feed",)), ("b", ())]
+
+
+def test_demo_defaults() -> None:
+    """--demo needs no URL, subscribes to the demo feeds and decodes deflate-base64."""
+    options = parse("--demo")
+    assert options["demo"]
+    assert options["decode"] == "deflate-base64"
+    assert options.subscriptions() == [tap.DEMO_SUBSCRIPTION]
+    assert tap.DEMO_SUBSCRIPTION == Subscription(
+        "c3", "Subscribe", (["market_summaries", "tick", "heartbeat"],)
+    )
+
+
+def test_demo_with_own_subscription_and_port() -> None:
+    """--demo accepts its own --subscribe and a --demo-port."""
+    options = parse("--demo", "--demo-port", "8089", "--subscribe", 'c3.Subscribe:[["tick"]]')
+    assert options["demo-port"] == 8089
+    assert [s.args for s in options.subscriptions()] == [(["tick"],)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--url is required"),
+        (["--url", URL], "nothing to do"),
+        (
+            ["--url", "ftp://example.com/signalr", "--hub", "c3"],
+            "--url 'ftp://example.com/signalr'",
+        ),
+        (["--url", "example.com/signalr", "--hub", "c3"], "expected an http:// or https:// URL"),
+        (["--url", "http:///signalr", "--hub", "c3"], "expected an http:// or https:// URL"),
+        (["--demo", "--url", URL], "--demo and --url cannot be combined"),
+        (["--url", URL, "--hub", "c3", "--demo-port", "80"], "--demo-port needs --demo"),
+        (["--url", URL, "--hub", "c 3"], "--hub 'c 3': expected a hub name"),
+        (["--url", URL, "--hub", "c3.x"], "--hub 'c3.x'"),
+        (
+            ["--url", URL, "--subscribe", "Subscribe"],
+            "--subscribe 'Subscribe': expected HUB.METHOD",
+        ),
+        (["--url", URL, "--subscribe", ".Subscribe"], "expected HUB.METHOD"),
+        (["--url", URL, "--subscribe", "c3."], "expected HUB.METHOD"),
+        (["--url", URL, "--subscribe", "c3.Sub:[tick]"], "JSON-ARGS is not JSON"),
+        (["--url", URL, "--subscribe", 'c3.Sub:"tick"'], "JSON-ARGS must be a JSON array"),
+        (["--url", URL, "--on", "tick"], "--on 'tick': expected HUB.METHOD"),
+        (["--url", URL, "--hub", "c3", "--header", "NoColon"], "--header 'NoColon': expected"),
+        (["--url", URL, "--hub", "c3", "--header", ": v"], "expected 'Name: value'"),
+        (["--url", URL, "--hub", "c3", "--cookie", "novalue"], "--cookie 'novalue': expected"),
+        (["--url", URL, "--hub", "c3", "--query", "=v"], "--query '=v': expected KEY=VALUE"),
+        (["--url", URL, "--hub", "c3", "--decode", "gzip"], "--decode 'gzip': unknown codec"),
+        (["--url", URL, "--hub", "c3", "--stale-after", "soon"], "--stale-after 'soon'"),
+        (["--url", URL, "--subscribe", "c3.S", "--stale-after", "0"], "greater than zero"),
+        (["--url", URL, "--subscribe", "c3.S", "--stale-after", "-1"], "greater than zero"),
+        (["--url", URL, "--subscribe", "c3.S", "--stale-after", "nan"], "greater than zero"),
+        (["--url", URL, "--hub", "c3", "--stale-after", "5"], "--stale-after needs"),
+        (["--url", URL, "--hub", "c3", "--max-attempts", "x"], "not an integer"),
+        (["--url", URL, "--hub", "c3", "--max-attempts", "0"], "must be at least 1"),
+        (["--url", URL, "--hub", "c3", "--invoke-timeout", "0"], "--invoke-timeout '0'"),
+        (["--demo", "--demo-port", "http"], "--demo-port 'http': not an integer"),
+        (["--demo", "--demo-port", "70000"], "between 0 and 65535"),
+        (["--url", URL, "--hub", "c3", "--output", "/nonexistent-dir/x"], "does not exist"),
+        (["--url", URL, "--hub", "c3", "--bogus"], "bogus"),
+    ],
+)
+def test_bad_options(args: list[str], message: str) -> None:
+    """Each bad option gives a UsageError that names the problem."""
+    with pytest.raises(usage.UsageError) as info:
+        parse(*args)
+    assert message in str(info.value)
+
+
+def test_output_directory_is_refused(tmp_path: Path) -> None:
+    """--output naming a directory is a usage error."""
+    with pytest.raises(usage.UsageError, match="is a directory"):
+        parse("--url", URL, "--hub", "c3", "--output", str(tmp_path))
+
+
+def test_output_not_writable(tmp_path: Path) -> None:
+    """--output naming a file that cannot be opened for appending is a usage error."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(usage.UsageError, match="does not exist"):
+        parse("--url", URL, "--hub", "c3", "--output", str(blocker / "x.jsonl"))
+    with pytest.raises(usage.UsageError, match="cannot write"):
+        parse("--url", URL, "--hub", "c3", "--output", "/proc/version")
+
+
+def test_help_lists_options() -> None:
+    """--help text documents the repeatable options."""
+    text = str(tap.Options())
+    for option in ("--url", "--hub", "--subscribe", "--on", "--header", "--cookie", "--query",
+                   "--output", "--decode", "--stale-after", "--demo", "--demo-port"):  # fmt: skip
+        assert option in text
+
+
+# ------------------------------------------------------------------ makeService
+
+
+def _children(service: IService) -> list[Any]:
+    assert isinstance(service, MultiService)
+    return list(service)
+
+
+def test_make_service_builds_a_subscription_service(tmp_path: Path) -> None:
+    """makeService gives a MultiService with the output and a configured SubscriptionService."""
+    options = parse(
+        "--url", URL,
+        "--subscribe", 'c3.Subscribe:[["tick"]]',
+        "--on", "c3.tick",
+        "--header", "Authorization: Bearer x",
+        "--output", str(tmp_path / "out.jsonl"),
+        "--max-attempts", "4",
+    )  # fmt: skip
+    root = tap.makeService(options, reactor=Clock())
+    [_output, service] = _children(root)
+    assert isinstance(service, SubscriptionService)
+    assert service.settings.url == URL
+    assert dict(service.settings.headers) == {"Authorization": "Bearer x"}
+    assert [(s.hub, s.method, s.args) for s in service.subscriptions] == [
+        ("c3", "Subscribe", (["tick"],))
+    ]
+    assert [(h.hub, h.method) for h in service.handlers] == [("c3", "tick")]
+    assert service._max_attempts == 4
+
+
+def test_make_service_default_handlers_catch_everything() -> None:
+    """Without --on, every hub gets one catch-all handler."""
+    options = parse("--url", URL, "--hub", "news", "--subscribe", "c3.Subscribe")
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [("news", None), ("c3", None)]
+
+
+def test_make_service_demo() -> None:
+    """--demo puts the demo server service in the tree (the subscription service comes later)."""
+    options = parse("--demo")
+    [_, demo] = _children(tap.makeService(options, reactor=Clock()))
+    assert isinstance(demo, MultiService)
+    assert list(demo) == []
+
+
+# ------------------------------------------------------------------ JSON lines
+
+
+class RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[int] = []
+
+    def flush(self) -> None:
+        self.flushes.append(len(self.getvalue().splitlines()))
+        super().flush()
+
+
+def test_json_lines_writer() -> None:
+    """Each call becomes one flushed JSON line with time, hub, method and args."""
+    clock = Clock()
+    clock.advance(1700000000.5)
+    stream = RecordingStream()
+    writer = tap.JSONLinesWriter(clock, stream)
+    writer(ClientCall("c3", "tick", ({"Seq": 1},)))
+    writer(ClientCall("c3", "heartbeat", ()))
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"time": 1700000000.5, "hub": "c3", "method": "tick", "args": [{"Seq": 1}]},
+        {"time": 1700000000.5, "hub": "c3", "method": "heartbeat", "args": []},
+    ]
+    assert stream.flushes == [1, 2]
+
+
+def test_json_lines_writer_decodes() -> None:
+    """With deflate-base64 decoding, string arguments are decoded; others pass through."""
+    stream = io.StringIO()
+    writer = tap.JSONLinesWriter(Clock(), stream, tap._DECODERS["deflate-base64"])
+    payload = encode_deflate_base64({"sequence": 7, "deltas": []})
+    with capturedLogs() as events:
+        writer(ClientCall("c3", "marketSummaries", (payload, 5, "not base64!")))
+    record = json.loads(stream.getvalue())
+    assert record["args"] == [{"sequence": 7, "deltas": []}, 5, "not base64!"]
+    assert "could not decode an argument of c3.marketSummaries" in formatEvent(events[0])
+
+
+def test_output_service_appends_to_a_file(tmp_path: Path) -> None:
+    """The output service opens the file on start, appends, and closes it on stop."""
+    path = tmp_path / "calls.jsonl"
+    path.write_text('{"old": true}\n')
+    output = tap._JSONLinesOutput(Clock(), str(path), io.StringIO(), None)
+    output(ClientCall("c3", "tick", (0,)))  # before start: dropped
+    output.startService()
+    output(ClientCall("c3", "tick", (1,)))
+    output.stopService()
+    output(ClientCall("c3", "tick", (2,)))  # after stop: dropped
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"old": true}'
+    assert [json.loads(line)["args"] for line in lines[1:]] == [[1]]
+
+
+def test_output_service_stdout_is_not_closed() -> None:
+    """With --output -, calls go to the captured stdout, which stays open after stop."""
+    stdout = io.StringIO()
+    output = tap._JSONLinesOutput(Clock(), "-", stdout, None)
+    output.startService()
+    output(ClientCall("c3", "tick", (1,)))
+    output.stopService()
+    assert not stdout.closed
+    assert json.loads(stdout.getvalue())["args"] == [1]
+
+
+# ------------------------------------------------------------------ against the test server
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def _wait_for_lines(path: Path, predicate: Any, seconds: float = 15.0) -> list[Any]:
+    from twisted.internet.task import deferLater
+
+    reactor = _reactor()
+    deadline = reactor.seconds() + seconds
+    while True:
+        text = path.read_text() if path.exists() else ""
+        records = [json.loads(line) for line in text.splitlines()]
+        if predicate(records):
+            return records
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for JSON lines in {path}: {text[-500:]!r}")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+async def _stop(service: IService) -> None:
+    d = service.stopService()
+    if d is not None:
+        d.addTimeout(15, _reactor())
+        await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_lines_from_a_live_server(tmp_path: Path) -> None:
+    """makeService against the test server writes decoded JSON lines for the --on calls."""
+    from txsignalr.testing import C3Hub, SignalRServer
+
+    server = SignalRServer(_reactor(), hubs=[C3Hub(interval=0.05)])
+    await server.listen(port=0, interface="127.0.0.1")
+    out = tmp_path / "calls.jsonl"
+    options = parse(
+        "--url", server.url,
+        "--subscribe", 'c3.Subscribe:[["market_summaries", "tick", "heartbeat"]]',
+        "--on", "c3.marketSummaries",
+        "--on", "c3.tick",
+        "--decode", "deflate-base64",
+        "--output", str(out),
+    )  # fmt: skip
+    root = tap.makeService(options)
+    root.startService()
+    try:
+        records = await _wait_for_lines(
+            out, lambda rs: {r["method"] for r in rs} >= {"marketSummaries", "tick"}
+        )
+    finally:
+        await _stop(root)
+        await server.stop()
+    assert {r["method"] for r in records} <= {"marketSummaries", "tick"}  # only the --on calls
+    summary = next(r for r in records if r["method"] == "marketSummaries")
+    assert summary["hub"] == "c3"
+    assert isinstance(summary["args"][0]["sequence"], int)  # decoded, not base64 text
+    assert isinstance(summary["time"], float)
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_service_in_process(tmp_path: Path) -> None:
+    """--demo starts the embedded server, subscribes, writes every call; stop cleans up."""
+    reactor = _reactor()
+    baseline = set(reactor.getDelayedCalls())
+    out = tmp_path / "demo.jsonl"
+    root = tap.makeService(parse("--demo", "--output", str(out)))
+    root.startService()
+    try:
+        records = await _wait_for_lines(
+            out, lambda rs: {r["method"] for r in rs} >= {"heartbeat", "tick", "marketSummaries"}
+        )
+    finally:
+        await _stop(root)
+    ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
+    assert ticks == sorted(ticks)
+    leftover = [c for c in reactor.getDelayedCalls() if c not in baseline and c.active()]
+    assert leftover == []

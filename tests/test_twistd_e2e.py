@@ -1,0 +1,145 @@
+"""
+End to end: ``twistd -n signalr --demo`` as a real subprocess.
+
+Two ways of finding the plugin are covered: running from the repository root (the
+current directory on ``sys.path``, as for a fresh checkout) and the ``twistd`` script
+next to this Python with the repository on ``PYTHONPATH`` (what an editable install's
+``.pth`` file does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD_FROM_CHECKOUT = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
+TWISTD_SCRIPT = [str(Path(sys.executable).parent / "twistd")]
+
+
+def _env(pythonpath: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("command", "pythonpath"),
+    [(TWISTD_FROM_CHECKOUT, False), (TWISTD_SCRIPT, True)],
+    ids=["from-checkout", "twistd-script"],
+)
+def test_twistd_demo_writes_json_lines_and_stops_on_sigterm(
+    tmp_path: Path, command: list[str], pythonpath: bool
+) -> None:
+    """`twistd -n signalr --demo` writes JSON lines within seconds and shuts down
+    cleanly on SIGTERM."""
+    out = tmp_path / "demo.jsonl"
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*command, "-n", "--pidfile=", "signalr", "--demo", "--output", str(out)],
+            cwd=ROOT,
+            env=_env(pythonpath),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            wanted = {"heartbeat", "tick", "marketSummaries"}
+            records: list[dict[str, Any]] = []
+            while {r["method"] for r in records} < wanted or len(records) < 10:
+                assert process.poll() is None, f"twistd exited early:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no JSON lines after 30 s:\n{log.read_text()}"
+                time.sleep(0.1)
+                records = _read_records(out)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    # twistd re-raises the terminating signal once shut down, so a SIGTERM'd twistd
+    # reports "killed by SIGTERM" (shell: 143) after a clean shutdown.
+    assert process.returncode == -signal.SIGTERM, text
+    assert "Server Shut Down." in text
+    assert "Traceback" not in text and "Unhandled" not in text, text
+    records = _read_records(out)  # every line, including the last ones, parses
+    for record in records:
+        assert set(record) == {"time", "hub", "method", "args"}
+        assert record["hub"] == "c3"
+    ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
+    assert ticks == sorted(ticks) and len(ticks) >= 3
+    summary = next(r for r in records if r["method"] == "marketSummaries")
+    assert isinstance(summary["args"][0]["sequence"], int)  # deflate-base64 decoded
+    assert "subscribed 1 subscriptions" in text
+
+
+def test_twistd_bad_option_is_a_usage_error() -> None:
+    """A bad option makes twistd print the problem and exit 1, without a traceback."""
+    done = subprocess.run(
+        [*TWISTD_FROM_CHECKOUT, "-n", "--pidfile=", "signalr", "--url", "ftp://x/signalr"],
+        cwd=ROOT,
+        env=_env(False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "--url 'ftp://x/signalr': expected an http:// or https:// URL" in output
+    assert "Traceback" not in output
+
+
+def test_example_tac_runs_against_the_demo_server(tmp_path: Path) -> None:
+    """`twistd -ny examples/subscriptions.tac` subscribes to the demo server and its
+    handler sees consecutive market summaries; SIGTERM shuts it down cleanly."""
+    log = tmp_path / "twistd.log"
+    process = subprocess.Popen(
+        [*TWISTD_FROM_CHECKOUT, "-ny", "examples/subscriptions.tac", "--pidfile=",
+         "--logfile", str(log)],
+        cwd=ROOT,
+        env={k: v for k, v in _env(False).items() if not k.startswith("SIGNALR_")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "market summaries #3:" not in (log.read_text() if log.exists() else ""):
+            assert process.poll() is None, f"twistd exited early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, (
+                f"no market summaries after 30 s:\n{log.read_text()}"
+            )
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert process.returncode == -signal.SIGTERM, text
+    assert "Server Shut Down." in text
+    assert "gap in market summaries" not in text
+    assert "Traceback" not in text, text

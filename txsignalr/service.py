@@ -1,0 +1,748 @@
+"""
+A service that keeps SignalR subscriptions alive.
+
+:class:`SubscriptionService` is an :class:`~twisted.application.service.IService`, so it
+runs under ``twistd`` (see :mod:`txsignalr.tap`), inside a ``.tac`` file or as a child of
+any :class:`~twisted.application.service.MultiService`.  Once started it connects, makes
+every :class:`Subscription` invocation, and from then on keeps them alive: when the
+connection is lost for good (the server's DisconnectTimeout passed, the server
+restarted, negotiate keeps failing) or a feed falls silent, it makes a new connection
+after a back-off delay and invokes every subscription again.  A subscription whose
+result reports failure is logged and retried; nothing is dropped silently.
+
+The reconnection logic is modelled on Twisted's
+:class:`~twisted.application.internet.ClientService`: a retry policy is a callable
+``policy(attempt) -> seconds`` (default :func:`~twisted.application.internet.backoffPolicy`),
+:meth:`SubscriptionService.when_subscribed` is the ``whenConnected`` counterpart, and
+:meth:`SubscriptionService.stopService` returns a :class:`~twisted.internet.defer.Deferred`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import attrs
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+
+from txsignalr.errors import ConnectionClosed, SignalRError
+
+__all__ = [
+    "ClientCall",
+    "ConnectionLike",
+    "ConnectionSettings",
+    "GaveUpError",
+    "Handler",
+    "HubProxyLike",
+    "Subscription",
+    "SubscriptionError",
+    "SubscriptionService",
+    "redact",
+    "reports_success",
+]
+
+
+# ------------------------------------------------------------------ connection shape
+
+
+class HubProxyLike(Protocol):
+    """What the service needs from a hub proxy (:meth:`txsignalr.HubConnection.hub`)."""
+
+    def on(self, method: str, callback: Callable[..., object]) -> object:
+        """Register a client-method handler."""
+
+    def on_any(self, callback: Callable[..., object]) -> object:
+        """Register ``callback(method, *args)`` for every client-method call."""
+
+    def invoke(self, method: str, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """Invoke a hub method."""
+
+
+class ConnectionLike(Protocol):
+    """What the service needs from a connection (:class:`txsignalr.HubConnection`)."""
+
+    def hub(self, name: str) -> HubProxyLike:
+        """Return the proxy for a hub; called before :meth:`start`."""
+
+    def start(self) -> Deferred[None]:
+        """Connect."""
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect."""
+
+    def when_closed(self) -> Deferred[None]:
+        """Once started: fire ``None`` after :meth:`stop`, fail when lost for good."""
+
+    def on_reconnecting(self, callback: Callable[[ConnectionClosed], object]) -> object:
+        """Be told when the transport dropped and the connection tries to resume."""
+
+    def on_reconnected(self, callback: Callable[[], object]) -> object:
+        """Be told when the connection resumed."""
+
+
+#: Builds a new, unstarted connection each time the service (re)connects.
+ConnectionFactory = Callable[[IReactorTime], ConnectionLike]
+
+#: ``policy(attempt) -> seconds``: the delay before retry number ``attempt + 1``.
+RetryPolicy = Callable[[int], float]
+
+#: Judges a subscription's result: ``True`` when the subscription took effect.
+ResultCheck = Callable[[Any], bool]
+
+
+# ------------------------------------------------------------------ values
+
+
+_SECRET_QUERY = re.compile(
+    r"(?i)\b([\w.-]*(?:token|key|secret|passw(?:or)?d|signature|auth)[\w.-]*)=([^&\s\"']+)"
+)
+_SECRET_HEADER = re.compile(r"(?i)((?:authorization|cookie|set-cookie|x-api-key)\s*[:=]\s*)[^\n]+")
+
+
+def redact(text: str) -> str:
+    """
+    Scrub connection tokens, access tokens, keys and ``Authorization``/``Cookie``
+    values out of a message before it is logged.
+
+    :param text: any text, typically an error message that may quote a URL.
+    :returns: the text with secret values replaced by ``<redacted>``.
+    """
+    text = _SECRET_QUERY.sub(r"\1=<redacted>", text)
+    return _SECRET_HEADER.sub(r"\1<redacted>", text)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without user info and query, for logs."""
+    head, _, _ = url.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def _redacted_mapping(value: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k!r}: '<redacted>'" for k in value) + "}"
+
+
+def reports_success(result: Any) -> bool:
+    """
+    The default :attr:`Subscription.check`: reject results that say they failed.
+
+    Exchange hubs answer a ``Subscribe`` with ``{"Success": false, "ErrorCode": …}``
+    (or a list of those, one per topic) rather than raising; any such entry makes the
+    whole subscription a failure.  Any other result counts as success.
+
+    :param result: the hub method's return value.
+    :returns: ``False`` when the result, or an item of a list result, is a mapping
+        whose ``Success`` (any capitalisation) is ``False``.
+    """
+    items = result if isinstance(result, list) else [result]
+    for item in items:
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                if isinstance(key, str) and key.lower() == "success" and value is False:
+                    return False
+    return True
+
+
+def _values(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@attrs.frozen
+class Subscription:
+    """
+    A hub method invocation to make on every new connection.
+
+    :ivar hub: the hub name.
+    :ivar method: the hub method, e.g. ``"Subscribe"``.
+    :ivar args: its arguments (each one JSON value).
+    :ivar check: judges the result; a ``False`` verdict is a failure that is logged and
+        retried, as is a :class:`~txsignalr.HubError`.
+    :ivar stale_after: when set, a watchdog: if no client call listed in :attr:`watch`
+        arrives on :attr:`hub` for this many seconds after the subscription succeeded,
+        the feed is considered dead and the service makes a fresh connection.
+    :ivar watch: the client methods whose calls keep the watchdog quiet; empty means
+        every client call on :attr:`hub`.
+    """
+
+    hub: str
+    method: str
+    args: tuple[Any, ...] = attrs.field(default=(), converter=_values)
+    check: ResultCheck = attrs.field(default=reports_success, repr=False)
+    stale_after: float | None = None
+    watch: tuple[str, ...] = attrs.field(default=(), converter=_names)
+
+    def __attrs_post_init__(self) -> None:
+        if self.stale_after is not None and not self.stale_after > 0:
+            raise ValueError(f"stale_after must be positive, not {self.stale_after!r}")
+
+    def describe(self) -> str:
+        """A short label for logs: ``hub.method``."""
+        return f"{self.hub}.{self.method}"
+
+
+@attrs.frozen
+class ClientCall:
+    """
+    A server-to-client method call, as handed to a :class:`Handler`.
+
+    :ivar hub: the hub the call came from (as registered).
+    :ivar method: the client method name (as registered, or as the server spelled it
+        for catch-all handlers).
+    :ivar args: the call's arguments.
+    """
+
+    hub: str
+    method: str
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class Handler:
+    """
+    Routes client-method calls to a callback, on every connection the service makes.
+
+    :ivar hub: the hub name.
+    :ivar method: the client method name, or ``None`` for every call on the hub.
+    :ivar callback: called with a :class:`ClientCall`; exceptions are logged.
+    """
+
+    hub: str
+    method: str | None
+    callback: Callable[[ClientCall], object] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ConnectionSettings:
+    """
+    Where and how to connect; secret values never appear in the repr.
+
+    :ivar url: the SignalR endpoint, e.g. ``https://host/signalr``.
+    :ivar hubs: hubs to connect to in addition to those named by subscriptions and
+        handlers.
+    :ivar headers: HTTP headers for every request (e.g. ``Authorization``).
+    :ivar cookies: cookies for every request.
+    :ivar query: extra query parameters for every request.
+    :ivar tls: the TLS policy for ``https``/``wss`` (see ``txsignalr.tls_policy``).
+    """
+
+    url: str = attrs.field(repr=_safe_url)
+    hubs: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
+    cookies: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
+    query: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
+    tls: IPolicyForHTTPS | None = None
+
+    def connect(self, reactor: IReactorTime) -> ConnectionLike:
+        """
+        Build a new :class:`txsignalr.HubConnection` with these settings (the service's
+        default connection factory).
+
+        :param reactor: the reactor to run it on.
+        :returns: an unstarted connection.
+        """
+        from txsignalr._connection import HubConnection
+
+        connection: ConnectionLike = HubConnection(
+            reactor,
+            self.url,
+            headers=dict(self.headers),
+            cookies=dict(self.cookies),
+            query=dict(self.query),
+            tls=self.tls,
+        )
+        return connection
+
+
+class SubscriptionError(SignalRError):
+    """
+    A subscription's result did not pass its :attr:`Subscription.check`.
+
+    :ivar subscription: the subscription.
+    :ivar result: the result it got.
+    """
+
+    def __init__(self, subscription: Subscription, result: Any):
+        super().__init__(f"{subscription.describe()} returned a failure: {result!r}")
+        self.subscription = subscription
+        self.result = result
+
+
+class GaveUpError(SignalRError):
+    """
+    The service used up its ``max_attempts`` and stopped trying.
+
+    :ivar attempts: how many consecutive attempts failed.
+    :ivar reason: the last failure.
+    """
+
+    def __init__(self, attempts: int, reason: Failure):
+        super().__init__(f"gave up after {attempts} failed attempts: {_describe(reason)}")
+        self.attempts = attempts
+        self.reason = reason
+
+
+def _describe(reason: Failure) -> str:
+    """A one-line, redacted account of a failure for logs."""
+    value = reason.value
+    return redact(f"{type(value).__name__}: {value}")
+
+
+# ------------------------------------------------------------------ the service
+
+
+class SubscriptionService(Service):
+    """
+    Keeps a set of SignalR subscriptions alive until stopped.
+
+    Logging (namespace ``txsignalr.service``): *connected*, *subscribed* /
+    *resubscribed*, *subscription failed*, *reconnecting*, *connection lost*,
+    *stale feed*, *gave up*.  URLs are logged without their query; headers, cookies
+    and tokens never are.
+
+    :param reactor: the reactor: all delays and timeouts go through it.
+    :param settings: where and how to connect.
+    :param subscriptions: invocations to make on every new connection.
+    :param handlers: client-method handlers to register on every new connection.
+    :param retry_policy: ``policy(attempt) -> seconds``, the delay before retry number
+        ``attempt + 1`` (``attempt`` counts from 0).  Default:
+        :func:`~twisted.application.internet.backoffPolicy` (1 s, x1.5, capped at 60 s,
+        plus up to 1 s of jitter).  Used both for new connections and for retrying a
+        failed subscription on a live connection.
+    :param max_attempts: give up after this many consecutive failed attempts (a failed
+        connect, a connection lost before it was subscribed, or a failed subscription
+        invocation); ``None``, the default, never gives up.  A connection that got
+        subscribed resets the count.
+    :param invoke_timeout: seconds to wait for a subscription's result before treating
+        it as failed; ``None`` waits as long as the connection lives.
+    :param connection_factory: ``factory(reactor) -> connection``; defaults to
+        :meth:`ConnectionSettings.connect`.
+    :param on_gave_up: called with the :class:`GaveUpError` error when the service gives up.
+    """
+
+    log = Logger(namespace="txsignalr.service")
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        settings: ConnectionSettings,
+        subscriptions: Iterable[Subscription] = (),
+        handlers: Iterable[Handler] = (),
+        *,
+        retry_policy: RetryPolicy | None = None,
+        max_attempts: int | None = None,
+        invoke_timeout: float | None = 30.0,
+        connection_factory: ConnectionFactory | None = None,
+        on_gave_up: Callable[[GaveUpError], object] | None = None,
+    ) -> None:
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts!r}")
+        self._reactor = reactor
+        self.settings = settings
+        self.subscriptions: tuple[Subscription, ...] = tuple(subscriptions)
+        self.handlers: tuple[Handler, ...] = tuple(handlers)
+        self._policy: RetryPolicy = retry_policy if retry_policy is not None else backoffPolicy()
+        self._max_attempts = max_attempts
+        self._invoke_timeout = invoke_timeout
+        self._factory: ConnectionFactory = (
+            connection_factory if connection_factory is not None else settings.connect
+        )
+        self._on_gave_up = on_gave_up
+
+        self._connection: ConnectionLike | None = None
+        self._failures = 0  # consecutive failed attempts
+        self._generation = 0  # connections made since startService
+        self._retry_call: IDelayedCall | None = None
+        self._sub_retry: dict[int, IDelayedCall] = {}
+        self._sub_failures: dict[int, int] = {}
+        self._pending: set[int] = set()
+        self._watchdogs: dict[int, IDelayedCall] = {}
+        self._subscribed = False
+        self._gave_up: GaveUpError | None = None
+        self._waiters: list[Deferred[ConnectionLike]] = []
+
+    # -------------------------------------------------------------- public API
+
+    @property
+    def connection(self) -> ConnectionLike | None:
+        """The current connection, or ``None`` between connections."""
+        return self._connection
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether every subscription succeeded on the current connection."""
+        return self._subscribed
+
+    def when_subscribed(self) -> Deferred[ConnectionLike]:
+        """
+        Wait until the service is connected and every subscription has succeeded.
+
+        :returns: a Deferred that fires with the connection (at once when already
+            subscribed); fails with :class:`~twisted.internet.defer.CancelledError` when
+            the service is stopped first, or with :class:`GaveUpError` when it gave up.
+        """
+        if self._gave_up is not None:
+            return fail(self._gave_up)
+        if self._subscribed and self._connection is not None:
+            return succeed(self._connection)
+        d: Deferred[ConnectionLike] = Deferred(lambda d: self._forget_waiter(d))
+        self._waiters.append(d)
+        return d
+
+    def startService(self) -> None:
+        """Start connecting."""
+        super().startService()  # type: ignore[no-untyped-call]
+        self._failures = 0
+        self._generation = 0
+        self._gave_up = None
+        self._connect()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop: cancel pending retries and watchdogs and close the connection.
+
+        Pending :meth:`when_subscribed` Deferreds fail with
+        :class:`~twisted.internet.defer.CancelledError`.
+
+        :returns: a Deferred that fires once the connection is closed; it never fails.
+        """
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        connection = self._connection
+        self._drop_connection_state()
+        self._fail_waiters(Failure(CancelledError("the subscription service was stopped")))
+        if connection is None:
+            return succeed(None)
+        return self._close(connection)
+
+    # -------------------------------------------------------------- connecting
+
+    def _hub_names(self) -> list[str]:
+        names: list[str] = []
+        seen: set[str] = set()
+        for name in (
+            *self.settings.hubs,
+            *(s.hub for s in self.subscriptions),
+            *(h.hub for h in self.handlers),
+        ):
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                names.append(name)
+        return names
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        self._generation += 1
+        try:
+            connection = self._factory(self._reactor)
+            self._register(connection)
+        except Exception:
+            self._connection = None
+            self._attempt_failed(Failure(), "could not create the connection")
+            return
+        self._connection = connection
+        self.log.info(
+            "connecting to {url} (attempt {attempt})",
+            url=_safe_url(self.settings.url),
+            attempt=self._failures + 1,
+        )
+        connection.start().addCallbacks(
+            self._started,
+            self._start_failed,
+            callbackArgs=(connection,),
+            errbackArgs=(connection,),
+        )
+
+    def _register(self, connection: ConnectionLike) -> None:
+        proxies = {name.lower(): connection.hub(name) for name in self._hub_names()}
+        for handler in self.handlers:
+            proxy = proxies[handler.hub.lower()]
+            if handler.method is None:
+                _on_any(proxy, handler.hub, self._dispatcher(connection, handler))
+            else:
+                proxy.on(handler.method, self._method_dispatcher(connection, handler))
+        for index, sub in enumerate(self.subscriptions):
+            if sub.stale_after is None:
+                continue
+            proxy = proxies[sub.hub.lower()]
+            feed = self._feed_watcher(connection, index)
+            if sub.watch:
+                for method in sub.watch:
+                    proxy.on(method, _ignoring_args(feed))
+            else:
+                _on_any(proxy, sub.hub, _ignoring_args(feed))
+        connection.on_reconnecting(lambda reason: self._reconnecting(connection, reason))
+        connection.on_reconnected(lambda: self._reconnected(connection))
+
+    def _dispatcher(
+        self, connection: ConnectionLike, handler: Handler
+    ) -> Callable[[ClientCall], None]:
+        def dispatch(call: ClientCall) -> None:
+            if connection is not self._connection:
+                return
+            try:
+                handler.callback(call)
+            except Exception:
+                self.log.failure(
+                    "handler for {hub}.{method} failed", hub=call.hub, method=call.method
+                )
+
+        return dispatch
+
+    def _method_dispatcher(
+        self, connection: ConnectionLike, handler: Handler
+    ) -> Callable[..., None]:
+        dispatch = self._dispatcher(connection, handler)
+        hub, method = handler.hub, handler.method
+        assert method is not None
+
+        def on_call(*args: Any) -> None:
+            dispatch(ClientCall(hub, method, args))
+
+        return on_call
+
+    def _feed_watcher(self, connection: ConnectionLike, index: int) -> Callable[[], None]:
+        watchdogs = self._watchdogs
+
+        def fed() -> None:
+            call = watchdogs.get(index)
+            if call is not None and connection is self._connection and call.active():
+                stale_after = self.subscriptions[index].stale_after
+                assert stale_after is not None
+                call.reset(stale_after)
+
+        return fed
+
+    def _started(self, _: None, connection: ConnectionLike) -> None:
+        if connection is not self._connection:
+            return
+        self.log.info("connected to {url}", url=_safe_url(self.settings.url))
+        connection.when_closed().addBoth(self._closed, connection)
+        if connection is not self._connection:
+            return  # it closed already
+        self._pending = set(range(len(self.subscriptions)))
+        self._sub_failures = {}
+        if not self._pending:
+            self._all_subscribed(connection)
+            return
+        for index in range(len(self.subscriptions)):
+            self._subscribe(connection, index)
+
+    def _start_failed(self, reason: Failure, connection: ConnectionLike) -> None:
+        if connection is not self._connection:
+            return
+        self._abandon(connection)
+        self._attempt_failed(reason, "could not connect")
+
+    def _closed(self, result: object, connection: ConnectionLike) -> None:
+        if connection is not self._connection:
+            return
+        reason = result if isinstance(result, Failure) else None
+        self._drop_connection_state()
+        message = "connection lost" if reason is not None else "connection closed"
+        self.log.warn(
+            "{message}: {reason}",
+            message=message,
+            reason=_describe(reason) if reason is not None else "closed by the client",
+        )
+        self._attempt_failed(reason or Failure(SignalRError("connection closed")), None)
+
+    def _reconnecting(self, connection: ConnectionLike, reason: ConnectionClosed) -> None:
+        if connection is self._connection:
+            self.log.warn(
+                "transport lost ({reason}); reconnecting to {url}",
+                reason=redact(str(reason)),
+                url=_safe_url(self.settings.url),
+            )
+
+    def _reconnected(self, connection: ConnectionLike) -> None:
+        if connection is self._connection:
+            self.log.info("reconnected to {url}", url=_safe_url(self.settings.url))
+
+    # -------------------------------------------------------------- subscribing
+
+    def _subscribe(self, connection: ConnectionLike, index: int) -> None:
+        self._sub_retry.pop(index, None)
+        sub = self.subscriptions[index]
+        try:
+            d = connection.hub(sub.hub).invoke(sub.method, *sub.args, timeout=self._invoke_timeout)
+        except Exception:
+            d = fail()
+        d.addCallback(self._check_result, sub)
+        d.addCallbacks(
+            self._subscription_succeeded,
+            self._subscription_failed,
+            callbackArgs=(connection, index),
+            errbackArgs=(connection, index),
+        )
+
+    @staticmethod
+    def _check_result(result: Any, sub: Subscription) -> Any:
+        if not sub.check(result):
+            raise SubscriptionError(sub, result)
+        return result
+
+    def _subscription_succeeded(self, result: Any, connection: ConnectionLike, index: int) -> None:
+        if connection is not self._connection or index not in self._pending:
+            return
+        sub = self.subscriptions[index]
+        self.log.debug("{subscription} succeeded", subscription=sub.describe())
+        self._pending.discard(index)
+        if sub.stale_after is not None:
+            self._watchdogs[index] = self._reactor.callLater(
+                sub.stale_after, self._stale, connection, index
+            )
+        if not self._pending:
+            self._all_subscribed(connection)
+
+    def _subscription_failed(self, reason: Failure, connection: ConnectionLike, index: int) -> None:
+        if connection is not self._connection or index not in self._pending:
+            return
+        sub = self.subscriptions[index]
+        failures = self._sub_failures.get(index, 0)
+        self._sub_failures[index] = failures + 1
+        if self._max_attempts is not None and failures + 1 >= self._max_attempts:
+            self._give_up(failures + 1, reason)
+            return
+        delay = self._policy(failures)
+        self.log.warn(
+            "subscription {subscription} failed ({reason}); retrying in {delay:.1f}s",
+            subscription=sub.describe(),
+            reason=_describe(reason),
+            delay=delay,
+            attempt=failures + 1,
+        )
+        self._sub_retry[index] = self._reactor.callLater(delay, self._subscribe, connection, index)
+
+    def _all_subscribed(self, connection: ConnectionLike) -> None:
+        self._subscribed = True
+        self._failures = 0
+        self.log.info(
+            "{event} {count} subscriptions on {url}",
+            event="resubscribed" if self._generation > 1 else "subscribed",
+            count=len(self.subscriptions),
+            url=_safe_url(self.settings.url),
+        )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(connection)
+
+    def _stale(self, connection: ConnectionLike, index: int) -> None:
+        self._watchdogs.pop(index, None)
+        if connection is not self._connection:
+            return
+        sub = self.subscriptions[index]
+        self.log.warn(
+            "stale feed: no {watched} call on {hub} for {seconds}s after {subscription}; "
+            "making a fresh connection",
+            watched="/".join(sub.watch) or "client",
+            hub=sub.hub,
+            seconds=sub.stale_after,
+            subscription=sub.describe(),
+        )
+        self._abandon(connection)
+        self._attempt_failed(Failure(SignalRError("stale feed")), None)
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def _attempt_failed(self, reason: Failure, what: str | None) -> None:
+        """Count a failed attempt and schedule the next one (or give up)."""
+        if not self.running:
+            return
+        self._failures += 1
+        if what is not None:
+            self.log.warn("{what}: {reason}", what=what, reason=_describe(reason))
+        if self._max_attempts is not None and self._failures >= self._max_attempts:
+            self._give_up(self._failures, reason)
+            return
+        delay = self._policy(self._failures - 1)
+        self.log.info(
+            "reconnecting to {url} in {delay:.1f}s (attempt {attempt})",
+            url=_safe_url(self.settings.url),
+            delay=delay,
+            attempt=self._failures + 1,
+        )
+        self._retry_call = self._reactor.callLater(delay, self._connect)
+
+    def _give_up(self, attempts: int, reason: Failure) -> None:
+        error = GaveUpError(attempts, reason)
+        self._gave_up = error
+        self.log.critical("gave up: {error}", error=str(error))
+        connection = self._connection
+        self._drop_connection_state()
+        if connection is not None:
+            self._close(connection)
+        self._fail_waiters(Failure(error))
+        if self._on_gave_up is not None:
+            self._on_gave_up(error)
+
+    def _abandon(self, connection: ConnectionLike) -> None:
+        """Forget the current connection and close it in the background."""
+        self._drop_connection_state()
+        self._close(connection)
+
+    def _close(self, connection: ConnectionLike) -> Deferred[None]:
+        try:
+            d = connection.stop()
+        except Exception:
+            d = fail()
+
+        def closed(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.warn(
+                    "error while closing the connection: {reason}", reason=_describe(result)
+                )
+            return None
+
+        return d.addBoth(closed)
+
+    def _drop_connection_state(self) -> None:
+        self._connection = None
+        self._subscribed = False
+        self._pending = set()
+        for call in (*self._sub_retry.values(), *self._watchdogs.values()):
+            if call.active():
+                call.cancel()
+        self._sub_retry = {}
+        self._watchdogs = {}
+
+    def _fail_waiters(self, reason: Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(reason)
+
+    def _forget_waiter(self, d: Deferred[ConnectionLike]) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+
+
+def _on_any(proxy: HubProxyLike, hub: str, callback: Callable[[ClientCall], object]) -> None:
+    """Call ``callback`` for every client call on ``proxy``'s hub."""
+
+    def on_call(method: str, *args: Any) -> None:
+        callback(ClientCall(hub, method, args))
+
+    proxy.on_any(on_call)
+
+
+def _ignoring_args(callback: Callable[[], None]) -> Callable[..., None]:
+    def call(*args: object) -> None:
+        callback()
+
+    return call
