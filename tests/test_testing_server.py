@@ -469,7 +469,15 @@ async def test_error_texts_and_ping() -> None:
         base = server.url
         cases = [
             (f"{base}/connect?clientProtocol=1.5", b"Protocol error: Unknown transport."),
-            (f"{base}/connect?transport=longPolling", b"Protocol error: Unknown transport."),
+            (f"{base}/connect?transport=carrierPigeon", b"Protocol error: Unknown transport."),
+            (
+                f"{base}/connect?transport=longPolling",
+                b"Protocol error: Missing connection token.",
+            ),
+            (
+                f"{base}/connect?transport=longPolling&connectionToken={token}",
+                b"Protocol error: only the webSockets transport is served by txsignalr.testing.",
+            ),
             (f"{base}/connect?transport=webSockets", b"Protocol error: Missing connection token."),
             (
                 f"{base}/connect?transport=webSockets&connectionToken=garbage",

@@ -2,8 +2,9 @@
 The in-process classic ASP.NET SignalR 2.x server: twisted.web and autobahn adapters
 around the sans-I/O pieces (:mod:`._wire`, :mod:`._bus`, :mod:`._tokens`, :mod:`._hubs`).
 
-Only the WebSockets transport is served (``TryWebSockets`` is ``true``; other transports
-get ``Protocol error: Unknown transport.``), with client protocol 1.2 to 2.0.
+Only the WebSockets transport is served (``TryWebSockets`` is ``true``), with client
+protocol 1.2 to 2.0.  ``/start`` and ``/abort`` accept any of the four classic transport
+names, as on Microsoft's server; receive requests for the other transports get a 400.
 """
 
 from __future__ import annotations
@@ -234,6 +235,9 @@ class _SocketFactory(WebSocketServerFactory):
         proto.context = self.pending
         proto.server = self._server
         return proto
+
+
+_KNOWN_TRANSPORTS = frozenset({"websockets", "serversentevents", "longpolling", "foreverframe"})
 
 
 def _access_log_line(timestamp: str, request: Request) -> str:
@@ -719,8 +723,8 @@ class SignalRServer:
         if path.endswith("/ping"):
             self._record("ping", {})
             return _respond(request, 200, b'{ "Response": "pong" }', _JSON)
-        transport = info.arg("transport")
-        if transport is None or transport.lower() != "websockets":
+        transport = (info.arg("transport") or "").lower()
+        if transport not in _KNOWN_TRANSPORTS:
             return _respond(request, 400, b"Protocol error: Unknown transport.", _TEXT)
         token = info.arg("connectionToken")
         if token is None:
@@ -737,6 +741,15 @@ class SignalRServer:
             return self._start(request, info, connection_id, hubs)
         if path.endswith("/abort"):
             return self._abort(request, connection_id)
+        if transport != "websockets":
+            # Microsoft's server has all four transports; /start and /abort above work
+            # with any of them (signalr-client aborts with transport=serverSentEvents).
+            return _respond(
+                request,
+                400,
+                b"Protocol error: only the webSockets transport is served by txsignalr.testing.",
+                _TEXT,
+            )
         upgrade = info.headers.get("upgrade", "")
         if "websocket" not in upgrade.lower():
             return _respond(request, 400, b"Not a valid web socket request.", _TEXT)
