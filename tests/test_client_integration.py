@@ -309,3 +309,42 @@ async def test_invoke_timeout_on_unknown_hub(server: SignalRServer) -> None:
     with pytest.raises(TimeoutError):
         await within(ghost.invoke("Anything", timeout=0.5))
     await within(conn.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_secrets_in_logs_even_at_debug_level() -> None:
+    """With autobahn/txaio at debug level, tokens, cookies and Authorization stay hidden."""
+    import txaio
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    txaio.set_global_log_level("debug")
+    server = SignalRServer(
+        reactor,
+        hubs=[C3Hub(interval=0.1)],
+        keepalive=1.0,
+        negotiate_cookies={"affinity": "COOKIESECRET"},
+    )
+    try:
+        await server.listen(port=0, interface="127.0.0.1")
+        conn = HubConnection(
+            reactor, server.url, reconnect_delay=0.05, headers={"Authorization": "Bearer TOPSECRET"}
+        )
+        c3 = conn.hub("c3")
+        await within(conn.start())
+        token = conn.negotiated.connection_token if conn.negotiated else "?"
+        await within(c3.invoke("Subscribe", ["tick"]))
+        server.drop_all_transports()
+        await wait_until(lambda: conn.state is ConnectionState.reconnecting, what="drop")
+        await wait_until(lambda: conn.state is ConnectionState.connected, what="reconnect")
+        await within(conn.stop())
+    finally:
+        txaio.set_global_log_level("info")
+        globalLogPublisher.removeObserver(events.append)
+        await server.stop()
+    text = "\n".join(formatEvent(e) + " " + repr(e) for e in events)
+    assert len(events) > 5
+    encoded = token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    for secret in (token, encoded, "TOPSECRET", "COOKIESECRET"):
+        assert secret not in text, secret

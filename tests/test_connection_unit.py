@@ -802,8 +802,214 @@ def test_on_any_receives_every_method_with_its_name(h: Harness) -> None:
     h.c3.on("tick", lambda n: order.append(("tick", n)))
     remove = h.c3.on_any(lambda method, *args: order.append(("any", method, args)))
     h.connect()
-    h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]},
-                                       {"H": "c3", "M": "heartbeat", "A": []}]})
+    h.transport.frame(
+        {
+            "C": "1",
+            "M": [{"H": "c3", "M": "tick", "A": [1]}, {"H": "c3", "M": "heartbeat", "A": []}],
+        }
+    )
     remove()
     h.transport.frame({"C": "2", "M": [{"H": "c3", "M": "heartbeat", "A": []}]})
     assert order == [("tick", 1), ("any", "tick", (1,)), ("any", "heartbeat", ())]
+
+
+# ------------------------------------------------------------------ review findings
+
+
+def _hold_start_until_init(h: Harness) -> Deferred[None]:
+    h.server.hold_start = True
+    d = h.start()
+    h.transport.open_ok()
+    h.transport.frame({"C": "d-1-A,0", "S": 1, "M": []})
+    h.flush()
+    assert h.server.commands() == ["negotiate", "start"]
+    assert not d.called
+    return d
+
+
+def test_loss_during_start_request_fails_start_cleanly(h: Harness) -> None:
+    """Socket lost while /start is in flight: StartError, nothing unhandled, no timers."""
+    import gc
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = _hold_start_until_init(h)
+        h.transport.lose("dropped")
+        h.flush()
+        f = failure_of(d)
+        assert f.check(StartError)
+        assert "WebSocket closed" in str(f.value)
+        del f, d
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("isError") or "log_failure" in e]
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_during_start_request_cancels_it(h: Harness) -> None:
+    """stop() while /start is in flight cancels the request and leaves no timers."""
+    d = _hold_start_until_init(h)
+    stopped = h.stop()
+    result_of(stopped)
+    assert failure_of(d).check(ConnectionClosed)
+    assert h.clock.getDelayedCalls() == []
+    assert h.server.commands()[-1] == "abort"
+
+
+def test_broken_message_in_batch_loses_nothing_else(h: Harness) -> None:
+    """One malformed element: the others are delivered, the cursor advances, error reported."""
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    seen: list[int] = []
+    h.c3.on("tick", seen.append)
+    h.connect()
+    h.transport.frame(
+        {
+            "C": "d-1-A,5",
+            "M": [
+                {"H": "c3", "M": "tick", "A": [1]},
+                {"H": "c3", "M": "tick", "A": 7},
+                {"H": "c3", "M": "tick", "A": [3]},
+            ],
+        }
+    )
+    assert seen == [1, 3]
+    assert len(errors) == 1 and "arguments" in str(errors[0])
+    h.transport.lose()
+    h.clock.advance(2)
+    assert parse_qs(urlsplit(h.transport.url).query)["messageId"] == ["d-1-A,5"]
+
+
+def test_start_while_stop_runs_is_refused_and_waiters_stay_apart() -> None:
+    """A start() during an unfinished stop() is refused; stop's outcome stays its own."""
+    h = Harness()
+    h.connect()
+    old_closed = h.conn.when_closed()
+    h.server.hold_start = False
+    # Make /abort hang so stop() is still running.
+    held: list[Request] = []
+    original = h.server.render
+
+    def render(request: Request) -> bytes | int:
+        if request.path.endswith(b"/abort"):
+            held.append(request)
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        return original(request)
+
+    h.server.render = render  # type: ignore[method-assign]
+    stopping = h.conn.stop()
+    h.flush()
+    assert not stopping.called
+    assert failure_of(h.conn.start()).check(InvalidStateError)
+    held[0].finish()
+    h.flush()
+    result_of(stopping)
+    assert result_of(old_closed) is None
+    h.connect()
+    assert h.conn.state is ConnectionState.connected
+
+
+def test_hung_reconnect_upgrade_is_abandoned_and_retried(h: Harness) -> None:
+    """A /reconnect that never opens is aborted after TransportConnectTimeout and retried."""
+    h.connect()
+    h.transport.lose()
+    h.clock.advance(2.0)
+    hung = h.transport
+    h.clock.advance(4.9)
+    assert not hung.aborted
+    h.clock.advance(0.2)
+    assert hung.aborted
+    h.clock.advance(2.0)
+    assert h.transport is not hung
+    assert "/reconnect?" in h.transport.url
+    h.transport.open_ok()
+    assert h.conn.state is ConnectionState.connected
+
+
+def test_reconnect_churn_without_frames_ends(h: Harness) -> None:
+    """Reconnects that open and close at once, with no frame, stop after the window."""
+    h.connect()
+    closed = h.conn.when_closed()
+    for _ in range(40):
+        if h.conn.state is ConnectionState.disconnected:
+            break
+        h.transport.lose()
+        h.clock.advance(2.0)
+        if h.conn.state is ConnectionState.reconnecting:
+            h.transport.open_ok()
+    assert h.conn.state is ConnectionState.disconnected
+    f = failure_of(closed)
+    assert "reconnect window of 50 s" in str(f.value)
+    assert h.clock.seconds() <= 60
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_from_state_change_callback(h: Harness) -> None:
+    """stop() called when the state turns to reconnecting: no reconnecting event after it."""
+    reconnecting: list[Any] = []
+    stopped: list[Deferred[None]] = []
+    h.conn.on_reconnecting(reconnecting.append)
+
+    def on_change(old: ConnectionState, new: ConnectionState) -> None:
+        if new is ConnectionState.reconnecting:
+            stopped.append(h.conn.stop())
+
+    h.conn.on_state_change(on_change)
+    h.connect()
+    h.transport.lose()
+    h.flush()
+    assert reconnecting == []
+    assert h.conn.state is ConnectionState.disconnected
+    result_of(stopped[0])
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_when_connected(h: Harness) -> None:
+    """when_connected fires on connect and on reconnect, and fails when closed first."""
+    first = h.conn.when_connected()
+    h.connect()
+    assert result_of(first) is None
+    assert result_of(h.conn.when_connected()) is None
+    h.transport.lose()
+    again = h.conn.when_connected()
+    assert not again.called
+    h.clock.advance(2)
+    h.transport.open_ok()
+    assert result_of(again) is None
+    h.transport.lose()
+    lost = h.conn.when_connected()
+    result_of(h.stop())
+    assert failure_of(lost).check(ConnectionClosed)
+
+
+def test_reconnect_delay_policy() -> None:
+    """reconnect_delay may be a policy(attempt) -> seconds."""
+    h = Harness(reconnect_delay=lambda attempt: [0.5, 1.0, 4.0][min(attempt, 2)])
+    h.connect()
+    h.transport.lose()
+    h.clock.advance(0.5)
+    assert len(FakeTransport.instances) == 2
+    h.transport.lose("refused")
+    h.clock.advance(0.9)
+    assert len(FakeTransport.instances) == 2
+    h.clock.advance(0.1)
+    assert len(FakeTransport.instances) == 3
+
+
+def test_negotiation_error_text_never_shows_the_token() -> None:
+    """str(NegotiationError) leaves out a body that holds the connection token."""
+    h = Harness()
+    h.server.negotiate = (200, negotiate_body(ProtocolVersion="1.2"))
+    f = failure_of(h.start())
+    assert "server version 1.2" in str(f.value)
+    assert TOKEN not in str(f.value)
+    assert "withheld" in str(f.value)
+
+
+def test_user_info_never_in_repr() -> None:
+    """Credentials in the URL stay out of repr()."""
+    conn = HubConnection(Clock(), "http://bob:hunter2@example.com/signalr")
+    assert "hunter2" not in repr(conn)
+    assert "example.com/signalr" in repr(conn)

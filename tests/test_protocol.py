@@ -14,6 +14,7 @@ from txsignalr._protocol import (
     ClientInvocation,
     Endpoints,
     HubResult,
+    MalformedMessage,
     PersistentResponse,
     Progress,
     RawMessage,
@@ -253,8 +254,6 @@ def test_reconnect_and_disconnect_flags() -> None:
         (b'{"C":"x","G":1,"M":[]}', "groups token"),
         (b'{"I":1.5}', "invocation id"),
         (b'{"I":"1","S":[1]}', "state"),
-        (b'{"C":"x","M":[{"H":"h","M":"m","A":5}]}', "arguments"),
-        (b'{"C":"x","M":[{"I":"P|1","P":5}]}', "progress"),
         (b"\xff\xfe{}", "not valid JSON"),
     ],
 )
@@ -434,3 +433,27 @@ def test_redact_url_hides_query_values() -> None:
     text = redact_url("https://user:pw@h/signalr/connect?connectionToken=SECRET&x=1")
     assert "SECRET" not in text and "pw" not in text
     assert "connectionToken=" in text
+
+
+@pytest.mark.parametrize(
+    ("item", "text"),
+    [
+        ({"H": "h", "M": "m", "A": 5}, "arguments"),
+        ({"I": "P|1", "P": 5}, "progress"),
+        ({"H": "h", "M": "m", "A": [], "S": [1]}, "state"),
+        ({"I": 1.5}, "invocation id"),
+    ],
+)
+def test_broken_message_keeps_rest_of_frame(item: dict[str, object], text: str) -> None:
+    """A broken element of M is marked; the good ones and the cursor still count."""
+    frame = json.dumps(
+        {"C": "d-1-A,5", "G": "g", "M": [{"H": "c3", "M": "tick", "A": [1]}, item]}
+    ).encode()
+    f = parse_frame(frame)
+    assert isinstance(f, PersistentResponse)
+    assert f.cursor == "d-1-A,5" and f.groups_token == "g"
+    assert f.messages[0] == ClientInvocation("c3", "tick", (1,))
+    bad = f.messages[1]
+    assert isinstance(bad, MalformedMessage)
+    assert bad.value == item
+    assert text in str(bad.error)

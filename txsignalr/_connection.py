@@ -36,6 +36,7 @@ from txsignalr._protocol import (
     ClientInvocation,
     Endpoints,
     HubResult,
+    MalformedMessage,
     NegotiateResponse,
     PersistentResponse,
     Progress,
@@ -245,7 +246,10 @@ class HubConnection:
     :param http_client: a :class:`treq.client.HTTPClient` to use instead of the
         connection's own (for tests, e.g. ``treq.testing.StubTreq``).
     :param invoke_timeout: default seconds to wait for a hub result (None: no limit).
-    :param reconnect_delay: seconds between reconnect attempts (2, as Microsoft's clients).
+    :param reconnect_delay: seconds between reconnect attempts (2, as Microsoft's
+        clients), or a retry policy ``policy(attempt) -> seconds`` such as
+        :func:`twisted.application.internet.backoffPolicy`; attempts stop when the
+        server's DisconnectTimeout has passed.
     :param http_timeout: seconds allowed for each HTTP request.
     :param max_message_size: invocations larger than this many bytes are refused
         (the server drops the socket on messages over 64 KiB by default); None: no limit.
@@ -267,7 +271,7 @@ class HubConnection:
         tls: IPolicyForHTTPS | None = None,
         http_client: HTTPClientLike | None = None,
         invoke_timeout: float | None = None,
-        reconnect_delay: float = 2.0,
+        reconnect_delay: float | Callable[[int], float] = 2.0,
         http_timeout: float = 30.0,
         max_message_size: int | None = 64 * 1024,
         abort_timeout: float = 5.0,
@@ -321,6 +325,8 @@ class HubConnection:
         self._ids = itertools.count()
         self._buffer: list[ServerMessage] = []
         self._start_task: Deferred[None] | None = None
+        self._stop_task: Deferred[None] | None = None
+        self._connected_waiters: list[Deferred[None]] = []
         self._start_waiter: Deferred[Any] | None = None
         self._stopping = False
         self._tid = itertools.cycle(range(11))
@@ -328,7 +334,12 @@ class HubConnection:
         self._keepalive_call: IDelayedCall | None = None
         self._reconnect_call: IDelayedCall | None = None
         self._deadline_call: IDelayedCall | None = None
-        self._last_activity = 0.0
+        self._attempt_call: IDelayedCall | None = None
+        self._reconnect_attempt = 0
+        # _last_frame: when a frame last arrived (all the receive path stores);
+        # _watch_base: when the keep-alive watchdog was (re)armed.
+        self._last_frame = 0.0
+        self._watch_base = 0.0
         self._slow = False
         self._seconds = reactor.seconds
         # outcome of the last session, for when_closed()
@@ -430,6 +441,28 @@ class HubConnection:
         self._closed_waiters.append(d)
         return d
 
+    def when_connected(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the connection is connected: at once when it is,
+        else at the next successful start or reconnect.  It fails with
+        :class:`~txsignalr.ConnectionClosed` if the connection stops or is lost for
+        good first.
+        """
+        if self._state is ConnectionState.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._forget_connected_waiter)
+        self._connected_waiters.append(d)
+        return d
+
+    def _forget_connected_waiter(self, d: Deferred[None]) -> None:
+        if d in self._connected_waiters:
+            self._connected_waiters.remove(d)
+
+    def _fail_connected_waiters(self, reason: ConnectionClosed) -> None:
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for d in waiters:
+            d.errback(reason)
+
     def start(self) -> Deferred[None]:
         """
         Negotiate, open the WebSocket, wait for the init frame and call ``/start``.
@@ -442,6 +475,10 @@ class HubConnection:
         if self._state is not ConnectionState.disconnected:
             return _failed(
                 InvalidStateError(f"start() called while {self._state.value}; call stop() first")
+            )
+        if self._stop_task is not None:
+            return _failed(
+                InvalidStateError("start() called while stop() is still running; wait for it")
             )
         self._stopping = False
         self._last_close = None
@@ -464,7 +501,16 @@ class HubConnection:
 
         :returns: a Deferred that fires when all of that is done.
         """
-        return Deferred.fromCoroutine(self._stop())
+        task = Deferred.fromCoroutine(self._stop())
+        if not task.called:
+            self._stop_task = task
+
+            def done(result: _T) -> _T:
+                self._stop_task = None
+                return result
+
+            task.addBoth(done)
+        return task
 
     def ping(self) -> Deferred[bool]:
         """``GET /ping``: fires ``True`` when the server answers ``pong``."""
@@ -524,9 +570,8 @@ class HubConnection:
                     f"the WebSocket failed before the connection started: {e.reason}",
                     getattr(e, "status", None),
                 ) from None
-            # S:1 arrived: now /start; a transport loss meanwhile also fails the waiter.
-            waiter = Deferred()
-            self._start_waiter = waiter
+            # S:1 arrived: now /start.  The waiter fires with the answer, or fails when
+            # the socket is lost meanwhile; cancelling it (stop()) cancels the request.
             request = Deferred.fromCoroutine(
                 self._http(
                     "GET",
@@ -534,7 +579,16 @@ class HubConnection:
                     "start",
                 )
             )
-            request.chainDeferred(waiter)
+            waiter = Deferred(lambda _: request.cancel())
+            self._start_waiter = waiter
+
+            def forward(result: object) -> None:
+                if not waiter.called:
+                    waiter.callback(result)
+                elif isinstance(result, Failure):
+                    result.trap(CancelledError, SignalRError)
+
+            request.addBoth(forward)
             try:
                 status, body = await waiter
             except ConnectionClosed as e:
@@ -542,6 +596,8 @@ class HubConnection:
                 raise StartError(
                     f"Error during start request: the WebSocket closed ({e.reason})"
                 ) from None
+            except CancelledError:
+                raise
             except SignalRError as e:
                 raise StartError(f"Error during start request: {e}") from None
             if status != 200:
@@ -680,6 +736,8 @@ class HubConnection:
         if transport is not self._transport:
             return
         if self._state is ConnectionState.reconnecting:
+            self._cancel(self._attempt_call)
+            self._attempt_call = None
             self._cancel(self._deadline_call)
             self._deadline_call = None
             self._set_state(ConnectionState.connected)
@@ -692,7 +750,7 @@ class HubConnection:
     def frame_received(self, transport: WebSocketTransport, data: bytes) -> None:
         if transport is not self._transport:
             return
-        self._last_activity = self._seconds()
+        self._last_frame = self._seconds()
         try:
             frame = parse_frame(data)
         except ProtocolError as e:
@@ -716,6 +774,8 @@ class HubConnection:
         elif state is ConnectionState.connected:
             self._begin_reconnecting(reason)
         elif state is ConnectionState.reconnecting:
+            self._cancel(self._attempt_call)
+            self._attempt_call = None
             status = getattr(reason, "status", None)
             if status in _PERMANENT_RECONNECT_STATUSES:
                 self._close_for_good(
@@ -794,6 +854,9 @@ class HubConnection:
                     self._handler_failed(Failure(), pending.proxy, pending.method + " progress")
         elif kind is HubResult:
             self._result(message)  # type: ignore[arg-type]
+        elif kind is MalformedMessage:
+            malformed: MalformedMessage = message  # type: ignore[assignment]
+            self._report_error(malformed.error)
         else:
             self.log.debug("ignored a non-hub message in M")
 
@@ -913,7 +976,7 @@ class HubConnection:
         negotiated = self._negotiated
         if negotiated is None or not negotiated.keep_alive_timeout:
             return
-        self._last_activity = self._seconds()
+        self._watch_base = self._seconds()
         self._slow = False
         timeout = negotiated.keep_alive_timeout
         self._keepalive_call = self._reactor.callLater(timeout / 9, self._check_keepalive)
@@ -928,7 +991,7 @@ class HubConnection:
         ):
             return
         timeout = negotiated.keep_alive_timeout
-        idle = self._seconds() - self._last_activity
+        idle = self._seconds() - max(self._last_frame, self._watch_base)
         if idle >= timeout:
             self.log.warn(
                 "no keep-alive for {idle:.1f} s (timeout {timeout:g} s): reconnecting",
@@ -962,7 +1025,11 @@ class HubConnection:
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
         self._cancel(self._keepalive_call)
         self._keepalive_call = None
+        if self._inactive_too_long():
+            return
         self._set_state(ConnectionState.reconnecting)
+        if self._state is not ConnectionState.reconnecting:
+            return  # a state-change callback stopped the connection
         self.log.warn("connection lost ({reason}); reconnecting", reason=reason.reason)
         self._fail_pending(_RECONNECTING_TEXT, reason)
         self._on_reconnecting.fire(reason)
@@ -971,24 +1038,67 @@ class HubConnection:
         negotiated = self._negotiated
         window = 30.0 if negotiated is None else negotiated.disconnect_timeout
         self._deadline_call = self._reactor.callLater(window, self._give_up, window)
+        self._reconnect_attempt = 0
         self._schedule_reconnect()
+
+    def _inactive_too_long(self) -> bool:
+        """
+        Microsoft's clients stop instead of reconnecting when nothing was received for
+        DisconnectTimeout + KeepAliveTimeout (the "reconnect window"): the server has
+        forgotten the connection by then.  This also ends a loop of reconnects that
+        open and close again without a frame.  Only applies with keep-alives on.
+        """
+        negotiated = self._negotiated
+        if negotiated is None or not negotiated.keep_alive_timeout:
+            return False
+        window = negotiated.disconnect_timeout + negotiated.keep_alive_timeout
+        idle = self._seconds() - self._last_frame
+        if idle <= window:
+            return False
+        self._close_for_good(
+            ConnectionClosed(
+                f"nothing received for {idle:.1f} s, more than the reconnect window of "
+                f"{window:g} s (DisconnectTimeout + KeepAliveTimeout): the server has "
+                "forgotten this connection"
+            )
+        )
+        return True
 
     def _schedule_reconnect(self) -> None:
         self._cancel(self._reconnect_call)
-        self._reconnect_call = self._reactor.callLater(
-            self._reconnect_delay, self._attempt_reconnect
-        )
+        delay = self._reconnect_delay
+        if callable(delay):
+            delay = delay(self._reconnect_attempt)
+        self._reconnect_attempt += 1
+        self._reconnect_call = self._reactor.callLater(delay, self._attempt_reconnect)
 
     def _attempt_reconnect(self) -> None:
         self._reconnect_call = None
         token = self._token
         if self._state is not ConnectionState.reconnecting or token is None:
             return
+        if self._inactive_too_long():
+            return
         url = self._endpoints.reconnect(
             Transport.web_sockets, token, self._message_id, self._groups_token, next(self._tid)
         )
         self.log.debug("reconnecting to {url}", url=redact_url(url))
         self._open_transport(websocket_url(url))
+        # An upgrade that never completes must not use up the whole window.
+        negotiated = self._negotiated
+        limit = 5.0 if negotiated is None else negotiated.transport_connect_timeout
+        self._attempt_call = self._reactor.callLater(
+            limit, self._attempt_timed_out, self._transport, limit
+        )
+
+    def _attempt_timed_out(self, transport: WebSocketTransport | None, limit: float) -> None:
+        self._attempt_call = None
+        if transport is None or transport is not self._transport:
+            return
+        self._transport = None
+        transport.abort()
+        self.log.info("reconnect attempt got no answer within {limit:g} s", limit=limit)
+        self._schedule_reconnect()
 
     def _give_up(self, window: float) -> None:
         self._deadline_call = None
@@ -1013,6 +1123,7 @@ class HubConnection:
         if waiter is not None and not waiter.called:
             waiter.errback(reason)
         self._last_close = reason
+        self._fail_connected_waiters(reason)
         self._set_state(ConnectionState.disconnected)
         self._close_pool()
         waiters, self._closed_waiters = self._closed_waiters, []
@@ -1035,6 +1146,9 @@ class HubConnection:
         token, self._token = self._token, None
         transport, self._transport = self._transport, None
         self._last_close = None
+        # Taken now: a start() after this stop() completes has waiters of its own.
+        closed_waiters, self._closed_waiters = self._closed_waiters, []
+        self._fail_connected_waiters(ConnectionClosed("stop() was called"))
         self._set_state(ConnectionState.disconnected)
         if token is not None:
             await self._fire_abort(token)
@@ -1042,17 +1156,22 @@ class HubConnection:
             await transport.close()
         await self._close_pool()
         self.log.info("stopped")
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
+        for d in closed_waiters:
             d.callback(None)
         self._on_closed.fire(None)
 
     # ------------------------------------------------------------------ helpers
 
     def _cancel_timers(self) -> None:
-        for call in (self._keepalive_call, self._reconnect_call, self._deadline_call):
+        for call in (
+            self._keepalive_call,
+            self._reconnect_call,
+            self._deadline_call,
+            self._attempt_call,
+        ):
             self._cancel(call)
-        self._keepalive_call = self._reconnect_call = self._deadline_call = None
+        self._keepalive_call = self._reconnect_call = None
+        self._deadline_call = self._attempt_call = None
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:
@@ -1064,6 +1183,10 @@ class HubConnection:
         if old is new:
             return
         self._state = new
+        if new is ConnectionState.connected and self._connected_waiters:
+            waiters, self._connected_waiters = self._connected_waiters, []
+            for d in waiters:
+                d.callback(None)
         self._on_state_change.fire(old, new)
 
 

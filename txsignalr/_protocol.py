@@ -35,6 +35,7 @@ __all__ = [
     "Frame",
     "HubResult",
     "KeepAlive",
+    "MalformedMessage",
     "NegotiateResponse",
     "PersistentResponse",
     "Progress",
@@ -174,7 +175,19 @@ class RawMessage:
     value: Any
 
 
-ServerMessage = ClientInvocation | Progress | HubResult | RawMessage
+@attrs.frozen
+class MalformedMessage:
+    """
+    An element of ``M`` that looks like a hub message but is broken (say, arguments
+    that are not an array).  The rest of the frame, its cursor included, still counts;
+    the connection reports this one as a :class:`~txsignalr.ProtocolError`.
+    """
+
+    value: Any
+    error: ProtocolError
+
+
+ServerMessage = ClientInvocation | Progress | HubResult | RawMessage | MalformedMessage
 
 
 @attrs.frozen
@@ -270,6 +283,13 @@ def _message(item: Any) -> ServerMessage:
     return RawMessage(item)
 
 
+def _message_or_malformed(item: Any) -> ServerMessage:
+    try:
+        return _message(item)
+    except ProtocolError as e:
+        return MalformedMessage(item, e)
+
+
 def parse_frame(data: bytes | str) -> Frame:
     """
     Parse one frame from the receive channel.
@@ -295,7 +315,12 @@ def parse_frame(data: bytes | str) -> Frame:
         if messages is None:
             parsed: tuple[ServerMessage, ...] = ()
         elif type(messages) is list:
-            parsed = tuple([_message(m) for m in messages])
+            try:
+                parsed = tuple([_message(m) for m in messages])
+            except ProtocolError:
+                # Keep every good message (and the cursor): only the broken ones are
+                # reported; dropping the frame would lose them for good.
+                parsed = tuple([_message_or_malformed(m) for m in messages])
         else:
             raise ProtocolError("'M' is not an array", obj)
         cursor = obj.get("C")
@@ -677,13 +702,11 @@ def websocket_url(http_url: str) -> str:
 
 
 def _redact_url(url: str) -> str:
-    """The URL with its query values hidden, for logs and error messages."""
+    """The URL without user info and with its query values hidden, for logs and errors."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if not parts.query:
-        return url
     keys = [p.split("=", 1)[0] for p in parts.query.split("&") if p]
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "&".join(f"{k}=…" for k in keys), ""))

@@ -24,7 +24,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr.errors import ConnectionClosed
 
-__all__ = ["TransportSink", "WebSocketTransport"]
+__all__ = ["QuietAutobahnLog", "TransportSink", "WebSocketTransport"]
 
 
 class TransportSink(Protocol):
@@ -40,10 +40,39 @@ class TransportSink(Protocol):
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
 
 
+class QuietAutobahnLog:
+    """
+    autobahn's logger for our sockets: warnings and errors go to twisted.logger;
+    debug, trace and info are dropped, because autobahn logs the whole opening
+    handshake there (the URL with the connection token, Cookie, Authorization).
+    """
+
+    _log = Logger(namespace="txsignalr.websocket")
+
+    def _drop(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    trace = debug = info = _drop
+
+    def warn(self, fmt: str, **kwargs: object) -> None:
+        self._log.warn("autobahn: " + fmt, **kwargs)
+
+    def error(self, fmt: str, **kwargs: object) -> None:
+        self._log.error("autobahn: " + fmt, **kwargs)
+
+    critical = error
+
+    def failure(
+        self, fmt: str | None = None, failure: Failure | None = None, **kwargs: Any
+    ) -> None:
+        self._log.failure("autobahn: " + (fmt or "failure"), failure, **kwargs)
+
+
 class _ClientProtocol(WebSocketClientProtocol):
     """Forwards autobahn's callbacks to the owning :class:`WebSocketTransport`."""
 
     owner: WebSocketTransport | None = None
+    log = QuietAutobahnLog()
 
     def onOpen(self) -> None:
         owner = self.factory.owner
@@ -61,6 +90,9 @@ class _ClientProtocol(WebSocketClientProtocol):
 
 class _ClientFactory(WebSocketClientFactory):
     protocol = _ClientProtocol
+
+    log = QuietAutobahnLog()
+    noisy = False
 
     def __init__(self, owner: WebSocketTransport, url: str, headers: dict[str, str]) -> None:
         super().__init__(url, headers=headers)  # type: ignore[no-untyped-call]
@@ -94,6 +126,7 @@ class WebSocketTransport:
         self._tls = tls
         self._sink = sink
         self._protocol: WebSocketClientProtocol | None = None
+        self._open = False
         self._connecting: Deferred[Any] | None = None
         self._done = False
         self._close_timer: Any = None
@@ -130,7 +163,12 @@ class WebSocketTransport:
         self._connecting = d
 
         def connected(protocol: Any) -> None:
+            # TCP is up; the upgrade may still be pending.  Keep the protocol so
+            # close()/abort() can drop a socket whose handshake never completes.
             self._connecting = None
+            self._protocol = protocol
+            if self._done:
+                protocol.dropConnection(abort=True)
 
         def failed(f: Failure) -> None:
             self._connecting = None
@@ -143,6 +181,7 @@ class WebSocketTransport:
 
     def _opened(self, protocol: WebSocketClientProtocol) -> None:
         self._protocol = protocol
+        self._open = True
         if self._done:
             protocol.dropConnection(abort=True)
             return
@@ -176,7 +215,7 @@ class WebSocketTransport:
     def send(self, data: bytes) -> None:
         """Send one text message."""
         protocol = self._protocol
-        if protocol is None or self._done:
+        if protocol is None or self._done or not self._open:
             raise ConnectionClosed("the WebSocket is not open")
         protocol.sendMessage(data, False)
 

@@ -45,8 +45,11 @@ class NegotiationError(SignalRError):
     def __str__(self) -> str:
         if self.status is None:
             return self.message
-        snippet = (self.body or b"")[:200]
-        return f"{self.message} (HTTP {self.status}, body {snippet!r})"
+        body = self.body or b""
+        if b"token" in body.lower():
+            # A negotiate answer carries the connection token: never print it.
+            return f"{self.message} (HTTP {self.status}, body withheld: it holds a token)"
+        return f"{self.message} (HTTP {self.status}, body {body[:200]!r})"
 
 
 class StartError(SignalRError):

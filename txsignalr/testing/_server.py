@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from txsignalr._websocket import QuietAutobahnLog
 from txsignalr.testing._bus import MessageBus
 from txsignalr.testing._hubs import Hub, HubCall, invoke_hub_method
 from txsignalr.testing._tokens import Protector
@@ -166,6 +167,8 @@ class _Connection:
 class _SignalRWebSocket(WebSocketServerProtocol):
     """Forwards autobahn's hooks to the server; holds no SignalR logic itself."""
 
+    # autobahn logs the opening handshake (URL with the token, cookies) at debug.
+    log = QuietAutobahnLog()
     context: _SocketContext
     server: SignalRServer | None
 
@@ -208,6 +211,7 @@ class _SignalRWebSocket(WebSocketServerProtocol):
 
 class _SocketFactory(WebSocketServerFactory):
     protocol = _SignalRWebSocket
+    log = QuietAutobahnLog()
 
     def __init__(self, server: SignalRServer, reactor: IReactorTime) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
