@@ -26,7 +26,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -262,7 +262,7 @@ class HubConnection:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         url: str,
         *,
         headers: Mapping[str, str] | None = None,

@@ -114,7 +114,7 @@ class WebSocketTransport:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         url: str,
         headers: dict[str, str],
         tls: IPolicyForHTTPS | None,
