@@ -42,8 +42,10 @@ from txsignalr._protocol import (
     Progress,
     ServerMessage,
     Transport,
+    decode_frame,
     encode_invocation,
-    parse_frame,
+    frame_from_json,
+    message_from_json,
     parse_negotiate,
     parse_start_response,
     redact_url,
@@ -620,6 +622,9 @@ class HubConnection:
                 raise
             raise StartError(f"start failed: {e!r}") from e
         self._start_waiter = None
+        # The HTTP socket used for negotiate and /start is not needed until stop():
+        # release it now rather than hold a second file descriptor per connection.
+        self._close_pool()
         self._set_state(ConnectionState.connected)
         self.log.info(
             "connected to {url} (connection {connection_id})",
@@ -752,7 +757,46 @@ class HubConnection:
             return
         self._last_frame = self._seconds()
         try:
-            frame = parse_frame(data)
+            obj = decode_frame(data)
+        except ProtocolError as e:
+            self._report_error(e)
+            return
+        # Fast path for what busy feeds send: {"C":cursor,"M":[{"H","M","A"},…]} while
+        # connected.  Same outcome as the general path below, without building the
+        # message values: dispatch straight from the decoded JSON.
+        if (
+            type(obj) is dict
+            and len(obj) == 2
+            and self._state is ConnectionState.connected
+            and type(obj.get("C")) is str
+            and type(obj.get("M")) is list
+        ):
+            self._message_id = obj["C"]
+            for item in obj["M"]:
+                if type(item) is dict and len(item) == 3:
+                    hub = item.get("H")
+                    method = item.get("M")
+                    args = item.get("A")
+                    if type(hub) is str and type(method) is str and type(args) is list:
+                        proxy = self._proxy_for(hub)
+                        if proxy is not None:
+                            for handler in proxy._handlers_for(method):
+                                try:
+                                    outcome = handler(*args)
+                                except Exception:
+                                    self._handler_failed(Failure(), proxy, method)
+                                    continue
+                                if outcome is not None:
+                                    self._watch_outcome(outcome, proxy, method)
+                        if self._transport is not transport:
+                            return  # a handler stopped the connection
+                        continue
+                self._dispatch(message_from_json(item))
+                if self._transport is not transport:
+                    return
+            return
+        try:
+            frame = frame_from_json(obj, data)
         except ProtocolError as e:
             self._report_error(e)
             return

@@ -42,9 +42,12 @@ __all__ = [
     "RawMessage",
     "ServerMessage",
     "Transport",
+    "decode_frame",
     "dumps",
     "encode_invocation",
+    "frame_from_json",
     "loads",
+    "message_from_json",
     "parse_frame",
     "parse_negotiate",
     "parse_start_response",
@@ -283,6 +286,14 @@ def _message(item: Any) -> ServerMessage:
     return RawMessage(item)
 
 
+def message_from_json(item: Any) -> ServerMessage:
+    """One element of ``M`` as a message value; broken ones as :class:`MalformedMessage`."""
+    try:
+        return _message(item)
+    except ProtocolError as e:
+        return MalformedMessage(item, e)
+
+
 def _message_or_malformed(item: Any) -> ServerMessage:
     try:
         return _message(item)
@@ -300,10 +311,29 @@ def parse_frame(data: bytes | str) -> Frame:
         straight to the socket, a :class:`HubResult`.
     :raises ProtocolError: when the frame is not JSON or not a SignalR frame.
     """
+    return frame_from_json(decode_frame(data), data)
+
+
+def decode_frame(data: bytes | str) -> Any:
+    """
+    Decode a frame's JSON.
+
+    :raises ProtocolError: when it is not valid JSON.
+    """
     try:
-        obj = loads(data)
+        return loads(data)
     except _JSONError as e:
         raise ProtocolError(f"frame is not valid JSON ({e})", _text(data)) from None
+
+
+def frame_from_json(obj: Any, data: bytes | str) -> Frame:
+    """
+    Build the frame value from a frame's decoded JSON (see :func:`parse_frame`).
+
+    :param obj: the decoded JSON.
+    :param data: the raw frame, for error messages.
+    :raises ProtocolError: when it is not a SignalR frame.
+    """
     if type(obj) is not dict:
         raise ProtocolError("frame is not a JSON object", _text(data))
     if not obj:

@@ -79,10 +79,15 @@ class _ClientProtocol(WebSocketClientProtocol):
         self.owner = owner
         owner._opened(self)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        owner = self.owner
-        if owner is not None:
-            owner._sink.frame_received(owner, payload)
+    def onMessageEnd(self) -> None:
+        # The hot path.  autobahn's own onMessageEnd also fires its "message" event,
+        # building Deferreds for every message that nobody listens to (about 2.5 µs
+        # a frame); hand the payload straight to the connection instead.
+        if not self.failedByMe:
+            owner = self.owner
+            if owner is not None:
+                owner._sink.frame_received(owner, b"".join(self.message_data))
+        self.message_data = None  # type: ignore[assignment]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.owner._closed(wasClean, code, reason)
