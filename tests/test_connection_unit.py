@@ -1013,3 +1013,15 @@ def test_user_info_never_in_repr() -> None:
     conn = HubConnection(Clock(), "http://bob:hunter2@example.com/signalr")
     assert "hunter2" not in repr(conn)
     assert "example.com/signalr" in repr(conn)
+
+
+def test_handlers_added_after_traffic_are_used(h: Harness) -> None:
+    """The hot path's route cache is refreshed when handlers are added later."""
+    seen: list[Any] = []
+    h.connect()
+    h.transport.frame({"C": "1", "M": [{"H": "c3", "M": "tick", "A": [1]}]})
+    h.c3.on("tick", seen.append)
+    h.transport.frame({"C": "2", "M": [{"H": "c3", "M": "tick", "A": [2]}]})
+    h.c3.on_any(lambda method, *args: seen.append((method, args)))
+    h.transport.frame({"C": "3", "M": [{"H": "C3", "M": "TICK", "A": [3]}]})
+    assert seen == [2, 3, ("TICK", (3,))]

@@ -154,7 +154,7 @@ class HubProxy:
         """
         key = method.lower()
         self._handlers.setdefault(key, []).append(callback)
-        self._cache.clear()
+        self._handlers_changed()
 
         def remove() -> None:
             self.off(method, callback)
@@ -170,12 +170,12 @@ class HubProxy:
         :returns: a function that removes this handler.
         """
         self._any.append(callback)
-        self._cache.clear()
+        self._handlers_changed()
 
         def remove() -> None:
             if callback in self._any:
                 self._any.remove(callback)
-                self._cache.clear()
+                self._handlers_changed()
 
         return remove
 
@@ -190,7 +190,11 @@ class HubProxy:
                 handlers.remove(callback)
                 if not handlers:
                     del self._handlers[key]
+        self._handlers_changed()
+
+    def _handlers_changed(self) -> None:
         self._cache.clear()
+        self._connection._routes.clear()
 
     def _handlers_for(self, method: str) -> list[Callable[..., object]]:
         handlers = self._cache.get(method)
@@ -317,6 +321,9 @@ class HubConnection:
 
         self._proxies: dict[str, HubProxy] = {}
         self._proxy_by_spelling: dict[str, HubProxy | None] = {}
+        # server hub spelling -> server method spelling -> handlers (the hot path's
+        # cache; cleared whenever a proxy or a handler is added or removed)
+        self._routes: dict[str, dict[str, list[Callable[..., object]]]] = {}
         self._state = ConnectionState.disconnected
         self._negotiated: NegotiateResponse | None = None
         self._token: str | None = None
@@ -396,6 +403,7 @@ class HubConnection:
             proxy = HubProxy(self, name)
             self._proxies[key] = proxy
             self._proxy_by_spelling.clear()
+            self._routes.clear()
         return proxy
 
     def on_state_change(
@@ -772,28 +780,7 @@ class HubConnection:
             and type(obj.get("M")) is list
         ):
             self._message_id = obj["C"]
-            for item in obj["M"]:
-                if type(item) is dict and len(item) == 3:
-                    hub = item.get("H")
-                    method = item.get("M")
-                    args = item.get("A")
-                    if type(hub) is str and type(method) is str and type(args) is list:
-                        proxy = self._proxy_for(hub)
-                        if proxy is not None:
-                            for handler in proxy._handlers_for(method):
-                                try:
-                                    outcome = handler(*args)
-                                except Exception:
-                                    self._handler_failed(Failure(), proxy, method)
-                                    continue
-                                if outcome is not None:
-                                    self._watch_outcome(outcome, proxy, method)
-                        if self._transport is not transport:
-                            return  # a handler stopped the connection
-                        continue
-                self._dispatch(message_from_json(item))
-                if self._transport is not transport:
-                    return
+            self._dispatch_plain(transport, obj["M"])
             return
         try:
             frame = frame_from_json(obj, data)
@@ -871,6 +858,41 @@ class HubConnection:
         if frame.disconnect:
             self._close_for_good(ConnectionClosed("the server disconnected this connection (D:1)"))
 
+    def _dispatch_plain(self, transport: WebSocketTransport, messages: list[Any]) -> None:
+        """Dispatch the elements of ``M`` straight from their decoded JSON (hot path)."""
+        routes = self._routes
+        for item in messages:
+            if type(item) is dict and len(item) == 3:
+                hub = item.get("H")
+                method = item.get("M")
+                args = item.get("A")
+                if type(hub) is str and type(method) is str and type(args) is list:
+                    route = routes.get(hub)
+                    handlers = None if route is None else route.get(method)
+                    if handlers is None:
+                        handlers = self._route(hub, method)
+                    for handler in handlers:
+                        try:
+                            outcome = handler(*args)
+                        except Exception:
+                            self._handler_failed(Failure(), hub, method)
+                            continue
+                        if outcome is not None:
+                            self._watch_outcome(outcome, hub, method)
+                    if handlers and self._transport is not transport:
+                        return  # a handler stopped the connection
+                    continue
+            self._dispatch(message_from_json(item))
+            if self._transport is not transport:
+                return
+
+    def _route(self, hub: str, method: str) -> list[Callable[..., object]]:
+        """The handlers for a server spelling of hub and method, cached in ``_routes``."""
+        proxy = self._proxy_for(hub)
+        handlers = [] if proxy is None else proxy._handlers_for(method)
+        self._routes.setdefault(hub, {})[method] = handlers
+        return handlers
+
     def _dispatch(self, message: ServerMessage) -> None:
         kind = type(message)
         if kind is ClientInvocation:
@@ -884,10 +906,10 @@ class HubConnection:
                 try:
                     outcome = handler(*call.args)
                 except Exception:
-                    self._handler_failed(Failure(), proxy, call.method)
+                    self._handler_failed(Failure(), proxy.name, call.method)
                     continue
                 if outcome is not None:
-                    self._watch_outcome(outcome, proxy, call.method)
+                    self._watch_outcome(outcome, proxy.name, call.method)
         elif kind is Progress:
             progress: Progress = message  # type: ignore[assignment]
             pending = self._pending.get(progress.invocation_id)
@@ -895,7 +917,9 @@ class HubConnection:
                 try:
                     pending.on_progress(progress.data)
                 except Exception:
-                    self._handler_failed(Failure(), pending.proxy, pending.method + " progress")
+                    self._handler_failed(
+                        Failure(), pending.proxy.name, pending.method + " progress"
+                    )
         elif kind is HubResult:
             self._result(message)  # type: ignore[arg-type]
         elif kind is MalformedMessage:
@@ -912,7 +936,7 @@ class HubConnection:
             self._proxy_by_spelling[spelling] = proxy
             return proxy
 
-    def _watch_outcome(self, outcome: object, proxy: HubProxy, method: str) -> None:
+    def _watch_outcome(self, outcome: object, hub: str, method: str) -> None:
         if isinstance(outcome, Deferred):
             d: Deferred[Any] = outcome
         elif hasattr(outcome, "__await__") and hasattr(outcome, "send"):
@@ -921,17 +945,15 @@ class HubConnection:
             return
 
         def failed(f: Failure) -> None:
-            self._handler_failed(f, proxy, method)
+            self._handler_failed(f, hub, method)
 
         d.addErrback(failed)
 
-    def _handler_failed(self, failure: Failure, proxy: HubProxy, method: str) -> None:
-        self.log.failure(
-            "handler for {hub}.{method} raised", failure, hub=proxy.name, method=method
-        )
+    def _handler_failed(self, failure: Failure, hub: str, method: str) -> None:
+        self.log.failure("handler for {hub}.{method} raised", failure, hub=hub, method=method)
         kind = failure.type.__name__ if failure.type is not None else "error"
         error = SignalRError(
-            f"handler for {proxy.name}.{method} raised {kind}: {failure.getErrorMessage()}"
+            f"handler for {hub}.{method} raised {kind}: {failure.getErrorMessage()}"
         )
         self._on_error.fire(error)
 
