@@ -6,13 +6,14 @@ Every test binds 127.0.0.1 port 0 and is bounded in time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import wait_until, within
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import TimeoutError
 from twisted.internet.task import deferLater
 
 from txsignalr import (
@@ -26,23 +27,6 @@ from txsignalr import (
 from txsignalr.testing import C3Hub, ChatHub, SignalRServer
 
 reactor: Any = _reactor
-
-
-async def within(d: Deferred[Any], seconds: float = 10.0) -> Any:
-    """Await ``d`` but fail the test instead of hanging."""
-    d.addTimeout(seconds, reactor)
-    return await d
-
-
-async def wait_until(
-    predicate: Callable[[], bool], seconds: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` on the reactor (bounded) while the reactor keeps serving."""
-    deadline = reactor.seconds() + seconds
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 @pytest_twisted.async_yield_fixture

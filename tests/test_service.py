@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import wait_until, within
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
@@ -826,23 +827,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    """Let the reactor run until ``predicate()`` holds; fail after ``seconds``."""
-    from twisted.internet.task import deferLater
-
-    reactor = _reactor()
-    deadline = reactor.seconds() + seconds
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        await deferLater(reactor, 0.02, lambda: None)
-
-
-async def within(d: Deferred[Any], seconds: float = 15.0) -> Any:
-    d.addTimeout(seconds, _reactor())
-    return await d
 
 
 def fast_service(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -233,35 +233,28 @@ class WebSocketTransport:
 
         :returns: a Deferred that fires once the socket is gone.
         """
-        self._done = True
-        if self._connecting is not None:
-            connecting, self._connecting = self._connecting, None
-            connecting.cancel()
-        protocol = self._protocol
-        if protocol is None or protocol.state == WebSocketClientProtocol.STATE_CLOSED:
-            return _succeeded()
-        d: Deferred[None] = Deferred()
-        self._closed_waiters.append(d)
-        if protocol.state == WebSocketClientProtocol.STATE_OPEN:
-            protocol.sendClose(1000)
-        else:
-            protocol.dropConnection(abort=True)
-        clock: IReactorTime = self._reactor
-        self._close_timer = clock.callLater(timeout, self._force_drop)
-        return d
+        return self._shut(graceful=True, timeout=timeout)
 
     def abort(self) -> Deferred[None]:
         """Drop the TCP connection at once, without telling the sink."""
+        return self._shut(graceful=False, timeout=0.0)
+
+    def _shut(self, graceful: bool, timeout: float) -> Deferred[None]:
         self._done = True
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
         protocol = self._protocol
         if protocol is None or protocol.state == WebSocketClientProtocol.STATE_CLOSED:
-            return _succeeded()
+            return succeed(None)
         d: Deferred[None] = Deferred()
         self._closed_waiters.append(d)
-        protocol.dropConnection(abort=True)
+        if graceful and protocol.state == WebSocketClientProtocol.STATE_OPEN:
+            protocol.sendClose(1000)
+            clock: IReactorTime = self._reactor
+            self._close_timer = clock.callLater(timeout, self._force_drop)
+        else:
+            protocol.dropConnection(abort=True)
         return d
 
     def _force_drop(self) -> None:
@@ -269,9 +262,3 @@ class WebSocketTransport:
         protocol = self._protocol
         if protocol is not None and protocol.state != WebSocketClientProtocol.STATE_CLOSED:
             protocol.dropConnection(abort=True)
-
-
-def _succeeded() -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    d.callback(None)
-    return d
