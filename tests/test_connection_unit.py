@@ -1025,3 +1025,21 @@ def test_handlers_added_after_traffic_are_used(h: Harness) -> None:
     h.c3.on_any(lambda method, *args: seen.append((method, args)))
     h.transport.frame({"C": "3", "M": [{"H": "C3", "M": "TICK", "A": [3]}]})
     assert seen == [2, 3, ("TICK", (3,))]
+
+
+def test_waiters_learn_of_a_failed_start(h: Harness) -> None:
+    """when_connected/when_closed taken during a start that fails do not hang."""
+    h.server.hold_start = True
+    h.server.start = (500, b"")
+    connected = h.conn.when_connected()
+    d = h.start()
+    closed = h.conn.when_closed()
+    h.transport.open_ok()
+    h.transport.frame({"C": "x", "S": 1, "M": []})
+    request = h.server.held.pop()
+    request.finish()
+    h.flush()
+    assert failure_of(d).check(StartError)
+    f = failure_of(connected)
+    assert f.check(ConnectionClosed) and "start() failed" in str(f.value)
+    assert failure_of(closed).check(ConnectionClosed)

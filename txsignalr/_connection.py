@@ -625,7 +625,7 @@ class HubConnection:
             if self._stopping:
                 # stop() does the cleaning up; tell the caller why start failed.
                 raise ConnectionClosed("stop() was called before start() completed") from None
-            await self._cleanup_failed_start(opened and not isinstance(e, NegotiationError))
+            await self._cleanup_failed_start(opened and not isinstance(e, NegotiationError), e)
             if isinstance(e, (SignalRError, CancelledError)):
                 raise
             raise StartError(f"start failed: {e!r}") from e
@@ -659,16 +659,22 @@ class HubConnection:
         self.log.debug("negotiated {negotiated!r}", negotiated=negotiated)
         return negotiated
 
-    async def _cleanup_failed_start(self, abort: bool) -> None:
+    async def _cleanup_failed_start(self, abort: bool, error: Exception) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
         token = self._token
         self._token = None
+        # Whoever waits on this session learns that it ended; nothing hangs.
+        reason = ConnectionClosed(f"start() failed: {error}", error)
+        self._fail_connected_waiters(reason)
+        closed_waiters, self._closed_waiters = self._closed_waiters, []
         self._set_state(ConnectionState.disconnected)
         if abort and token is not None:
             await self._fire_abort(token)
         await self._close_pool()
+        for d in closed_waiters:
+            d.errback(reason)
 
     # ------------------------------------------------------------------ HTTP
 
