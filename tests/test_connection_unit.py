@@ -1043,3 +1043,11 @@ def test_waiters_learn_of_a_failed_start(h: Harness) -> None:
     f = failure_of(connected)
     assert f.check(ConnectionClosed) and "start() failed" in str(f.value)
     assert failure_of(closed).check(ConnectionClosed)
+
+
+def test_core_server_405_on_negotiate(h: Harness) -> None:
+    """A 405 to GET negotiate is reported as an ASP.NET Core server."""
+    h.server.negotiate = (405, b"")
+    f = failure_of(h.start())
+    assert f.check(NegotiationError)
+    assert "ASP.NET Core" in str(f.value) and f.value.status == 405

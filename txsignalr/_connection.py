@@ -653,6 +653,14 @@ class HubConnection:
             raise
         except SignalRError as e:
             raise NegotiationError(str(e)) from None
+        if status == 405:
+            # ASP.NET Core's negotiate is a POST; it answers a GET with 405.
+            raise NegotiationError(
+                "negotiate answered 405 Method Not Allowed: this looks like an ASP.NET Core "
+                "SignalR server, and this client speaks classic ASP.NET SignalR 2.x",
+                status,
+                body,
+            )
         if status != 200:
             raise NegotiationError("negotiate request failed", status, body)
         negotiated = parse_negotiate(body, status)
