@@ -10,7 +10,7 @@ import base64
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -460,7 +460,7 @@ async def test_negotiate_unknown_hub_is_500_empty() -> None:
 @pytest_twisted.ensureDeferred
 @bounded()
 async def test_error_texts_and_ping() -> None:
-    """The 400 texts of the real server, text/plain, and the ping body."""
+    """The 400 texts of the real server (no content type, as in transcript 01), and ping."""
     async with running() as server:
         neg = await negotiate(server, "c3")
         while "+" not in neg["ConnectionToken"]:  # a raw "+" arrives as a space
@@ -499,7 +499,7 @@ async def test_error_texts_and_ping() -> None:
         for url, text in cases:
             code, headers, body = await http_get(url)
             assert (code, body) == (400, text), url
-            assert headers.getRawHeaders("content-type") == ["text/plain"]
+            assert headers.getRawHeaders("content-type") is None
             assert headers.getRawHeaders("x-content-type-options") == ["nosniff"]
         code, headers, body = await http_get(f"{base}/ping", method="POST")
         assert (code, body) == (200, b'{ "Response": "pong" }')
@@ -915,3 +915,350 @@ async def test_stop_leaves_no_delayed_calls_and_restart_refuses_old_tokens() -> 
     finally:
         await server.stop()
     assert [c for c in _reactor().getDelayedCalls() if _ours(c)] == []
+
+
+# -- robustness: sizes, odd JSON, failures while sending, reconnect groups ------------
+
+
+class EdgeHub(Hub):
+    """Hub methods that produce big, odd or failing results."""
+
+    name = "edge"
+
+    def Echo(self, call: HubCall, value: Any) -> Any:
+        return value
+
+    def Shout(self, call: HubCall, value: Any) -> None:
+        self.send_to_all("shout", value)
+
+    def Blob(self, call: HubCall, n: int) -> str:
+        return "x" * n
+
+    def Many(self, call: HubCall, n: int, size: int) -> None:
+        for i in range(n):
+            self.send_to_all("chunk", i, "y" * size)
+
+    def Nested(self, call: HubCall, depth: int) -> Any:
+        value: Any = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    def Anonymous(self, call: HubCall) -> None:
+        raise HubException(None)
+
+    def Unprintable(self, call: HubCall) -> None:
+        raise _Unprintable()
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this exception")
+
+
+async def drain(conn: Conn, timeout: float = 0.5) -> list[Any]:
+    """Every non-keepalive frame until none arrives for ``timeout`` seconds."""
+    frames: list[Any] = []
+    try:
+        while True:
+            frames.append(await conn.frame(timeout=timeout))
+    except defer.TimeoutError:
+        pass
+    return frames
+
+
+def messages(frames: list[Any]) -> list[Any]:
+    return [m for f in frames if "C" in f for m in f["M"]]
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every twisted.logger event emitted during the test."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_result_over_64k_is_delivered() -> None:
+    """The 64 KiB limit is on incoming messages only: a 70,000 character result arrives."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _neg, conn = await connect_started(server, "edge")
+        conn.send({"H": "edge", "M": "Blob", "A": [70000], "I": 0})
+        assert await conn.result("0") == {"R": "x" * 70000, "I": "0"}
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_batch_over_64k_is_delivered() -> None:
+    """Ten 8 KB broadcasts in one turn make one ~80 KB frame, which arrives whole."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _na, a = await connect_started(server, "edge")
+        _nb, b = await connect_started(server, "edge")
+        a.send({"H": "edge", "M": "Many", "A": [10, 8000], "I": 0})
+        frames = await drain(b)
+        assert [m["A"][0] for m in messages(frames)] == list(range(10))
+        assert max(len(f["M"]) for f in frames if "C" in f) == 10
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_incoming_message_of_exactly_64k_is_accepted() -> None:
+    """A client message of exactly 64 KiB is still served (only larger ones drop TCP)."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _neg, conn = await connect_started(server, "edge")
+        prefix = b'{"H":"edge","M":"Echo","I":0,"A":["'
+        suffix = b'"]}'
+        filler = b"z" * (64 * 1024 - len(prefix) - len(suffix))
+        conn.proto.sendMessage(prefix + filler + suffix)
+        assert (await conn.result("0"))["R"] == filler.decode()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_lone_surrogate_is_echoed_as_replacement_character() -> None:
+    """A lone UTF-16 surrogate from a client comes back as U+FFFD, like .NET's UTF-8."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _neg, conn = await connect_started(server, "edge")
+        conn.proto.sendMessage(b'{"H":"edge","M":"Echo","A":["a\\ud83d|\\udc00b"],"I":0}')
+        assert await conn.result("0") == {"R": "a\ufffd|\ufffdb", "I": "0"}
+        conn.send({"H": "edge", "M": "Echo", "A": [1], "I": 1})
+        assert await conn.result("1") == {"R": 1, "I": "1"}
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_lone_surrogate_broadcast_reaches_everyone_with_the_rest_of_the_batch() -> None:
+    """A broadcast with a lone surrogate loses neither itself nor its batch neighbours."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _na, a = await connect_started(server, "edge")
+        _nb, b = await connect_started(server, "edge")
+        a.proto.sendMessage(b'{"H":"edge","M":"Shout","A":["x\\udc00"],"I":0}')
+        a.send({"H": "edge", "M": "Shout", "A": ["fine"], "I": 1})
+        for conn in (a, b):
+            shouts = [m["A"][0] for m in messages(await drain(conn))]
+            assert shouts == ["x\ufffd", "fine"]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_a_failed_send_loses_no_messages_and_is_logged(
+    logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When sending a frame raises, its messages are sent with the next frame instead."""
+    from txsignalr.testing._server import _SignalRWebSocket
+
+    original = _SignalRWebSocket.send_text
+    failures = [2]
+
+    def flaky(self: _SignalRWebSocket, text: str) -> None:
+        if failures[0] and "first" in text:
+            failures[0] -= 1
+            raise RuntimeError("simulated send failure")
+        original(self, text)
+
+    monkeypatch.setattr(_SignalRWebSocket, "send_text", flaky)
+    async with running(hubs=[EdgeHub()]) as server:
+        na, a = await connect_started(server, "edge")
+        nb, b = await connect_started(server, "edge")
+        server.send_to_all("edge", "m", "first")
+        await server.sleep(0.1)
+        assert failures == [0]
+        server.send_to_all("edge", "m", "second")
+        for conn in (a, b):
+            assert [m["A"][0] for m in messages(await drain(conn))] == ["first", "second"]
+    failed = [e for e in logged if e.get("log_failure") is not None]
+    assert {e.get("connection_id") for e in failed} == {na["ConnectionId"], nb["ConnectionId"]}
+    text = repr(failed)
+    assert na["ConnectionToken"] not in text and nb["ConnectionToken"] not in text
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_a_failed_result_send_is_logged_not_left_in_a_deferred(
+    logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result frame that cannot be sent is logged; no 'Unhandled error in Deferred'."""
+    import gc
+
+    from txsignalr.testing._server import _SignalRWebSocket
+
+    original = _SignalRWebSocket.send_text
+
+    def flaky(self: _SignalRWebSocket, text: str) -> None:
+        if '"I":"5"' in text:
+            raise RuntimeError("simulated send failure")
+        original(self, text)
+
+    monkeypatch.setattr(_SignalRWebSocket, "send_text", flaky)
+    async with running(hubs=[EdgeHub()]) as server:
+        neg, conn = await connect_started(server, "edge")
+        conn.send({"H": "edge", "M": "Echo", "A": [5], "I": 5})
+        conn.send({"H": "edge", "M": "Echo", "A": [6], "I": 6})
+        assert await conn.frame() == {"R": 6, "I": "6"}
+    gc.collect()
+    failed = [e for e in logged if e.get("log_failure") is not None]
+    assert [e.get("connection_id") for e in failed] == [neg["ConnectionId"]]
+    assert not [e for e in logged if "Unhandled error" in str(e.get("log_format"))]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_unserialisable_outcomes_give_error_results() -> None:
+    """A too deeply nested return value or an exception without text still gets an E."""
+    async with running(hubs=[EdgeHub()], detailed_errors=True) as server:
+        _neg, conn = await connect_started(server, "edge")
+        conn.send({"H": "edge", "M": "Nested", "A": [5000], "I": 0})
+        assert set(await conn.result("0")) == {"I", "E"}
+        conn.send({"H": "edge", "M": "Unprintable", "A": [], "I": 1})
+        assert await conn.result("1") == {
+            "I": "1",
+            "E": "There was an error invoking Hub method 'edge.Unprintable'.",
+        }
+        conn.send({"H": "edge", "M": "Nested", "A": [3], "I": 2})
+        assert await conn.result("2") == {"R": [[[[]]]], "I": "2"}
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_deeply_nested_client_json_is_ignored_and_the_socket_kept() -> None:
+    """60 KB of '[' is malformed input: no reply, the socket stays usable."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _neg, conn = await connect_started(server, "edge")
+        conn.proto.sendMessage(b"[" * 60000)
+        conn.send({"H": "edge", "M": "Echo", "A": [7], "I": 1})
+        assert await conn.frame() == {"R": 7, "I": "1"}
+        assert not conn.closed.called
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_deeply_nested_connection_data_is_an_empty_500() -> None:
+    """Deeply nested connectionData is refused like any malformed one: 500, empty body."""
+    async with running() as server:
+        deep = quote("[" * 3000, safe="")
+        for command in ("negotiate", "connect"):
+            code, headers, body = await http_get(
+                f"{server.url}/{command}?transport=webSockets&connectionToken="
+                f"{quote(server._protector.connection_token('x'), safe='')}"
+                f"&connectionData={deep}"
+            )
+            assert (code, body) == (500, b""), command
+            assert headers.getRawHeaders("content-type") is None
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_server_side_group_add_while_away_survives_reconnect() -> None:
+    """A group added while the socket was gone is kept on /reconnect (fresh G sent) and
+    the group message published meanwhile is delivered exactly once."""
+    async with running(hubs=[ChatHub()], keepalive=None) as server:
+        neg, conn = await connect_started(server, "chat")
+        cid = neg["ConnectionId"]
+        conn.send({"H": "chat", "M": "Send", "A": ["x", "y"], "I": 0})
+        cursor = (await conn.until(lambda f: "C" in f))["C"]
+        closed = server.when_event("socket_closed")
+        conn.drop()
+        await closed
+        server.add_to_group(cid, "chat", "vip")
+        server.send_to_group("chat", "vip", "groupMessage", "vip", "while away")
+        query = (
+            common_query(neg["ConnectionToken"], "chat") + f"&messageId={quote(cursor, safe='')}"
+        )
+        again = await open_ws(server, query, kind="reconnect")
+        server.send_to_group("chat", "vip", "groupMessage", "vip", "after")
+        frames = await drain(again)
+        assert server.groups_of(cid) == [("chat", "vip")]
+        assert server.events("reconnect")[0]["groups"] == ["hg-chat.vip"]
+        assert [m["A"][1] for m in messages(frames)] == ["while away", "after"]
+        token = next(f["G"] for f in frames if "G" in f)
+        assert server._protector.groups(token, cid) == ["hg-chat.vip"]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_join_whose_groups_token_was_lost_survives_reconnect() -> None:
+    """A Join whose G frame never reached the client keeps its group on /reconnect with
+    the older cursor, and group messages published since the join are replayed once."""
+    async with running(hubs=[ChatHub()], keepalive=None) as server:
+        neg, conn = await connect_started(server, "chat")
+        cid = neg["ConnectionId"]
+        server.send_to_all("chat", "fromServer", 0)
+        old_cursor = (await conn.until(lambda f: bool(f.get("M"))))["C"]
+        conn.send({"H": "chat", "M": "JoinGroup", "A": ["g1"], "I": 1})
+        await conn.result("1")
+        server.send_to_group("chat", "g1", "groupMessage", "g1", "one")
+        await conn.until(lambda f: bool(f.get("M")))
+        closed = server.when_event("socket_closed")
+        conn.drop()
+        await closed
+        server.send_to_group("chat", "g1", "groupMessage", "g1", "two")
+        query = (
+            common_query(neg["ConnectionToken"], "chat")
+            + f"&messageId={quote(old_cursor, safe='')}"
+        )
+        again = await open_ws(server, query, kind="reconnect")
+        frames = await drain(again)
+        assert server.groups_of(cid) == [("chat", "g1")]
+        assert [m["A"][1] for m in messages(frames)] == ["one", "two"]
+        assert any("G" in f for f in frames)
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_hub_exception_without_message_has_the_dotnet_default_text() -> None:
+    """HubException(None) still sends an E (else JS clients would see success)."""
+    async with running(hubs=[EdgeHub()]) as server:
+        _neg, conn = await connect_started(server, "edge")
+        conn.send({"H": "edge", "M": "Anonymous", "A": [], "I": 0})
+        assert await conn.result("0") == {
+            "I": "0",
+            "H": True,
+            "E": "Exception of type 'Microsoft.AspNet.SignalR.HubException' was thrown.",
+        }
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_event_log_is_bounded() -> None:
+    """server.log keeps only the newest event_log_size events; events/when_event still work."""
+    async with running(hubs=[EdgeHub()], event_log_size=5) as server:
+        _neg, conn = await connect_started(server, "edge")
+        for i in range(20):
+            conn.send({"H": "edge", "M": "Echo", "A": [i], "I": i})
+        await conn.result("19")
+        received = server.when_event("received")
+        conn.send({"H": "edge", "M": "Echo", "A": [20], "I": 20})
+        assert (await received)["payload"] == '{"H": "edge", "M": "Echo", "A": [20], "I": 20}'
+        await conn.result("20")
+        assert len(server.log) == 5
+        assert server.log[-1][1]["payload"].endswith('"I": 20}')
+        assert [json.loads(e["payload"])["I"] for e in server.events("received")] == [
+            16,
+            17,
+            18,
+            19,
+            20,
+        ]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_500_and_101_headers_match_the_transcripts() -> None:
+    """The 500 has no nosniff header and no type; the 101 has nosniff and no Server."""
+    async with running() as server:
+        code, headers, body = await http_get(
+            f"{server.url}/negotiate?clientProtocol=1.5&connectionData={cd('nosuchhub')}"
+        )
+        assert (code, body) == (500, b"")
+        assert headers.getRawHeaders("x-content-type-options") is None
+        assert headers.getRawHeaders("content-type") is None
+        neg = await negotiate(server, "chat")
+        conn = await open_ws(server, common_query(neg["ConnectionToken"], "chat"))
+        response_headers = conn.proto.http_headers
+        assert response_headers.get("x-content-type-options") == "nosniff"
+        assert "server" not in response_headers

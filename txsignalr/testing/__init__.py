@@ -7,12 +7,18 @@ results, error texts and keep-alives.  See :class:`SignalRServer`.
 
 Reconnect policy: a ``/reconnect`` is accepted for any valid token.  Within
 ``disconnect_timeout + 5`` seconds of losing its socket the connection is still known:
-its groups come back from the groups token and everything published after the client's
-cursor (hub, group and connection messages, up to ``buffer_size`` per topic) is
-replayed.  After that window (or after ``/abort``) the server has run
-``on_disconnected`` and forgotten the connection; a late ``/reconnect`` is still
-accepted as a new connection state and replays what the hub and group topics still
+the server's own group membership wins over the client's groups token (groups changed
+while the client was away, or whose ``G`` frame was lost with the socket, are kept, and
+a fresh ``G`` is sent when the token differs), and everything published after the
+client's cursor (hub, group and connection messages, up to ``buffer_size`` per topic;
+for a group joined after that cursor, everything since the join) is replayed.  After
+that window (or after ``/abort``) the server has run ``on_disconnected`` and forgotten
+the connection; a late ``/reconnect`` is still accepted as a new connection state whose
+groups come from the groups token, and replays what the hub and group topics still
 buffer, but messages addressed to that connection alone are gone.
+
+Sizes: client messages over 64 KiB drop the TCP connection (as on Microsoft's server);
+what the server sends is not limited.
 """
 
 from txsignalr.testing._demo import C3Hub, ChatHub

@@ -24,6 +24,11 @@ __all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method"]
 
 _log = Logger(namespace="txsignalr.testing")
 
+#: ``Exception.Message`` of a .NET ``HubException`` made without a message.
+DEFAULT_HUB_EXCEPTION_MESSAGE = (
+    "Exception of type 'Microsoft.AspNet.SignalR.HubException' was thrown."
+)
+
 
 class HubException(Exception):
     """
@@ -31,13 +36,15 @@ class HubException(Exception):
     the message, ``H`` is ``true`` and ``D`` carries ``data`` (omitted when ``None``),
     whatever ``detailed_errors`` says.
 
-    :param message: the error text.
+    :param message: the error text; ``None`` gives .NET's default text, so that the
+        result still has an ``E`` (without one, clients would take it for a success).
     :param data: any JSON value sent as error data.
     """
 
-    def __init__(self, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str | None = None, data: Any = None) -> None:
+        text = DEFAULT_HUB_EXCEPTION_MESSAGE if message is None else str(message)
+        super().__init__(text)
+        self.message = text
         self.data = data
 
 
@@ -227,6 +234,10 @@ def invoke_hub_method(
     """
     Run a client invocation on a hub and build the hub result frame.
 
+    Whatever the method does (raise anything, return a value that cannot be written as
+    JSON, fail its Deferred with an exception whose text cannot be read), the client
+    gets a result frame: an error result at worst.
+
     :returns: a Deferred that fires with the result frame text; it never fails.
     """
     generic = f"There was an error invoking Hub method '{invocation.hub}.{invocation.method}'."
@@ -234,6 +245,30 @@ def invoke_hub_method(
     def error_frame(message: str) -> str:
         return hub_result(call.invocation_id, error=message)
 
+    def last_resort(failure: Failure) -> str:
+        _log.failure(
+            "could not build the result of {hub}.{method}",
+            failure=failure,
+            hub=hub.name,
+            method=invocation.method,
+        )
+        return error_frame(generic)
+
+    try:
+        d = _invoke(hub, call, invocation, detailed_errors, generic, error_frame)
+    except Exception:
+        return defer.succeed(last_resort(Failure()))
+    return d.addErrback(last_resort)
+
+
+def _invoke(
+    hub: Hub,
+    call: HubCall,
+    invocation: Invocation,
+    detailed_errors: bool,
+    generic: str,
+    error_frame: Callable[[str], str],
+) -> defer.Deferred[str]:
     attr_name = hub.hub_methods().get(invocation.method.lower())
     if attr_name is None:
         text = (
@@ -254,14 +289,15 @@ def invoke_hub_method(
         call.completed = True
         try:
             return hub_result(call.invocation_id, result=result, state=call.state_changes())
-        except (TypeError, ValueError) as e:
+        except Exception as e:
+            # TypeError/ValueError for non-JSON values, RecursionError for deep nesting.
             _log.warn(
                 "hub method {hub}.{method} returned a value that is not JSON: {error}",
                 hub=hub.name,
                 method=attr_name,
-                error=str(e),
+                error=_text(e, type(e).__name__),
             )
-            return error_frame(str(e) if detailed_errors else generic)
+            return error_frame(_text(e, generic) if detailed_errors else generic)
 
     def on_error(failure: Failure) -> str:
         call.completed = True
@@ -275,7 +311,7 @@ def invoke_hub_method(
                     error_data=exc.data,
                     state=call.state_changes(),
                 )
-            except (TypeError, ValueError):
+            except Exception:
                 return hub_result(call.invocation_id, error=exc.message, is_hub_exception=True)
         _log.failure(
             "hub method {hub}.{method} raised",
@@ -284,7 +320,7 @@ def invoke_hub_method(
             hub=hub.name,
             method=attr_name,
         )
-        return error_frame(str(exc) if detailed_errors else generic)
+        return error_frame(_text(exc, generic) if detailed_errors else generic)
 
     try:
         outcome = fn(call, *invocation.args)
@@ -298,3 +334,11 @@ def invoke_hub_method(
     else:
         d = defer.succeed(outcome)
     return d.addCallbacks(on_result, on_error)
+
+
+def _text(exc: object, fallback: str) -> str:
+    """An exception's message, or ``fallback`` when its ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return fallback

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -41,6 +42,7 @@ from txsignalr.testing._hubs import Hub, HubCall, invoke_hub_method
 from txsignalr.testing._tokens import Protector
 from txsignalr.testing._wire import (
     client_invocation,
+    encode_text,
     negotiate_body,
     parse_connection_data,
     parse_invocation,
@@ -54,6 +56,7 @@ _log = Logger(namespace="txsignalr.testing")
 
 _JSON = b"application/json; charset=UTF-8"
 _TEXT = b"text/plain"
+_NOSNIFF = b"x-content-type-options"
 _MAX_MESSAGES_PER_FRAME = 10  # ForeverTransport.MaxMessages
 _MAX_INCOMING_MESSAGE = 64 * 1024  # MaxIncomingWebSocketMessageSize
 _DISCONNECT_THRESHOLD = 5.0  # WebSocketTransport / TransportDisconnectBase
@@ -152,6 +155,9 @@ class _Connection:
         self.id = connection_id
         self.hubs = hubs
         self.groups: set[str] = set()
+        #: group topic -> its position when the server added the connection to it: where
+        #: replay starts for a client whose cursor predates the join.
+        self.joined_at: dict[str, int] = {}
         self.positions: dict[str, int] = {}
         self.socket: _SignalRWebSocket | None = None
         self.groups_dirty = False
@@ -180,6 +186,17 @@ class _SignalRWebSocket(WebSocketServerProtocol):
         if self.server is not None:
             self.server._socket_opened(self)
 
+    def onMessageFrameBegin(self, length: int) -> None:
+        # MaxIncomingWebSocketMessageSize: checked here rather than with autobahn's
+        # maxMessagePayloadSize, which would limit what the server sends as well.
+        super().onMessageFrameBegin(length)
+        if not self.failedByMe and self.message_data_total_length > _MAX_INCOMING_MESSAGE:
+            # failByDrop: the TCP connection is dropped without a close frame.
+            self._fail_connection(
+                WebSocketServerProtocol.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG,
+                "incoming message over 64 KiB",
+            )
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.server is None:
             return
@@ -198,9 +215,9 @@ class _SignalRWebSocket(WebSocketServerProtocol):
             self.closed.callback(None)
 
     def send_text(self, text: str) -> None:
-        """Send one text message if the socket is still open."""
+        """Send one text message (any size) if the socket is still open."""
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)  # type: ignore[no-untyped-call]
+            self.sendMessage(encode_text(text), isBinary=False)  # type: ignore[no-untyped-call]
 
     def abort(self) -> None:
         """Drop the TCP connection without a close frame."""
@@ -216,7 +233,7 @@ class _SocketFactory(WebSocketServerFactory):
     def __init__(self, server: SignalRServer, reactor: IReactorTime) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             reactor=reactor,
-            server="txsignalr-testing",
+            server=None,  # the real server's 101 has no Server header
             headers={"X-Content-Type-Options": "nosniff"},
         )
         # autobahn's own timers run on txaio's global loop: keep them all off.
@@ -225,7 +242,6 @@ class _SocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=0,
             autoPingInterval=0,
             autoPingTimeout=0,
-            maxMessagePayloadSize=_MAX_INCOMING_MESSAGE,
             failByDrop=True,
             allowedOrigins=["*"],
             allowNullOrigin=True,
@@ -332,6 +348,8 @@ class SignalRServer:
     :param connection_timeout: negotiate ``ConnectionTimeout``.
     :param cors: echo ``Origin`` in credentialed CORS headers (off on a real server
         unless the application enables CORS).
+    :param event_log_size: how many events :attr:`log` keeps (the oldest are dropped),
+        so that a long-running server does not grow without bound.
     """
 
     def __init__(
@@ -347,6 +365,7 @@ class SignalRServer:
         negotiate_cookies: dict[str, str] | None = None,
         connection_timeout: float = 110.0,
         cors: bool = False,
+        event_log_size: int = 10_000,
     ) -> None:
         self._reactor = reactor
         self.path = "/" + path.strip("/")
@@ -362,8 +381,8 @@ class SignalRServer:
         #: set to ``False`` to stop sending ``{}`` keep-alives (negotiate still
         #: advertises ``KeepAliveTimeout``).
         self.keepalives_enabled = True
-        #: ``(kind, info)`` events, oldest first.
-        self.log: list[tuple[str, dict[str, Any]]] = []
+        #: ``(kind, info)`` events, oldest first; only the last ``event_log_size``.
+        self.log: deque[tuple[str, dict[str, Any]]] = deque(maxlen=event_log_size)
         self._waiters: dict[str, list[defer.Deferred[dict[str, Any]]]] = {}
         self._hubs: dict[str, Hub] = {}
         for hub in hubs:
@@ -647,7 +666,7 @@ class SignalRServer:
         topic = _group_topic(self._hub(hub), group)
         if topic not in conn.groups:
             conn.groups.add(topic)
-            conn.positions[topic] = self._bus.latest(topic)
+            conn.joined_at[topic] = conn.positions[topic] = self._bus.latest(topic)
             conn.groups_dirty = True
             self._schedule_flush(conn)
 
@@ -659,6 +678,7 @@ class SignalRServer:
         topic = _group_topic(self._hub(hub), group)
         if topic in conn.groups:
             conn.groups.discard(topic)
+            conn.joined_at.pop(topic, None)
             conn.positions.pop(topic, None)
             conn.groups_dirty = True
             self._schedule_flush(conn)
@@ -688,34 +708,61 @@ class SignalRServer:
         sock = conn.socket
         if sock is None:
             return
-        while True:
-            entries = self._bus.read(conn.positions, _MAX_MESSAGES_PER_FRAME)
-            if not entries and not conn.groups_dirty:
-                return
-            for entry in entries:
-                conn.positions[entry.topic] = entry.message_id
-            token = None
-            if conn.groups_dirty:
-                token = self._protector.groups_token(conn.id, sorted(conn.groups))
-                conn.groups_dirty = False
-            frame = persistent_response(
-                self._bus.format_cursor(conn.positions),
-                [e.payload for e in entries],
-                groups_token=token,
+        try:
+            while self._send_next_frame(conn, sock):
+                pass
+        except Exception:
+            # The positions were not advanced: the next flush sends these messages again.
+            _log.failure(
+                "could not send a frame to connection {connection_id}",
+                connection_id=conn.id,
             )
-            sock.send_text(frame)
+
+    def _send_next_frame(self, conn: _Connection, sock: _SignalRWebSocket) -> bool:
+        """
+        Send the next frame (up to 10 messages and/or a new groups token), then advance
+        the connection's positions.
+
+        :returns: whether a frame was sent.
+        """
+        entries = self._bus.read(conn.positions, _MAX_MESSAGES_PER_FRAME)
+        if not entries and not conn.groups_dirty:
+            return False
+        positions = dict(conn.positions)
+        for entry in entries:
+            positions[entry.topic] = entry.message_id
+        token = None
+        if conn.groups_dirty:
+            token = self._protector.groups_token(conn.id, sorted(conn.groups))
+        frame = persistent_response(
+            self._bus.format_cursor(positions),
+            [e.payload for e in entries],
+            groups_token=token,
+        )
+        sock.send_text(frame)
+        for entry in entries:
+            conn.positions[entry.topic] = entry.message_id
+        if token is not None:
+            conn.groups_dirty = False
+        return True
 
     def _keepalive_tick(self) -> None:
         if not self.keepalives_enabled:
             return
-        for conn in self._connections.values():
+        for conn in list(self._connections.values()):
             if conn.socket is not None:
-                conn.socket.send_text("{}")
+                try:
+                    conn.socket.send_text("{}")
+                except Exception:
+                    _log.failure(
+                        "could not send a keep-alive to connection {connection_id}",
+                        connection_id=conn.id,
+                    )
 
     # -- HTTP ------------------------------------------------------------------------
 
     def _render(self, request: Request) -> bytes | int:
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(_NOSNIFF, b"nosniff")
         info = _RequestInfo.from_request(request)
         origin = info.headers.get("origin")
         if self.cors and origin:
@@ -729,18 +776,18 @@ class SignalRServer:
             return _respond(request, 200, b'{ "Response": "pong" }', _JSON)
         transport = (info.arg("transport") or "").lower()
         if transport not in _KNOWN_TRANSPORTS:
-            return _respond(request, 400, b"Protocol error: Unknown transport.", _TEXT)
+            return _respond(request, 400, b"Protocol error: Unknown transport.", None)
         token = info.arg("connectionToken")
         if token is None:
-            return _respond(request, 400, b"Protocol error: Missing connection token.", _TEXT)
+            return _respond(request, 400, b"Protocol error: Missing connection token.", None)
         connection_id = self._protector.connection_id(token)
         if connection_id is None:
-            return _respond(request, 400, b"The ConnectionId is in the incorrect format.", _TEXT)
+            return _respond(request, 400, b"The ConnectionId is in the incorrect format.", None)
         try:
             hubs = self._resolve_hubs(info.arg("connectionData"))
         except (KeyError, ValueError) as e:
             _log.info("rejecting request: {error}", error=str(e))
-            return _respond(request, 500, b"", None)
+            return _empty_500(request)
         if path.endswith("/start"):
             return self._start(request, info, connection_id, hubs)
         if path.endswith("/abort"):
@@ -752,11 +799,11 @@ class SignalRServer:
                 request,
                 400,
                 b"Protocol error: only the webSockets transport is served by txsignalr.testing.",
-                _TEXT,
+                None,
             )
         upgrade = info.headers.get("upgrade", "")
         if "websocket" not in upgrade.lower():
-            return _respond(request, 400, b"Not a valid web socket request.", _TEXT)
+            return _respond(request, 400, b"Not a valid web socket request.", None)
         _version, protocol = resolve_protocol(info.arg("clientProtocol"))
         context = _SocketContext(
             connection_id=connection_id,
@@ -797,7 +844,7 @@ class SignalRServer:
             self._resolve_hubs(info.arg("connectionData"))
         except (KeyError, ValueError) as e:
             _log.info("negotiate refused: {error}", error=str(e))
-            return _respond(request, 500, b"", None)
+            return _empty_500(request)
         version, _ = resolve_protocol(info.arg("clientProtocol"))
         connection_id = str(uuid.uuid4())
         suffix_start = len(info.path) - len("/negotiate")
@@ -926,6 +973,7 @@ class SignalRServer:
             "headers": ctx.info.headers,
             "cookies": ctx.info.cookies,
         }
+        known_connection = conn is not None
         if not ctx.reconnect or conn is None:
             if ctx.reconnect:
                 _log.info(
@@ -938,6 +986,7 @@ class SignalRServer:
         conn.socket = sock
         if not ctx.reconnect:
             conn.groups = set()
+            conn.joined_at = {}
             conn.positions = self._bus.positions_for(conn.topics())
             conn.groups_dirty = False
             self._record("connect", info)
@@ -949,20 +998,37 @@ class SignalRServer:
             self._schedule_flush(conn)
             return
         known = {_hub_topic(h)[2:] for h in self._hubs.values()}
-        conn.groups = {
+        token_groups = {
             g
             for g in self._protector.groups(ctx.groups_token, conn.id)
             if g.startswith("hg-") and g[3:].partition(".")[0] in known
         }
         cursor = self._bus.parse_cursor(ctx.message_id)
-        conn.positions = self._bus.positions_for(conn.topics(), cursor)
-        conn.groups_dirty = False
+        if known_connection:
+            # The server's groups are authoritative: it may have changed them while the
+            # client was away, or the G frame of a change may have been lost with the
+            # socket.  A group missing from the client's cursor was joined after that
+            # cursor: replay it from the join, not from "now".
+            conn.groups_dirty = conn.groups != token_groups
+            resume = dict(cursor or {})
+            if cursor is not None:
+                for topic in conn.groups:
+                    if topic not in resume and topic in conn.joined_at:
+                        resume[topic] = conn.joined_at[topic]
+            conn.positions = self._bus.positions_for(conn.topics(), resume)
+        else:
+            # Forgotten (late reconnect): only the groups token knows the groups.
+            conn.groups = token_groups
+            conn.joined_at = {}
+            conn.groups_dirty = False
+            conn.positions = self._bus.positions_for(conn.topics(), cursor)
         info.update(
             {
                 "message_id": ctx.message_id,
                 "groups_token": ctx.groups_token,
                 "cursor_valid": cursor is not None,
                 "groups": sorted(conn.groups),
+                "token_groups": sorted(token_groups),
             }
         )
         self._record("reconnect", info)
@@ -1000,20 +1066,37 @@ class SignalRServer:
         call = HubCall(self, hub, connection_id, invocation.invocation_id, invocation.state)
         d = invoke_hub_method(hub, call, invocation, self.detailed_errors)
         d.addCallback(self._send_result, conn, sock)
+        d.addErrback(_log_result_failure, connection_id)
 
     def _send_result(self, frame: str, conn: _Connection, sock: _SignalRWebSocket) -> None:
+        """Flush what the method published (progress, caller calls), then the result."""
         if conn.socket is sock:
             self._flush(conn)
         sock.send_text(frame)
 
 
 def _respond(request: Request, status: int, body: bytes, content_type: bytes | None) -> bytes:
+    """Answer with ``body``; no ``Content-Type`` at all when ``content_type`` is ``None``."""
     request.setResponseCode(status)
     if content_type is None:
         request.defaultContentType = None
     else:
         request.setHeader(b"content-type", content_type)
     return body
+
+
+def _empty_500(request: Request) -> bytes:
+    """The real server's answer to an unknown hub or bad ``connectionData``: a bare 500."""
+    request.responseHeaders.removeHeader(_NOSNIFF)
+    return _respond(request, 500, b"", None)
+
+
+def _log_result_failure(failure: Failure, connection_id: str) -> None:
+    _log.failure(
+        "could not send a hub result to connection {connection_id}",
+        failure=failure,
+        connection_id=connection_id,
+    )
 
 
 def _log_hook_failure(failure: Failure, hub_name: str) -> None:

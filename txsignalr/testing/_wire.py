@@ -20,6 +20,7 @@ __all__ = [
     "Invocation",
     "client_invocation",
     "dumps",
+    "encode_text",
     "hub_result",
     "negotiate_body",
     "parse_connection_data",
@@ -46,6 +47,30 @@ def dumps(value: Any) -> str:
     :raises ValueError: for NaN/infinity, which Json.NET would not write as JSON numbers.
     """
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_text(text: str) -> bytes:
+    """
+    Encode text as UTF-8 the way .NET's ``Encoding.UTF8`` does: a lone UTF-16 surrogate
+    (valid in JSON from JavaScript, ``"\\ud83d"``) becomes U+FFFD instead of failing,
+    while a surrogate pair split over two code points is still joined.
+
+    :param text: any Python string.
+    :returns: valid UTF-8.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        utf16 = text.encode("utf-16-le", "surrogatepass")
+        return utf16.decode("utf-16-le", "replace").encode("utf-8")
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that reports too deeply nested input as malformed."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def resolve_protocol(client_protocol: str | None) -> tuple[str, tuple[int, ...]]:
@@ -108,11 +133,11 @@ def parse_connection_data(text: str | None) -> list[str]:
 
     :param text: the decoded query value, or ``None`` when absent.
     :returns: the hub names as sent (possibly empty).
-    :raises ValueError: when the value is not such an array.
+    :raises ValueError: when the value is not such an array (or nested too deeply).
     """
     if text is None or text == "":
         return []
-    data = json.loads(text)
+    data = _loads(text)
     if not isinstance(data, list):
         raise ValueError("connectionData is not a JSON array")
     names: list[str] = []
@@ -248,9 +273,10 @@ def parse_invocation(text: str) -> Invocation:
     """
     Parse a client hub invocation ``{"H","M","A","I"[,"S"]}``.
 
-    :raises ValueError: when the text is not a JSON object of that shape.
+    :raises ValueError: when the text is not a JSON object of that shape (or is nested
+        too deeply to parse).
     """
-    data = json.loads(text)
+    data = _loads(text)
     if not isinstance(data, dict):
         raise ValueError("invocation is not a JSON object")
     hub = data.get("H")
