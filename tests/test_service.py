@@ -2,8 +2,8 @@
 Unit tests for :mod:`txsignalr.service` under :class:`twisted.internet.task.Clock`.
 
 The connection is a small in-memory fake (``FakeConnection``) built by an injected
-``connection_factory``; the integration tests in ``test_service_integration`` use the
-real client against the real test server.
+``connection_factory``; the integration tests at the end of this module use the real
+client against the real test server.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 
 from txsignalr import ConnectionClosed, HubError, NegotiationError
+from txsignalr.errors import InvalidURL
 from txsignalr.service import (
     ClientCall,
     ConnectionSettings,
@@ -363,7 +365,7 @@ def test_factory_error_is_retried() -> None:
     def factory(reactor: object) -> FakeConnection:
         attempts.append(1)
         if len(attempts) == 1:
-            raise ValueError("bad URL")
+            raise OSError("too many open files")
         return good(reactor)
 
     service = SubscriptionService(
@@ -375,9 +377,71 @@ def test_factory_error_is_retried() -> None:
     )
     with capturedLogs() as events:
         service.startService()
-    assert "could not create the connection: ValueError: bad URL" in messages(events)[-2]
+    assert "could not create the connection: OSError: too many open files" in messages(events)[-2]
     clock.advance(1.0)
     assert len(good.connections) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [InvalidURL("query parameter 'transport' is reserved"), ValueError("Port out of range")],
+)
+def test_factory_configuration_error_gives_up_at_once(error: Exception) -> None:
+    """A factory raising InvalidURL/ValueError (a bad setting) is not retried: the
+    service logs an error and gives up at once, even without max_attempts."""
+    clock = Clock()
+    calls: list[object] = []
+    gave_up: list[GaveUpError] = []
+
+    def factory(reactor: object) -> FakeConnection:
+        calls.append(reactor)
+        raise error
+
+    service = SubscriptionService(
+        clock, ConnectionSettings(URL), [SUBSCRIBE], connection_factory=factory,
+        on_gave_up=gave_up.append,
+    )  # fmt: skip
+    waiting = service.when_subscribed()
+    with capturedLogs() as events:
+        service.startService()
+    assert clock.getDelayedCalls() == []
+    clock.advance(3600)
+    assert len(calls) == 1
+    assert len(gave_up) == 1 and gave_up[0].attempts == 1
+    assert isinstance(waiting.result.value, GaveUpError)
+    waiting.addErrback(lambda f: None)
+    [error_event] = [e for e in events if e["log_level"].name == "error"]
+    assert "not retrying" in formatEvent(error_event)
+    assert str(error) in formatEvent(error_event)
+
+
+def test_invalid_url_from_start_gives_up_at_once() -> None:
+    """start() failing with InvalidURL is a configuration error, not retried."""
+    gave_up: list[GaveUpError] = []
+    service, clock, factory = make(on_gave_up=gave_up.append)
+    service.startService()
+    factory.last.fail_start(InvalidURL("connection URL has no host"))
+    assert len(gave_up) == 1
+    assert clock.getDelayedCalls() == []
+    assert len(factory.connections) == 1
+
+
+def test_on_gave_up_raising_is_logged() -> None:
+    """An on_gave_up callback that raises is logged; giving up still completes."""
+
+    def boom(error: GaveUpError) -> None:
+        raise RuntimeError("boom")
+
+    service, clock, factory = make(max_attempts=1, on_gave_up=boom)
+    service.startService()
+    with capturedLogs() as events:
+        factory.last.fail_start(NegotiationError("no", 503, b""))
+    assert any(
+        "on_gave_up failed" in formatEvent(e) and e["log_failure"].check(RuntimeError)
+        for e in events
+        if "log_failure" in e
+    )
+    assert clock.getDelayedCalls() == []
 
 
 def test_reconnecting_and_reconnected_are_logged() -> None:
@@ -540,6 +604,70 @@ def test_max_attempts_counts_subscription_failures() -> None:
     assert len(gave_up) == 1
     assert conn.stopped
     assert clock.getDelayedCalls() == []
+
+
+def test_losing_a_subscribed_connection_is_not_a_failed_attempt() -> None:
+    """With max_attempts=1, a subscribed connection lost (a server restart) is
+    reconnected after policy(0) instead of giving up; a failure after that counts."""
+    gave_up: list[GaveUpError] = []
+    service, clock, factory = make(max_attempts=1, on_gave_up=gave_up.append)
+    service.startService()
+    for _ in range(3):
+        conn = factory.last
+        conn.connect()
+        conn.answer(0)
+        assert service.subscribed
+        conn.lose("server restarted")
+        assert gave_up == []
+        assert retry_delays(clock) == [1.0]
+        clock.advance(1.0)
+    assert len(factory.connections) == 4
+    factory.last.fail_start(NegotiationError("still restarting", 503, b""))
+    assert len(gave_up) == 1 and gave_up[0].attempts == 1
+
+
+def test_stale_subscribed_connection_is_not_a_failed_attempt() -> None:
+    """With max_attempts=1, a subscribed connection going stale reconnects, not gives up."""
+    gave_up: list[GaveUpError] = []
+    sub = Subscription("c3", "Subscribe", stale_after=5.0)
+    service, clock, factory = make((sub,), max_attempts=1, on_gave_up=gave_up.append)
+    service.startService()
+    factory.last.connect()
+    factory.last.answer(0)
+    clock.advance(5.0)
+    assert factory.last.stopped
+    assert gave_up == []
+    assert retry_delays(clock) == [1.0]
+    clock.advance(1.0)
+    assert len(factory.connections) == 2
+
+
+def test_permanently_silent_feed_backs_off_but_never_gives_up() -> None:
+    """Stale connections in a row with no watched call at all reconnect after growing
+    delays (policy(0), policy(1), ...) without giving up; one watched call resets it."""
+    gave_up: list[GaveUpError] = []
+    sub = Subscription("c3", "Subscribe", stale_after=5.0, watch=("tick",))
+    service, clock, factory = make((sub,), max_attempts=2, on_gave_up=gave_up.append)
+    service.startService()
+
+    def subscribe_and_go_stale(ticks: int = 0) -> float:
+        conn = factory.last
+        conn.connect()
+        conn.answer(len(conn.invocations) - 1)
+        for _ in range(ticks):
+            conn.hub("c3").call("tick", {})
+        clock.advance(5.0)
+        assert conn.stopped
+        [delay] = retry_delays(clock)
+        clock.advance(delay)
+        return delay
+
+    delays = [subscribe_and_go_stale() for _ in range(4)]
+    assert delays == pytest.approx([1.0, 1.5, 2.25, 3.375])
+    assert subscribe_and_go_stale(ticks=1) == 1.0  # the feed spoke: back to policy(0)
+    assert subscribe_and_go_stale() == 1.0
+    assert gave_up == []
+    assert len(factory.connections) == 7
 
 
 def test_bad_max_attempts() -> None:
@@ -749,24 +877,101 @@ def test_cancelling_when_subscribed_forgets_the_waiter() -> None:
     factory.last.answer(0)  # would raise AlreadyCalledError if still registered
 
 
+def test_stop_waits_for_connections_closing_in_the_background() -> None:
+    """A stale connection still closing when stopService is called: the stopService
+    Deferred fires only once that earlier stop() completed too."""
+    sub = Subscription("c3", "Subscribe", stale_after=5.0)
+    service, clock, factory = make((sub,))
+    service.startService()
+    first = factory.last
+    first.connect()
+    first.answer(0)
+    closing: Deferred[None] = Deferred()
+    first.stop = lambda: closing  # type: ignore[method-assign]
+    clock.advance(5.0)  # stale: abandoned, its stop() in flight
+    clock.advance(1.0)
+    second = factory.last
+    assert second is not first
+    second.connect()
+    d = service.stopService()
+    assert not d.called
+    closing.callback(None)
+    assert d.result is None
+
+
+@pytest.mark.parametrize("how", ["failed start", "gave up"])
+def test_stop_waits_for_a_failed_or_given_up_connection(how: str) -> None:
+    """Connections closed after a failed start or on giving up are waited for as well."""
+    service, _clock, factory = make(max_attempts=1 if how == "gave up" else None)
+    service.startService()
+    conn = factory.last
+    closing: Deferred[None] = Deferred()
+    conn.stop = lambda: closing  # type: ignore[method-assign]
+    if how == "failed start":
+        conn.fail_start(NegotiationError("no", 503, b""))
+    else:
+        conn.connect()
+        conn.refuse(0, HubError("nope"))
+    d = service.stopService()
+    assert not d.called
+    closing.errback(RuntimeError("socket gone"))  # close errors are logged, not raised
+    assert d.result is None
+
+
+def test_waiter_stopping_the_service_fails_the_other_waiters() -> None:
+    """A when_subscribed callback that calls stopService: the waiters after it fail
+    with CancelledError instead of getting the connection that was just stopped."""
+    service, _clock, factory = make()
+    service.startService()
+    first, second = service.when_subscribed(), service.when_subscribed()
+    first.addCallback(lambda connection: service.stopService())
+    results: list[object] = []
+    second.addBoth(results.append)
+    factory.last.connect()
+    factory.last.answer(0)
+    assert factory.last.stopped
+    [result] = results
+    assert isinstance(result, Failure) and result.check(CancelledError)
+
+
+def test_giving_up_while_subscribing_invokes_nothing_more() -> None:
+    """When the first invocation fails synchronously and the service gives up, the
+    remaining subscriptions are not invoked on the dropped connection."""
+    second = Subscription("c3", "Second")
+    service, _clock, factory = make((SUBSCRIBE, second), max_attempts=1)
+    service.startService()
+    conn = factory.last
+
+    def invoke(method: str, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        conn.invocations.append(FakeInvocation("c3", method, args, timeout))
+        raise TypeError("not JSON serialisable")
+
+    conn.hub("c3").invoke = invoke  # type: ignore[method-assign]
+    conn.connect()
+    assert conn.stopped
+    assert [i.method for i in conn.invocations] == ["Subscribe"]
+
+
 # ------------------------------------------------------------------ secrets
 
 
 def test_logs_never_show_secrets() -> None:
-    """Tokens, cookies and headers stay out of every log line, reprs included."""
+    """Tokens, cookies, headers and the URL password stay out of every log line, reprs
+    included, even when an error echoes the exact values (plain or URL-quoted)."""
     clock, factory = Clock(), Factory()
     settings = ConnectionSettings(
-        "https://user:pw@example.com/signalr?access_token=SECRET1",
-        headers={"Authorization": "Bearer SECRET2"},
-        cookies={"session": "SECRET3"},
+        "https://user:p%40ss%2Fword@example.com/signalr?access_token=SECRET1",
+        headers={"Authorization": "Bearer SECRET2", "X-Client": "SECRET6 v1"},
+        cookies={"session": "SECRET3/x y"},
         query={"apikey": "SECRET4"},
     )
     service = SubscriptionService(
         clock,
         settings,
-        [SUBSCRIBE],
+        [SUBSCRIBE, Subscription("c3", "Other")],
         connection_factory=factory,
         retry_policy=backoffPolicy(jitter=no_jitter),
+        max_attempts=3,
     )
     with capturedLogs() as events:
         service.startService()
@@ -774,12 +979,29 @@ def test_logs_never_show_secrets() -> None:
             NegotiationError("GET /negotiate?access_token=SECRET1&connectionToken=SECRET5 failed")
         )
         clock.advance(1)
-        factory.last.connect()
-        factory.last.answer(0)
-        factory.last.lose("closed /reconnect?connectionToken=SECRET5&messageId=1")
+        factory.last.fail_start(  # a server echoing what it got, not as key=value
+            NegotiationError("401: token 'SECRET2' expired; user p@ss/word; client SECRET6 v1")
+        )
+        clock.advance(1.5)
+        conn = factory.last
+        conn.connect()
+        conn.answer(0)
+        conn.refuse(1, HubError("bad cookie SECRET3/x y (SECRET3%2Fx%20y), key SECRET4"))
+        clock.advance(1)
+        conn.answer(2)
+        for callback in conn.reconnecting_callbacks:
+            callback(ConnectionClosed("dropped; sent SECRET3%2Fx+y and SECRET4"))
+        conn.lose("closed /reconnect?connectionToken=SECRET5&messageId=1 (SECRET1)")
+        clock.advance(1)
+        for _ in range(3):
+            factory.last.fail_start(RuntimeError("p%40ss%2Fword rejected"))
+            clock.advance(60)
     text = "\n".join(messages(events)) + repr(settings) + repr(events)
-    for secret in ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "SECRET5", "pw@"):
+    assert "gave up" in text  # the GaveUpError message went through the same redaction
+    for secret in ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "SECRET5", "SECRET6", "p@ss",
+                   "p%40ss"):  # fmt: skip
         assert secret not in text
+    assert text.count("<redacted>") >= 10
     assert "https://example.com/signalr" in text
 
 
@@ -898,7 +1120,7 @@ async def test_server_restart_resubscribes_and_stream_resumes() -> None:
     assert "503" in text  # the refused negotiates were reported
     assert "resubscribed 1 subscriptions" in text
     after = [s for s in seqs if s > before]
-    assert after == sorted(after)
+    assert after == sorted(set(after))  # strictly increasing: in order, none twice
 
 
 @pytest_twisted.ensureDeferred
@@ -984,5 +1206,58 @@ async def test_stop_leaves_nothing_behind() -> None:
     await within(service.when_subscribed())
     await within(service.stopService())
     await server.stop()
+    leftover = [c for c in reactor.getDelayedCalls() if c not in baseline and c.active()]
+    assert leftover == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_waits_for_a_stale_connection_still_closing() -> None:
+    """A feed goes stale and its connection is still closing when stopService is
+    called: stopService fires only once that close completed, and nothing is left on
+    the reactor."""
+    from txsignalr import HubConnection
+
+    reactor = _reactor()
+    baseline = set(reactor.getDelayedCalls())
+    server = make_server()
+    await server.listen(port=0, interface="127.0.0.1")
+    stops: list[Deferred[None]] = []
+    gate: Deferred[None] = Deferred()  # holds every stop() open until released
+
+    class Recording(HubConnection):
+        def stop(self) -> Deferred[None]:
+            stopping = super().stop()
+            stops.append(stopping)
+            held: Deferred[None] = Deferred()
+
+            def release(_: object) -> None:
+                stopping.addBoth(lambda _: held.callback(None))
+
+            gate.addCallback(release)
+            return held
+
+    def factory(reactor: Any) -> HubConnection:
+        return Recording(reactor, server.url, reconnect_delay=0.1, http_timeout=5.0)
+
+    sub = Subscription("c3", "Subscribe", (["heartbeat"],), stale_after=0.3, watch=("never",))
+    service = SubscriptionService(
+        reactor, ConnectionSettings(server.url), [sub], [], connection_factory=factory,
+        retry_policy=backoffPolicy(initialDelay=30.0, jitter=no_jitter),
+    )  # fmt: skip
+    try:
+        service.startService()
+        await within(service.when_subscribed())
+        await wait_until(lambda: service.connection is None, "the stale connection dropped")
+        assert len(stops) == 1
+        stopped = service.stopService()
+        assert not stopped.called  # the stale connection's stop() is still held
+        gate.callback(None)
+        await within(stopped)
+        assert all(d.called for d in stops)  # the real stop() finished, /abort and all
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await within(service.stopService())
+        await server.stop()
     leftover = [c for c in reactor.getDelayedCalls() if c not in baseline and c.active()]
     assert leftover == []

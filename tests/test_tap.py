@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.application.service import IService, IServiceMaker, MultiService, Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -47,6 +49,36 @@ def test_twistd_knows_the_subcommand() -> None:
     assert config.subCommand == "signalr"
     assert isinstance(config.subOptions, tap.Options)
     assert config.subOptions["url"] == URL
+
+
+@pytest.mark.parametrize(
+    ("twistd_args", "refused"),
+    [
+        ([], True),  # a daemon: stdout is /dev/null
+        (["-l", "twistd.log"], True),
+        (["-n"], False),  # the README's `twistd -n signalr --demo`
+        (["-n", "-l", "twistd.log"], False),
+    ],
+)
+def test_output_to_stdout_needs_nodaemon(twistd_args: list[str], refused: bool) -> None:
+    """--output - (the default) is refused when twistd would daemonize, since a
+    daemon's stdout is /dev/null; with -n it is accepted."""
+    for output in ([], ["--output", "-"]):
+        config = ServerOptions()
+        args = [*twistd_args, "signalr", "--demo", *output]
+        if refused:
+            with pytest.raises(usage.UsageError, match="a daemon's stdout is /dev/null"):
+                config.parseOptions(args)
+        else:
+            config.parseOptions(args)
+            assert config.subOptions["output"] == "-"
+
+
+def test_daemon_with_an_output_file_is_accepted(tmp_path: Path) -> None:
+    """A daemon writing its JSON lines to a file is fine."""
+    config = ServerOptions()
+    config.parseOptions(["signalr", "--demo", "--output", str(tmp_path / "out.jsonl")])
+    assert config.subOptions["output"] == str(tmp_path / "out.jsonl")
 
 
 def test_twistd_reports_bad_options_as_usage_errors() -> None:
@@ -112,6 +144,26 @@ def test_defaults() -> None:
     assert options["max-attempts"] is None
     assert options["on"] == []
     assert options.subscriptions() == []
+
+
+def test_on_is_deduplicated_ignoring_case() -> None:
+    """--on naming the same call twice, in any spelling, keeps the first one only."""
+    options = parse(
+        "--url", URL, "--subscribe", "c3.Sub", "--stale-after", "3",
+        "--on", "c3.tick", "--on", "C3.TICK", "--on", "c3.Tick", "--on", "c3.heartbeat",
+    )  # fmt: skip
+    assert options["on"] == [("c3", "tick"), ("c3", "heartbeat")]
+    assert options.subscriptions()[0].watch == ("tick", "heartbeat")
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [("c3", "tick"), ("c3", "heartbeat")]
+
+
+def test_relative_output_is_made_absolute(tmp_path: Path, monkeypatch: Any) -> None:
+    """--output with a relative path is resolved now (twistd --rundir changes directory
+    before the file is opened)."""
+    monkeypatch.chdir(tmp_path)
+    options = parse("--url", URL, "--hub", "c3", "--output", "calls.jsonl")
+    assert options["output"] == str(tmp_path / "calls.jsonl")
 
 
 def test_watch_list_is_per_hub() -> None:
@@ -183,6 +235,29 @@ def test_demo_with_own_subscription_and_port() -> None:
         (["--demo", "--demo-port", "70000"], "between 0 and 65535"),
         (["--url", URL, "--hub", "c3", "--output", "/nonexistent-dir/x"], "does not exist"),
         (["--url", URL, "--hub", "c3", "--bogus"], "bogus"),
+        (["--url", "http://127.0.0.1:99999/signalr", "--hub", "c3"], "--url: invalid"),
+        (["--url", "http://127.0.0.1:0/signalr", "--hub", "c3"], "port 0"),
+        (["--url", "http://[::1/signalr", "--hub", "c3"], "--url: invalid connection URL"),
+        (["--url", "http://exa mple.com/signalr", "--hub", "c3"], "must be %-encoded"),
+        (["--url", "http://h/signal\tr", "--hub", "c3"], "must be %-encoded"),
+        (["--url", "http://u:p@h/signalr", "--hub", "c3"], "user:password@ in the URL"),
+        (["--url", "http://h/signalr#x", "--hub", "c3"], "--url: connection URL must not"),
+        (["--url", "http://h/signalr?transport=x", "--hub", "c3"], "--url: query parameter"),
+        (["--url", URL, "--url", "http://other/signalr", "--hub", "c3"], "--url given twice"),
+        (["--url", URL, "--hub", "c3", "--header", "X: a\r\nEvil: b"], "control characters"),
+        (["--url", URL, "--hub", "c3", "--header", "X: a\nb"], "control characters"),
+        (["--url", URL, "--hub", "c3", "--header", "X: a\x00"], "control characters"),
+        (["--url", URL, "--hub", "c3", "--header", "B/d: v"], "'B/d' is not a header name"),
+        (
+            ["--url", URL, "--hub", "c3", "--header", "X-Key: 1", "--header", "x-key: 2"],
+            "--header 'x-key' given twice",
+        ),
+        (["--url", URL, "--hub", "c3", "--cookie", "a=b\r\nc"], "control characters"),
+        (["--url", URL, "--hub", "c3", "--cookie", "a=1", "--cookie", "a=2"], "given twice"),
+        (["--url", URL, "--hub", "c3", "--query", "k=1", "--query", "k=2"], "given twice"),
+        (["--url", URL, "--subscribe", "c3.Sub:[NaN]"], "JSON-ARGS is not JSON"),
+        (["--url", URL, "--subscribe", 'c3.Sub:[{"a": Infinity}]'], "JSON-ARGS is not JSON"),
+        (["--url", URL, "--subscribe", "c3.Sub:[-Infinity]"], "JSON-ARGS is not JSON"),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
@@ -190,6 +265,22 @@ def test_bad_options(args: list[str], message: str) -> None:
     with pytest.raises(usage.UsageError) as info:
         parse(*args)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "clientProtocol", "transport", "connectionToken", "connectionData", "messageId",
+        "groupsToken", "tid",
+    ],
+)  # fmt: skip
+def test_reserved_query_names_are_refused(name: str) -> None:
+    """--query may not set a parameter the SignalR protocol itself sends."""
+    with pytest.raises(usage.UsageError) as info:
+        parse("--url", URL, "--hub", "c3", "--query", f"{name}=1")
+    assert str(info.value) == (
+        f"--query: query parameter {name!r} is reserved by the SignalR protocol"
+    )
 
 
 def test_output_directory_is_refused(tmp_path: Path) -> None:
@@ -253,12 +344,66 @@ def test_make_service_default_handlers_catch_everything() -> None:
     assert [(h.hub, h.method) for h in service.handlers] == [("news", None), ("c3", None)]
 
 
+def test_make_service_default_handlers_one_per_hub_ignoring_case() -> None:
+    """A hub named twice, in two spellings, still gets a single catch-all handler."""
+    options = parse(
+        "--url", URL, "--hub", "C3", "--hub", "news",
+        "--subscribe", "c3.Subscribe", "--subscribe", "NEWS.Follow", "--subscribe", "c3.Other",
+    )  # fmt: skip
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [("C3", None), ("news", None)]
+
+
 def test_make_service_demo() -> None:
     """--demo puts the demo server service in the tree (the subscription service comes later)."""
     options = parse("--demo")
     [_, demo] = _children(tap.makeService(options, reactor=Clock()))
     assert isinstance(demo, MultiService)
     assert list(demo) == []
+
+
+class BusyReactor(MemoryReactorClock):
+    """A reactor on which every port is taken."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+
+def test_demo_binds_in_privileged_start_service() -> None:
+    """The demo server binds in privilegedStartService (as twistd calls it, before
+    startService); startService then adds the subscription service, binding nothing more."""
+    reactor = MemoryReactorClock()
+    made: list[str] = []
+
+    def make(url: str) -> IService:
+        made.append(url)
+        return Service()
+
+    demo = tap.DemoService(reactor, 8089, make)
+    demo.privilegedStartService()
+    assert [(port, interface) for port, _f, _b, interface in reactor.tcpServers] == [
+        (8089, "127.0.0.1")
+    ]
+    assert made == []
+    demo.startService()
+    assert len(reactor.tcpServers) == 1
+    assert len(made) == 1 and len(list(demo)) == 1
+    demo.stopService()
+
+
+@pytest.mark.parametrize("method", ["privilegedStartService", "startService"])
+def test_demo_port_in_use_fails_the_start(method: str) -> None:
+    """A demo port that cannot be bound raises DemoServerError from the start (so twistd
+    exits non-zero) instead of running on without a server; nothing else starts."""
+    made: list[str] = []
+    demo = tap.DemoService(BusyReactor(), 8089, lambda url: made.append(url) or Service())
+    with capturedLogs() as events, pytest.raises(tap.DemoServerError) as info:
+        getattr(demo, method)()
+    assert str(info.value) == (
+        "the --demo server could not listen on 127.0.0.1:8089: [Errno 98] Address already in use"
+    )
+    assert made == []
+    assert any(e["log_level"].name == "critical" for e in events)
 
 
 # ------------------------------------------------------------------ JSON lines
@@ -300,6 +445,81 @@ def test_json_lines_writer_decodes() -> None:
     record = json.loads(stream.getvalue())
     assert record["args"] == [{"sequence": 7, "deltas": []}, 5, "not base64!"]
     assert "could not decode an argument of c3.marketSummaries" in formatEvent(events[0])
+
+
+def strict_json(line: str) -> Any:
+    """Parse ``line`` as strict JSON: no NaN or Infinity."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_json_lines_writer_replaces_nan_and_infinity() -> None:
+    """NaN and the infinities (not JSON) are written as strings, with one warning."""
+    stream = io.StringIO()
+    writer = tap.JSONLinesWriter(Clock(), stream)
+    with capturedLogs() as events:
+        writer(ClientCall("c3", "tick", ({"Bid": float("nan"), "Ask": [float("inf"), 1.5]},)))
+        writer(ClientCall("c3", "tick", (float("-inf"), "ok")))
+    records = [strict_json(line) for line in stream.getvalue().splitlines()]
+    assert [r["args"] for r in records] == [[{"Bid": "nan", "Ask": ["inf", 1.5]}], ["-inf", "ok"]]
+    assert [formatEvent(e) for e in events] == [
+        "a call of c3.tick has values JSON cannot represent (NaN, Infinity or non-JSON "
+        "objects); they are written as strings (logged once)"
+    ]
+
+
+def test_json_lines_writer_writes_ascii(tmp_path: Path) -> None:
+    """Lines are ASCII with \\u escapes, so even a lone surrogate from a server can be
+    written to a UTF-8 file and read back exactly."""
+    path = tmp_path / "out.jsonl"
+    with path.open("w", encoding="utf-8") as stream:
+        writer = tap.JSONLinesWriter(Clock(), stream)
+        writer(ClientCall("c3", "tick", ("é €", "\ud800")))
+    text = path.read_bytes()
+    assert text.isascii()
+    assert strict_json(text.decode("ascii"))["args"] == ["é €", "\ud800"]
+
+
+class FailingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def write(self, text: str) -> int:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_json_lines_writer_logs_write_errors() -> None:
+    """A failing write is logged (once, naming the call) and never raised; when writing
+    works again that is logged with the number of lines lost."""
+    stream = FailingStream()
+    writer = tap.JSONLinesWriter(Clock(), stream)
+    with capturedLogs() as events:
+        writer(ClientCall("c3", "tick", (1,)))
+        writer(ClientCall("c3", "heartbeat", (2,)))
+        stream.failing = False
+        writer(ClientCall("c3", "tick", (3,)))
+    assert [formatEvent(e) for e in events] == [
+        "could not write a call of c3.tick: [Errno 28] No space left on device; calls are "
+        "lost until writing works again",
+        "writing calls again; 2 were lost",
+    ]
+    assert [json.loads(line)["args"] for line in stream.getvalue().splitlines()] == [[3]]
+
+
+def test_json_lines_writer_survives_a_closed_stream() -> None:
+    """Writing to a stream closed under it is logged, not raised."""
+    stream = io.StringIO()
+    writer = tap.JSONLinesWriter(Clock(), stream)
+    stream.close()
+    with capturedLogs() as events:
+        writer(ClientCall("c3", "tick", (1,)))
+    assert "could not write a call of c3.tick" in formatEvent(events[0])
 
 
 def test_output_service_appends_to_a_file(tmp_path: Path) -> None:
@@ -372,6 +592,7 @@ async def test_json_lines_from_a_live_server(tmp_path: Path) -> None:
         "--subscribe", 'c3.Subscribe:[["market_summaries", "tick", "heartbeat"]]',
         "--on", "c3.marketSummaries",
         "--on", "c3.tick",
+        "--on", "C3.Tick",  # the same calls: must not be written twice
         "--decode", "deflate-base64",
         "--output", str(out),
     )  # fmt: skip
@@ -379,12 +600,18 @@ async def test_json_lines_from_a_live_server(tmp_path: Path) -> None:
     root.startService()
     try:
         records = await _wait_for_lines(
-            out, lambda rs: {r["method"] for r in rs} >= {"marketSummaries", "tick"}
+            out,
+            lambda rs: (
+                "marketSummaries" in {r["method"] for r in rs}
+                and sum(r["method"] == "tick" for r in rs) >= 3
+            ),
         )
     finally:
         await _stop(root)
         await server.stop()
     assert {r["method"] for r in records} <= {"marketSummaries", "tick"}  # only the --on calls
+    ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
+    assert ticks == sorted(set(ticks))  # strictly increasing: none written twice
     summary = next(r for r in records if r["method"] == "marketSummaries")
     assert summary["hub"] == "c3"
     assert isinstance(summary["args"][0]["sequence"], int)  # decoded, not base64 text
@@ -397,15 +624,20 @@ async def test_demo_service_in_process(tmp_path: Path) -> None:
     reactor = _reactor()
     baseline = set(reactor.getDelayedCalls())
     out = tmp_path / "demo.jsonl"
-    root = tap.makeService(parse("--demo", "--output", str(out)))
+    # --hub C3 names the demo's c3 hub again, in another spelling: still one handler.
+    root = tap.makeService(parse("--demo", "--hub", "C3", "--output", str(out)))
     root.startService()
     try:
         records = await _wait_for_lines(
-            out, lambda rs: {r["method"] for r in rs} >= {"heartbeat", "tick", "marketSummaries"}
+            out,
+            lambda rs: (
+                {r["method"] for r in rs} >= {"heartbeat", "tick", "marketSummaries"}
+                and sum(r["method"] == "tick" for r in rs) >= 3
+            ),
         )
     finally:
         await _stop(root)
     ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
-    assert ticks == sorted(ticks)
+    assert ticks == sorted(set(ticks))  # strictly increasing: none written twice
     leftover = [c for c in reactor.getDelayedCalls() if c not in baseline and c.active()]
     assert leftover == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,10 +90,90 @@ def test_twistd_demo_writes_json_lines_and_stops_on_sigterm(
         assert set(record) == {"time", "hub", "method", "args"}
         assert record["hub"] == "c3"
     ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
-    assert ticks == sorted(ticks) and len(ticks) >= 3
+    assert ticks == sorted(set(ticks)) and len(ticks) >= 3  # strictly increasing
     summary = next(r for r in records if r["method"] == "marketSummaries")
     assert isinstance(summary["args"][0]["sequence"], int)  # deflate-base64 decoded
     assert "subscribed 1 subscriptions" in text
+
+
+def test_twistd_demo_json_lines_on_stdout_stand_apart_from_the_log() -> None:
+    """The README's `twistd -n signalr --demo`: JSON lines go to stdout together with
+    twistd's log, and tell themselves apart: every line is either a bare JSON record
+    or a log line starting with a timestamp."""
+    process = subprocess.Popen(
+        [*TWISTD_FROM_CHECKOUT, "-n", "--pidfile=", "signalr", "--demo"],
+        cwd=ROOT,
+        env=_env(False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while sum(line.startswith("{") for line in lines) < 5:
+            assert time.monotonic() < deadline, "no JSON lines after 30 s:\n" + "".join(lines)
+            line = process.stdout.readline()
+            assert line, "twistd exited early:\n" + "".join(lines)
+            lines.append(line)
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=20)
+        lines.extend(rest.splitlines(keepends=True))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGTERM, "".join(lines)
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) >= 5
+    assert all(set(r) == {"time", "hub", "method", "args"} for r in records)
+    others = [line for line in lines if not line.startswith("{")]
+    assert others and all(line[:4].isdigit() and line[4] == "-" for line in others), others
+
+
+def _twistd(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD_FROM_CHECKOUT, "-n", "--pidfile=", "signalr", *args],
+        cwd=ROOT,
+        env=_env(False),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_twistd_exits_1_when_it_gives_up(tmp_path: Path) -> None:
+    """With --max-attempts, giving up stops twistd with exit status 1, after a clean
+    shutdown (the service stopped, "Server Shut Down." logged)."""
+    with socket.socket() as probe:  # a port on which nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _twistd(
+        ["--url", f"http://127.0.0.1:{port}/signalr", "--hub", "c3", "--max-attempts", "2",
+         "--output", str(tmp_path / "out.jsonl")]
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "gave up after 2 failed attempts" in output
+    assert "Server Shut Down." in output
+    assert "Traceback" not in output and "Unhandled" not in output, output
+
+
+def test_twistd_exits_1_when_the_demo_port_is_taken(tmp_path: Path) -> None:
+    """`--demo --demo-port N` with N in use: twistd fails at start-up with a message
+    naming the port, and exit status 1, instead of running on without a server."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _twistd(["--demo", "--demo-port", str(port), "--output", str(tmp_path / "o")])
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"the --demo server could not listen on 127.0.0.1:{port}" in output
+    assert "Address already in use" in output
+    assert "subscribed" not in output
 
 
 def test_twistd_bad_option_is_a_usage_error() -> None:

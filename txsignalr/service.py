@@ -22,17 +22,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 import attrs
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
-from txsignalr.errors import ConnectionClosed, SignalRError
+from txsignalr.errors import ConnectionClosed, InvalidURL, SignalRError
 
 __all__ = [
     "ClientCall",
@@ -106,16 +107,56 @@ _SECRET_QUERY = re.compile(
 _SECRET_HEADER = re.compile(r"(?i)((?:authorization|cookie|set-cookie|x-api-key)\s*[:=]\s*)[^\n]+")
 
 
-def redact(text: str) -> str:
+#: Secret values shorter than this are not searched for verbatim: replacing every
+#: occurrence of, say, ``"1"`` would garble log lines without protecting anything.
+_MIN_SECRET_LENGTH = 4
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """
     Scrub connection tokens, access tokens, keys and ``Authorization``/``Cookie``
     values out of a message before it is logged.
 
     :param text: any text, typically an error message that may quote a URL.
+    :param secrets: exact values to hide wherever they appear (e.g. the header, cookie
+        and query values a service was configured with), longest first.
     :returns: the text with secret values replaced by ``<redacted>``.
     """
+    for secret in secrets:
+        if len(secret) >= _MIN_SECRET_LENGTH:
+            text = text.replace(secret, "<redacted>")
     text = _SECRET_QUERY.sub(r"\1=<redacted>", text)
     return _SECRET_HEADER.sub(r"\1<redacted>", text)
+
+
+def _secret_values(
+    url: str, headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
+) -> tuple[str, ...]:
+    """
+    The exact values to keep out of logs for these connection settings: every header,
+    cookie and query value, the query values and password in ``url``, each also as
+    it looks URL-quoted, longest first (so a value is hidden before any part of it).
+    """
+    raw: list[str] = [*headers.values(), *cookies.values(), *query.values()]
+    for value in headers.values():
+        raw.extend(value.split()[1:])  # "Bearer X": a server may echo only "X"
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        parts, password = None, None
+    if password:
+        raw.extend((password, unquote(password)))
+    if parts is not None:
+        for pair in parts.query.split("&"):
+            value = pair.partition("=")[2]
+            raw.extend((value, unquote(value)))
+    found: set[str] = set()
+    for value in raw:
+        value = value.strip()
+        if len(value) >= _MIN_SECRET_LENGTH:
+            found.update((value, quote(value, safe=""), quote(value), quote_plus(value)))
+    return tuple(sorted(found, key=lambda v: (-len(v), v)))
 
 
 def _safe_url(url: str) -> str:
@@ -290,16 +331,22 @@ class GaveUpError(SignalRError):
     :ivar reason: the last failure.
     """
 
-    def __init__(self, attempts: int, reason: Failure):
-        super().__init__(f"gave up after {attempts} failed attempts: {_describe(reason)}")
+    def __init__(self, attempts: int, reason: Failure, description: str | None = None):
+        """
+        :param description: the redacted account of ``reason`` for the message;
+            by default it is made with :func:`redact`.
+        """
+        if description is None:
+            description = _describe(reason)
+        super().__init__(f"gave up after {attempts} failed attempts: {description}")
         self.attempts = attempts
         self.reason = reason
 
 
-def _describe(reason: Failure) -> str:
+def _describe(reason: Failure, secrets: Iterable[str] = ()) -> str:
     """A one-line, redacted account of a failure for logs."""
     value = reason.value
-    return redact(f"{type(value).__name__}: {value}")
+    return redact(f"{type(value).__name__}: {value}", secrets)
 
 
 # ------------------------------------------------------------------ the service
@@ -324,9 +371,17 @@ class SubscriptionService(Service):
         plus up to 1 s of jitter).  Used both for new connections and for retrying a
         failed subscription on a live connection.
     :param max_attempts: give up after this many consecutive failed attempts (a failed
-        connect, a connection lost before it was subscribed, or a failed subscription
-        invocation); ``None``, the default, never gives up.  A connection that got
-        subscribed resets the count.
+        connect, a connection lost or gone stale before every subscription succeeded,
+        or a failed subscription invocation); ``None``, the default, never gives up.
+        A connection that got subscribed resets the count, and losing it (or its feed
+        going stale) is not a failed attempt: the service reconnects after
+        ``policy(0)``.  A configuration error, which no retry can fix, gives up at
+        once whatever ``max_attempts`` says: the connection factory raising
+        :class:`ValueError` (such as :class:`~txsignalr.errors.InvalidURL`), or
+        ``start()`` failing with :class:`~txsignalr.errors.InvalidURL`.
+        A feed that goes stale again and again without a single watched call backs
+        off: the n-th such reconnect in a row waits ``policy(n - 1)``.  It never counts
+        towards giving up, since the server keeps accepting the subscriptions.
     :param invoke_timeout: seconds to wait for a subscription's result before treating
         it as failed; ``None`` waits as long as the connection lives.
     :param connection_factory: ``factory(reactor) -> connection``; defaults to
@@ -372,8 +427,14 @@ class SubscriptionService(Service):
         self._pending: set[int] = set()
         self._watchdogs: dict[int, IDelayedCall] = {}
         self._subscribed = False
+        self._fed = False  # a watched call arrived on the current connection
+        self._silent_stales = 0  # consecutive stale connections that got no watched call
         self._gave_up: GaveUpError | None = None
         self._waiters: list[Deferred[ConnectionLike]] = []
+        self._closing: set[Deferred[None]] = set()  # connections being closed
+        self._secrets = _secret_values(
+            settings.url, settings.headers, settings.cookies, settings.query
+        )
 
     # -------------------------------------------------------------- public API
 
@@ -407,6 +468,7 @@ class SubscriptionService(Service):
         """Start connecting."""
         super().startService()  # type: ignore[no-untyped-call]
         self._failures = 0
+        self._silent_stales = 0
         self._generation = 0
         self._gave_up = None
         self._connect()
@@ -418,7 +480,9 @@ class SubscriptionService(Service):
         Pending :meth:`when_subscribed` Deferreds fail with
         :class:`~twisted.internet.defer.CancelledError`.
 
-        :returns: a Deferred that fires once the connection is closed; it never fails.
+        :returns: a Deferred that fires once the connection is closed, and so is every
+            earlier connection the service was still closing in the background (a
+            stale or failed one, or the one it gave up on); it never fails.
         """
         super().stopService()  # type: ignore[no-untyped-call]
         if self._retry_call is not None and self._retry_call.active():
@@ -427,9 +491,9 @@ class SubscriptionService(Service):
         connection = self._connection
         self._drop_connection_state()
         self._fail_waiters(Failure(CancelledError("the subscription service was stopped")))
-        if connection is None:
-            return succeed(None)
-        return self._close(connection)
+        if connection is not None:
+            self._close(connection)
+        return self._all_closed()
 
     # -------------------------------------------------------------- connecting
 
@@ -452,6 +516,10 @@ class SubscriptionService(Service):
         try:
             connection = self._factory(self._reactor)
             self._register(connection)
+        except ValueError:  # InvalidURL is one: a bad setting, retrying cannot help
+            self._connection = None
+            self._permanent_failure(Failure(), "could not create the connection")
+            return
         except Exception:
             self._connection = None
             self._attempt_failed(Failure(), "could not create the connection")
@@ -521,8 +589,12 @@ class SubscriptionService(Service):
         watchdogs = self._watchdogs
 
         def fed() -> None:
+            if connection is not self._connection:
+                return
+            self._fed = True
+            self._silent_stales = 0
             call = watchdogs.get(index)
-            if call is not None and connection is self._connection and call.active():
+            if call is not None and call.active():
                 stale_after = self.subscriptions[index].stale_after
                 assert stale_after is not None
                 call.reset(stale_after)
@@ -542,32 +614,41 @@ class SubscriptionService(Service):
             self._all_subscribed(connection)
             return
         for index in range(len(self.subscriptions)):
+            if connection is not self._connection:
+                break  # dropped meanwhile (gave up, or stopped by a callback)
             self._subscribe(connection, index)
 
     def _start_failed(self, reason: Failure, connection: ConnectionLike) -> None:
         if connection is not self._connection:
             return
         self._abandon(connection)
-        self._attempt_failed(reason, "could not connect")
+        if reason.check(InvalidURL):
+            self._permanent_failure(reason, "could not connect")
+        else:
+            self._attempt_failed(reason, "could not connect")
 
     def _closed(self, result: object, connection: ConnectionLike) -> None:
         if connection is not self._connection:
             return
         reason = result if isinstance(result, Failure) else None
+        healthy = self._subscribed
         self._drop_connection_state()
         message = "connection lost" if reason is not None else "connection closed"
         self.log.warn(
             "{message}: {reason}",
             message=message,
-            reason=_describe(reason) if reason is not None else "closed by the client",
+            reason=self._describe(reason) if reason is not None else "closed by the client",
         )
-        self._attempt_failed(reason or Failure(SignalRError("connection closed")), None)
+        if healthy:
+            self._reconnect_in(self._policy(0))
+        else:
+            self._attempt_failed(reason or Failure(SignalRError("connection closed")), None)
 
     def _reconnecting(self, connection: ConnectionLike, reason: ConnectionClosed) -> None:
         if connection is self._connection:
             self.log.warn(
                 "transport lost ({reason}); reconnecting to {url}",
-                reason=redact(str(reason)),
+                reason=redact(str(reason), self._secrets),
                 url=_safe_url(self.settings.url),
             )
 
@@ -624,7 +705,7 @@ class SubscriptionService(Service):
         self.log.warn(
             "subscription {subscription} failed ({reason}); retrying in {delay:.1f}s",
             subscription=sub.describe(),
-            reason=_describe(reason),
+            reason=self._describe(reason),
             delay=delay,
             attempt=failures + 1,
         )
@@ -639,9 +720,11 @@ class SubscriptionService(Service):
             count=len(self.subscriptions),
             url=_safe_url(self.settings.url),
         )
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(connection)
+        # One at a time: a waiter's callback may stop the service (or make it give
+        # up), and the waiters after it must then fail rather than get a dead
+        # connection; stopService() fails those still in self._waiters.
+        while self._waiters and self._subscribed and connection is self._connection:
+            self._waiters.pop(0).callback(connection)
 
     def _stale(self, connection: ConnectionLike, index: int) -> None:
         self._watchdogs.pop(index, None)
@@ -656,10 +739,21 @@ class SubscriptionService(Service):
             seconds=sub.stale_after,
             subscription=sub.describe(),
         )
+        healthy, fed = self._subscribed, self._fed
         self._abandon(connection)
-        self._attempt_failed(Failure(SignalRError("stale feed")), None)
+        if not healthy:
+            self._attempt_failed(Failure(SignalRError("stale feed")), None)
+            return
+        # The server accepted every subscription, so this is no failed attempt; but a
+        # feed that never says anything would otherwise reconnect every policy(0)
+        # seconds for ever, so silent connections in a row back off.
+        self._silent_stales = 0 if fed else self._silent_stales + 1
+        self._reconnect_in(self._policy(max(self._silent_stales - 1, 0)))
 
     # -------------------------------------------------------------- bookkeeping
+
+    def _describe(self, reason: Failure) -> str:
+        return _describe(reason, self._secrets)
 
     def _attempt_failed(self, reason: Failure, what: str | None) -> None:
         """Count a failed attempt and schedule the next one (or give up)."""
@@ -667,11 +761,27 @@ class SubscriptionService(Service):
             return
         self._failures += 1
         if what is not None:
-            self.log.warn("{what}: {reason}", what=what, reason=_describe(reason))
+            self.log.warn("{what}: {reason}", what=what, reason=self._describe(reason))
         if self._max_attempts is not None and self._failures >= self._max_attempts:
             self._give_up(self._failures, reason)
             return
-        delay = self._policy(self._failures - 1)
+        self._reconnect_in(self._policy(self._failures - 1))
+
+    def _permanent_failure(self, reason: Failure, what: str) -> None:
+        """Give up at once on an error that retrying cannot fix (a bad URL, say)."""
+        if not self.running:
+            return
+        self._failures += 1
+        self.log.error(
+            "{what}: {reason}; not retrying, as this is a configuration error",
+            what=what,
+            reason=self._describe(reason),
+        )
+        self._give_up(self._failures, reason)
+
+    def _reconnect_in(self, delay: float) -> None:
+        if not self.running:
+            return
         self.log.info(
             "reconnecting to {url} in {delay:.1f}s (attempt {attempt})",
             url=_safe_url(self.settings.url),
@@ -681,7 +791,7 @@ class SubscriptionService(Service):
         self._retry_call = self._reactor.callLater(delay, self._connect)
 
     def _give_up(self, attempts: int, reason: Failure) -> None:
-        error = GaveUpError(attempts, reason)
+        error = GaveUpError(attempts, reason, self._describe(reason))
         self._gave_up = error
         self.log.critical("gave up: {error}", error=str(error))
         connection = self._connection
@@ -690,14 +800,18 @@ class SubscriptionService(Service):
             self._close(connection)
         self._fail_waiters(Failure(error))
         if self._on_gave_up is not None:
-            self._on_gave_up(error)
+            try:
+                self._on_gave_up(error)
+            except Exception:
+                self.log.failure("on_gave_up failed")
 
     def _abandon(self, connection: ConnectionLike) -> None:
         """Forget the current connection and close it in the background."""
         self._drop_connection_state()
         self._close(connection)
 
-    def _close(self, connection: ConnectionLike) -> Deferred[None]:
+    def _close(self, connection: ConnectionLike) -> None:
+        """Stop ``connection``; :meth:`stopService` waits until that is done."""
         try:
             d = connection.stop()
         except Exception:
@@ -706,15 +820,29 @@ class SubscriptionService(Service):
         def closed(result: object) -> None:
             if isinstance(result, Failure):
                 self.log.warn(
-                    "error while closing the connection: {reason}", reason=_describe(result)
+                    "error while closing the connection: {reason}",
+                    reason=self._describe(result),
                 )
-            return None
+            self._closing.discard(d)
 
-        return d.addBoth(closed)
+        self._closing.add(d)
+        d.addBoth(closed)  # at once if it already fired
+
+    def _all_closed(self) -> Deferred[None]:
+        """A Deferred that fires once every connection being closed is closed."""
+        waits: list[Deferred[None]] = []
+        for closing in list(self._closing):
+            done: Deferred[None] = Deferred()
+            closing.addBoth(_passing_to, done)
+            waits.append(done)
+        if not waits:
+            return succeed(None)
+        return gatherResults(waits).addCallback(lambda _: None)
 
     def _drop_connection_state(self) -> None:
         self._connection = None
         self._subscribed = False
+        self._fed = False
         self._pending = set()
         for call in (*self._sub_retry.values(), *self._watchdogs.values()):
             if call.active():
@@ -730,6 +858,12 @@ class SubscriptionService(Service):
     def _forget_waiter(self, d: Deferred[ConnectionLike]) -> None:
         if d in self._waiters:
             self._waiters.remove(d)
+
+
+def _passing_to(result: object, waiter: Deferred[None]) -> object:
+    """Fire ``waiter`` when a Deferred's chain gets here; leave the chain's result."""
+    waiter.callback(None)
+    return result
 
 
 def _on_any(proxy: HubProxyLike, hub: str, callback: Callable[[ClientCall], object]) -> None:

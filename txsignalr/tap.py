@@ -6,15 +6,23 @@ runs a :class:`~txsignalr.service.SubscriptionService` that keeps the subscripti
 alive and writes every client-method call as a JSON line ``{"time", "hub", "method",
 "args"}``.  ``twistd -n signalr --demo`` does the same against the embedded demo server
 from :mod:`txsignalr.testing`.
+
+Exit status: 0 after a normal shutdown (by Twisted's convention a SIGTERM/SIGINT
+shutdown re-raises the signal); 1 for a usage error, when the ``--demo`` server cannot
+listen, and when ``--max-attempts`` made the service give up.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -23,7 +31,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from txsignalr.errors import ProtocolError
+from txsignalr._protocol import Endpoints
+from txsignalr.errors import InvalidURL, ProtocolError
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.service import (
     ClientCall,
@@ -34,7 +43,14 @@ from txsignalr.service import (
     SubscriptionService,
 )
 
-__all__ = ["DEMO_SUBSCRIPTION", "DemoService", "JSONLinesWriter", "Options", "makeService"]
+__all__ = [
+    "DEMO_SUBSCRIPTION",
+    "DemoServerError",
+    "DemoService",
+    "JSONLinesWriter",
+    "Options",
+    "makeService",
+]
 
 log = Logger(namespace="txsignalr.tap")
 
@@ -56,7 +72,35 @@ def _pair(option: str, text: str, separator: str, example: str) -> tuple[str, st
     name = name.strip()
     if not sep or not name or any(c.isspace() for c in name):
         raise usage.UsageError(f"{option} {text!r}: expected {example}")
+    if any(_is_control(c) for c in text):
+        raise usage.UsageError(
+            f"{option} {text!r}: control characters (CR, LF, ...) are not allowed"
+        )
     return name, value.strip() if separator == ":" else value
+
+
+def _is_control(char: str) -> bool:
+    """CR, LF, NUL and the other ASCII control characters, but not tab."""
+    return (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F
+
+
+def _unique_ignoring_case(names: list[str]) -> list[str]:
+    """``names`` without repeats, comparing case-insensitively as SignalR does."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            unique.append(name)
+    return unique
+
+
+#: An HTTP header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _positive(option: str, text: str, kind: Callable[[str], float]) -> float:
@@ -101,9 +145,20 @@ class Options(usage.Options):
 
     def opt_url(self, url: str) -> None:
         """The SignalR endpoint, e.g. https://example.com/signalr."""
+        if self["url"] is not None:
+            raise usage.UsageError("--url given twice: a service connects to one endpoint")
         scheme, sep, rest = url.partition("://")
         if scheme.lower() not in ("http", "https") or not sep or not rest.split("/")[0]:
             raise usage.UsageError(f"--url {url!r}: expected an http:// or https:// URL")
+        if any(c.isspace() or _is_control(c) for c in url):
+            raise usage.UsageError(
+                f"--url {url!r}: spaces and control characters must be %-encoded"
+            )
+        if "@" in re.split(r"[/?#]", rest, maxsplit=1)[0]:
+            raise usage.UsageError(
+                "--url: user:password@ in the URL is not sent; give credentials with "
+                "--header 'Authorization: ...' (or --cookie/--query)"
+            )
         self["url"] = url
 
     opt_u = opt_url
@@ -121,7 +176,7 @@ class Options(usage.Options):
         args: list[Any] = []
         if colon:
             try:
-                args = json.loads(raw)
+                args = json.loads(raw, parse_constant=_no_constants)
             except ValueError as e:
                 raise usage.UsageError(
                     f"--subscribe {spec!r}: JSON-ARGS is not JSON ({e})"
@@ -135,25 +190,41 @@ class Options(usage.Options):
 
     def opt_on(self, spec: str) -> None:
         """HUB.METHOD client calls to output (repeatable; default: every client call)."""
-        self["on"].append(_hub_method("--on", spec))
+        hub, method = _hub_method("--on", spec)
+        # Hub and method names are case-insensitive in SignalR: c3.tick and C3.Tick
+        # are the same calls, and must be written once.
+        key = (hub.lower(), method.lower())
+        if all((h.lower(), m.lower()) != key for h, m in self["on"]):
+            self["on"].append((hub, method))
 
     def opt_header(self, header: str) -> None:
-        """'Name: value' HTTP header for every request (repeatable)."""
+        """'Name: value' HTTP header for every request (repeatable; each name once)."""
         name, value = _pair("--header", header, ":", "'Name: value'")
+        if not _TOKEN.fullmatch(name):
+            raise usage.UsageError(f"--header {header!r}: {name!r} is not a header name")
+        if any(name.lower() == known.lower() for known in self["headers"]):
+            raise usage.UsageError(
+                f"--header {name!r} given twice (header names are case-insensitive); "
+                "join the values into one --header if the server expects a list"
+            )
         self["headers"][name] = value
 
     def opt_cookie(self, cookie: str) -> None:
-        """NAME=VALUE cookie for every request (repeatable)."""
+        """NAME=VALUE cookie for every request (repeatable; each name once)."""
         name, value = _pair("--cookie", cookie, "=", "NAME=VALUE")
+        if name in self["cookies"]:
+            raise usage.UsageError(f"--cookie {name!r} given twice")
         self["cookies"][name] = value
 
     def opt_query(self, item: str) -> None:
-        """KEY=VALUE query parameter for every request (repeatable)."""
+        """KEY=VALUE query parameter for every request (repeatable; each key once)."""
         name, value = _pair("--query", item, "=", "KEY=VALUE")
+        if name in self["query"]:
+            raise usage.UsageError(f"--query {name!r} given twice")
         self["query"][name] = value
 
     def opt_output(self, path: str) -> None:
-        """Where to write JSON lines: - for standard output (default), or a file to append to."""
+        """Where to write JSON lines: a file to append to, or - for standard output (the default; needs twistd -n, and without -l, twistd's log lines, which start with a timestamp, share it with the bare JSON lines)."""  # noqa: E501
         if path != "-":
             if os.path.isdir(path):
                 raise usage.UsageError(f"--output {path!r}: is a directory")
@@ -164,6 +235,7 @@ class Options(usage.Options):
                 open(path, "a", encoding="utf-8").close()
             except OSError as e:
                 raise usage.UsageError(f"--output {path!r}: cannot write ({e.strerror})") from None
+            path = os.path.abspath(path)  # twistd --rundir changes directory later
         self["output"] = path
 
     opt_o = opt_output
@@ -181,7 +253,7 @@ class Options(usage.Options):
         self["stale-after"] = _positive("--stale-after", seconds, float)
 
     def opt_max_attempts(self, count: str) -> None:
-        """Give up (and exit) after COUNT consecutive failed attempts (default: never)."""
+        """Give up, and exit with status 1, after COUNT consecutive failed attempts (default: never); losing a subscribed connection is no failed attempt."""  # noqa: E501
         try:
             value = int(count)
         except ValueError:
@@ -220,6 +292,27 @@ class Options(usage.Options):
                 raise usage.UsageError("nothing to do: give --hub, --subscribe or --on")
         if self["stale-after"] is not None and not (self["subscriptions"] or self["demo"]):
             raise usage.UsageError("--stale-after needs at least one --subscribe")
+        if self["url"] is not None:
+            self._check_url()
+        if self["output"] == "-" and self.parent is not None:
+            if not self.parent.get("nodaemon", True):
+                raise usage.UsageError(
+                    "--output -: a daemon's stdout is /dev/null; use twistd -n or --output PATH"
+                )
+
+    def _check_url(self) -> None:
+        """Refuse what the connection would refuse on every attempt, for ever."""
+        url: str = self["url"]
+        try:
+            Endpoints.from_url(url, [], None)
+        except InvalidURL as e:
+            raise usage.UsageError(f"--url: {e}") from None
+        try:
+            Endpoints.from_url(url, [], self["query"])
+        except InvalidURL as e:
+            raise usage.UsageError(f"--query: {e}") from None
+        if urlsplit(url).port == 0:  # a bad port made from_url fail already
+            raise usage.UsageError(f"--url {url!r}: port 0 cannot be connected to")
 
     def subscriptions(self) -> list[Subscription]:
         """The subscriptions these options ask for (with their watchdogs)."""
@@ -251,6 +344,12 @@ class JSONLinesWriter:
     Writes client calls as JSON lines ``{"time", "hub", "method", "args"}``, one
     flushed line per call, so a reader (``tail -f``, a pipe) sees each call at once.
 
+    Lines are strict JSON in ASCII (``\\uXXXX`` escapes), so any reader can parse
+    them, whatever its encoding.  A value JSON cannot represent (NaN, Infinity,
+    which some servers send; a non-JSON object from a decoder) is written as its
+    ``repr`` string, and a warning is logged the first time.  A failed write (disk
+    full, closed pipe) is logged, not raised: the service keeps running.
+
     :param clock: the source of ``time`` (seconds since the epoch).
     :param stream: the text stream to write to.
     :param decode: applied to every string argument (e.g. deflate-base64 decoding);
@@ -266,6 +365,8 @@ class JSONLinesWriter:
         self._clock = clock
         self._stream = stream
         self._decode = decode
+        self._warned_unrepresentable = False
+        self._lost = 0  # lines lost since writing started failing
 
     def __call__(self, call: ClientCall) -> None:
         """Write one call."""
@@ -284,8 +385,61 @@ class JSONLinesWriter:
                         )
         record = {"time": self._clock.seconds(), "hub": call.hub, "method": call.method}
         record["args"] = args
-        self._stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
-        self._stream.flush()
+        self._write(self._encode(record, call) + "\n", call)
+
+    def _encode(self, record: dict[str, Any], call: ClientCall) -> str:
+        try:
+            return _dumps(record)
+        except (ValueError, TypeError, RecursionError):
+            pass
+        if not self._warned_unrepresentable:
+            self._warned_unrepresentable = True
+            log.warn(
+                "a call of {hub}.{method} has values JSON cannot represent (NaN, Infinity "
+                "or non-JSON objects); they are written as strings (logged once)",
+                hub=call.hub,
+                method=call.method,
+            )
+        try:
+            return _dumps(_representable(record), default=repr)
+        except (ValueError, TypeError, RecursionError):  # e.g. a reference cycle
+            return _dumps({**record, "args": None})
+
+    def _write(self, line: str, call: ClientCall) -> None:
+        try:
+            self._stream.write(line)
+            self._stream.flush()
+        except (OSError, ValueError) as e:  # ValueError: the stream was closed
+            if not self._lost:
+                log.error(
+                    "could not write a call of {hub}.{method}: {error}; calls are lost "
+                    "until writing works again",
+                    hub=call.hub,
+                    method=call.method,
+                    error=str(e),
+                )
+            self._lost += 1
+            return
+        if self._lost:
+            log.info("writing calls again; {count} were lost", count=self._lost)
+            self._lost = 0
+
+
+def _dumps(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    return json.dumps(
+        value, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=default
+    )
+
+
+def _representable(value: Any) -> Any:
+    """``value`` with NaN and the infinities replaced by their ``repr`` strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _representable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_representable(v) for v in value]
+    return value
 
 
 class _JSONLinesOutput(Service):
@@ -331,11 +485,19 @@ def _stop_reactor(reactor: object) -> None:
         core.callWhenRunning(core.stop)
 
 
+class DemoServerError(Exception):
+    """The ``--demo`` server could not listen; twistd reports it and exits with 1."""
+
+
 class DemoService(MultiService):
     """
     Runs the embedded demo server (:class:`txsignalr.testing.SignalRServer` with a
-    :class:`~txsignalr.testing.C3Hub` pushing every 0.2 s) on 127.0.0.1, and once it
-    listens, a child service made for its URL; stopping stops the child, then the server.
+    :class:`~txsignalr.testing.C3Hub` pushing every 0.2 s) on 127.0.0.1, and a child
+    service made for its URL; stopping stops the child, then the server.
+
+    The port is bound in :meth:`privilegedStartService` (or :meth:`startService`,
+    when that was not called), so that under ``twistd`` a port in use stops the
+    start-up with :class:`DemoServerError` and exit status 1.
 
     :param reactor: the reactor (``IReactorTCP`` and ``IReactorTime``).
     :param port: the TCP port; 0 picks a free one.
@@ -351,44 +513,77 @@ class DemoService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         from txsignalr.testing import C3Hub, SignalRServer
 
-        self._reactor = reactor
         self._server = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)])
         self._port = port
         self._make = subscription_service
-        self._listening: Deferred[object] | None = None
+        self._listening = False
+        self._child: IService | None = None
+
+    def privilegedStartService(self) -> None:
+        self._listen()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
+        self._listen()
         super().startService()  # type: ignore[no-untyped-call]
-        self._listening = ensureDeferred(
-            self._server.listen(port=self._port, interface="127.0.0.1")
-        ).addCallbacks(self._listening_on, self._listen_failed)
+        if self._child is None:
+            self._child = self._make(self._server.url)
+            self._child.setServiceParent(self)  # starts it
 
-    def _listening_on(self, port: object) -> None:
+    def _listen(self) -> None:
+        """Bind the port now (``listenTCP`` is synchronous), or raise."""
+        if self._listening:
+            return
+        failures: list[Failure] = []
+        listening = ensureDeferred(self._server.listen(port=self._port, interface="127.0.0.1"))
+        listening.addErrback(failures.append)
+        if failures:
+            error = failures[0].value
+            reason = getattr(error, "socketError", None) or failures[0].getErrorMessage()
+            message = f"the --demo server could not listen on 127.0.0.1:{self._port}: {reason}"
+            log.critical("{message}", message=message)
+            raise DemoServerError(message) from None  # the message says it all
+        if not listening.called:
+            raise DemoServerError("the --demo server did not start listening at once")
+        self._listening = True
         log.info("demo server listening on {url}", url=self._server.url)
-        if self.running:
-            self._make(self._server.url).setServiceParent(self)
-
-    def _listen_failed(self, failure: Failure) -> None:
-        log.critical("the demo server could not listen: {error}", error=failure.getErrorMessage())
-        _stop_reactor(self._reactor)
 
     def stopService(self) -> Deferred[None]:
-        listening = self._listening or succeed(None)
-        self._listening = None
-
         def stop_server(_: object) -> Deferred[None]:
+            if not self._listening:
+                return succeed(None)
+            self._listening = False
             return ensureDeferred(self._server.stop())
 
-        def children_stopped(_: object) -> Deferred[None]:
-            return listening.addCallback(stop_server)
-
         stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
-        return stopped.addCallback(children_stopped)
+        return stopped.addCallback(stop_server)
+
+
+def _exit_status_at_exit(status: int) -> None:
+    """
+    Make this process exit with ``status`` once twistd is done: after it stopped the
+    services, removed its pid file and logged *Server Shut Down*, when the
+    interpreter runs its ``atexit`` functions.
+    """
+
+    def exit_now() -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+    atexit.register(exit_now)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the service ``twistd signalr`` runs.
+
+    When the service gives up (``--max-attempts``) it stops the reactor; under
+    ``twistd`` (the options have a parent) the process then exits with status 1.
 
     :param options: parsed :class:`Options`.
     :param reactor: the reactor; the global one when ``None``.
@@ -404,17 +599,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     output = _JSONLinesOutput(reactor, options["output"], sys.stdout, decode)
     output.setServiceParent(root)  # type: ignore[no-untyped-call]
 
+    under_twistd = options.parent is not None
+
     def gave_up(error: GaveUpError) -> None:
+        if under_twistd:
+            _exit_status_at_exit(1)
         _stop_reactor(reactor)
 
     def subscription_service(url: str) -> IService:
         settings = options.settings(url)
         hubs = [*settings.hubs, *(s.hub for s in options.subscriptions())]
-        on: list[tuple[str, str]] = options["on"]
+        on: list[tuple[str, str]] = options["on"]  # already unique, ignoring case
         if on:
             handlers = [Handler(hub, method, output) for hub, method in on]
         else:
-            handlers = [Handler(hub, None, output) for hub in dict.fromkeys(hubs)]
+            handlers = [Handler(hub, None, output) for hub in _unique_ignoring_case(hubs)]
         return SubscriptionService(
             reactor,
             settings,
