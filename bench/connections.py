@@ -53,10 +53,9 @@ async def parent(args: Any) -> int:
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
         for client in ("floor", "txsignalr"):
-            # txsignalr keeps its pooled HTTP connection open next to the WebSocket:
-            # 2 sockets per connection on each side.  When that cannot fit in the fd
-            # limit, the server closes HTTP connections after each response instead.
-            keep_alive = client == "floor" or 2 * n + 200 <= limit
+            # HTTP keep-alive on, as a real server has it: txsignalr releases its pooled
+            # HTTP connection once connected, leaving one socket per connection.
+            keep_alive = True
             server = BenchServer(http_keep_alive=keep_alive)
             await server.start()
             try:

@@ -1056,10 +1056,12 @@ class HubConnection:
         negotiated = self._negotiated
         if negotiated is None or not negotiated.keep_alive_timeout:
             return
-        self._watch_base = self._seconds()
+        now = self._seconds()
+        self._watch_base = now
         self._slow = False
-        timeout = negotiated.keep_alive_timeout
-        self._keepalive_call = self._reactor.callLater(timeout / 9, self._check_keepalive)
+        self._keepalive_call = self._reactor.callLater(
+            _on_grid(now, negotiated.keep_alive_timeout / 9), self._check_keepalive
+        )
 
     def _check_keepalive(self) -> None:
         self._keepalive_call = None
@@ -1071,7 +1073,8 @@ class HubConnection:
         ):
             return
         timeout = negotiated.keep_alive_timeout
-        idle = self._seconds() - max(self._last_frame, self._watch_base)
+        now = self._seconds()
+        idle = now - max(self._last_frame, self._watch_base)
         if idle >= timeout:
             self.log.warn(
                 "no keep-alive for {idle:.1f} s (timeout {timeout:g} s): reconnecting",
@@ -1089,9 +1092,9 @@ class HubConnection:
                 self._on_slow.fire()
         else:
             self._slow = False
-        # Check again at (timeout - warning) / 3, like Microsoft's clients, but never
-        # later than the moment the timeout would expire.
-        delay = min(timeout / 9, max(timeout - idle, 0.0) + 1e-3)
+        # Check again every (timeout - warning) / 3, like Microsoft's clients, but
+        # never later than the moment the timeout would expire.
+        delay = min(_on_grid(now, timeout / 9), max(timeout - idle, 0.0) + 1e-3)
         self._keepalive_call = self._reactor.callLater(delay, self._check_keepalive)
 
     # ------------------------------------------------------------------ reconnect
@@ -1268,6 +1271,18 @@ class HubConnection:
             for d in waiters:
                 d.callback(None)
         self._on_state_change.fire(old, new)
+
+
+def _on_grid(now: float, interval: float) -> float:
+    """
+    The delay to the next multiple of ``interval`` (at least half an interval away).
+
+    Keep-alive checks of all the connections that share a KeepAliveTimeout land on
+    the same instants, so thousands of idle connections wake the reactor a few times
+    per interval instead of thousands of times.
+    """
+    delay = interval - (now % interval)
+    return delay if delay >= interval / 2 else delay + interval
 
 
 def _failed(error: BaseException) -> Deferred[Any]:
