@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import Clock
@@ -30,6 +32,7 @@ from txsignalr import (
     NegotiationError,
     StartError,
 )
+from txsignalr._protocol import ClientInvocation, MalformedMessage, PersistentResponse, parse_frame
 
 TOKEN = "AQAAANCMnd8+BFdERjHoAwE/Cl+sBAAAAA=="
 
@@ -1051,3 +1054,45 @@ def test_core_server_405_on_negotiate(h: Harness) -> None:
     f = failure_of(h.start())
     assert f.check(NegotiationError)
     assert "ASP.NET Core" in str(f.value) and f.value.status == 405
+
+
+_arg = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=3))
+_call = st.fixed_dictionaries(
+    {
+        "H": st.sampled_from(["c3", "C3", "chat", "other"]),
+        "M": st.sampled_from(["tick", "Tick", "heartbeat"]),
+        "A": st.one_of(st.lists(_arg, max_size=3), _arg),  # sometimes not an array
+    }
+)
+_element = st.one_of(
+    _call,
+    _call.map(lambda c: {**c, "S": {"k": 1}}),
+    st.fixed_dictionaries({"I": st.just("P|0"), "P": st.just({"I": "0", "D": 1})}),
+    _arg,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_element, max_size=8))
+def test_fast_path_matches_the_general_parser(elements: list[Any]) -> None:
+    """Plain frames dispatched from JSON give exactly what parse_frame's values give."""
+    h = Harness()
+    calls: list[tuple[str, str, tuple[Any, ...]]] = []
+    errors: list[Any] = []
+    h.c3.on_any(lambda method, *args: calls.append(("c3", method.lower(), args)))
+    h.conn.hub("chat").on_any(lambda method, *args: calls.append(("chat", method.lower(), args)))
+    h.conn.on_error(errors.append)
+    h.connect()
+    frame = {"C": "d-1-A,9", "M": elements}
+    h.transport.frame(frame)
+
+    parsed = parse_frame(json.dumps(frame).encode())
+    assert isinstance(parsed, PersistentResponse)
+    expected = [
+        (m.hub.lower(), m.method.lower(), m.args)
+        for m in parsed.messages
+        if isinstance(m, ClientInvocation) and m.hub.lower() in ("c3", "chat")
+    ]
+    assert calls == expected
+    assert len(errors) == sum(isinstance(m, MalformedMessage) for m in parsed.messages)
+    assert h.conn._message_id == "d-1-A,9"
