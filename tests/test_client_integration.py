@@ -332,3 +332,12 @@ async def test_no_secrets_in_logs_even_at_debug_level() -> None:
     encoded = token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
     for secret in (token, encoded, "TOPSECRET", "COOKIESECRET"):
         assert secret not in text, secret
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping(server: SignalRServer, conn: HubConnection) -> None:
+    """ping() answers True for the server's pong, and the server sees /ping."""
+    conn.hub("c3")
+    await within(conn.start())
+    assert await within(conn.ping()) is True
+    assert server.events("ping") == [{}]

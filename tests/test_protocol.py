@@ -22,7 +22,7 @@ from txsignalr._protocol import (
     encode_invocation,
     parse_frame,
     parse_negotiate,
-    parse_start_response,
+    parse_response,
     redact_url,
     websocket_url,
 )
@@ -125,12 +125,15 @@ def test_negotiate_bad_number() -> None:
         parse_negotiate(body)
 
 
-def test_start_response() -> None:
-    """The literal start body (with its spaces) is accepted; anything else is not."""
-    assert parse_start_response(b'{ "Response": "started" }')
-    assert parse_start_response(b'{ "Response" : "started"}')
-    assert not parse_start_response(b'{ "Response": "pong" }')
-    assert not parse_start_response(b"started")
+def test_start_and_ping_responses() -> None:
+    """The literal start/ping bodies (with their spaces) are read; anything else is not."""
+    assert parse_response(b'{ "Response": "started" }') == "started"
+    assert parse_response(b'{ "Response" : "started"}') == "started"
+    assert parse_response(b'{ "Response": "pong" }') == "pong"
+    assert parse_response(b"started") is None
+    assert parse_response(b'["Response"]') is None
+    assert parse_response(b'{ "Response": 1 }') is None
+    assert parse_response(b"\xff") is None
 
 
 # ------------------------------------------------------------------ frames

@@ -41,7 +41,7 @@ from txsignalr._protocol import (
     RawMessage,
     parse_frame,
     parse_negotiate,
-    parse_start_response,
+    parse_response,
 )
 from txsignalr.testing import C3Hub, ChatHub, SignalRServer
 
@@ -266,7 +266,7 @@ def test_recorded_http_bodies_parse() -> None:
             assert answer.protocol_version in ("1.4", "1.5", "2.0"), frame.where()
             negotiated += 1
         elif frame.text == '{ "Response": "started" }':
-            assert parse_start_response(frame.text.encode("utf-8")), frame.where()
+            assert parse_response(frame.text.encode("utf-8")) == "started", frame.where()
             started += 1
         elif frame.text == '{ "Response": "pong" }':
             assert json.loads(frame.text) == {"Response": "pong"}

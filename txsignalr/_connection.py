@@ -47,7 +47,7 @@ from txsignalr._protocol import (
     frame_from_json,
     message_from_json,
     parse_negotiate,
-    parse_start_response,
+    parse_response,
     redact_url,
     websocket_url,
 )
@@ -529,12 +529,7 @@ class HubConnection:
             status, body = await self._http("GET", self._endpoints.ping(), "ping")
             if status != 200:
                 raise SignalRError(f"ping failed with HTTP {status}")
-            try:
-                from json import loads
-
-                return bool(loads(body.decode("utf-8")).get("Response") == "pong")
-            except (ValueError, AttributeError, UnicodeDecodeError):
-                return False
+            return parse_response(body) == "pong"
 
         return Deferred.fromCoroutine(run())
 
@@ -614,7 +609,7 @@ class HubConnection:
                 raise StartError(
                     "Error during start request. Stopping the connection.", status, body
                 )
-            if not parse_start_response(body):
+            if parse_response(body) != "started":
                 raise StartError(
                     f"Invalid start response: {body[:200]!r}. Stopping the connection.",
                     status,

@@ -50,7 +50,9 @@ __all__ = [
     "message_from_json",
     "parse_frame",
     "parse_negotiate",
-    "parse_start_response",
+    "parse_response",
+    "redact_url",
+    "websocket_url",
 ]
 
 #: The protocol version this client announces.  1.5 gives the delayed ``/start`` and
@@ -294,13 +296,6 @@ def message_from_json(item: Any) -> ServerMessage:
         return MalformedMessage(item, e)
 
 
-def _message_or_malformed(item: Any) -> ServerMessage:
-    try:
-        return _message(item)
-    except ProtocolError as e:
-        return MalformedMessage(item, e)
-
-
 def parse_frame(data: bytes | str) -> Frame:
     """
     Parse one frame from the receive channel.
@@ -345,12 +340,9 @@ def frame_from_json(obj: Any, data: bytes | str) -> Frame:
         if messages is None:
             parsed: tuple[ServerMessage, ...] = ()
         elif type(messages) is list:
-            try:
-                parsed = tuple([_message(m) for m in messages])
-            except ProtocolError:
-                # Keep every good message (and the cursor): only the broken ones are
-                # reported; dropping the frame would lose them for good.
-                parsed = tuple([_message_or_malformed(m) for m in messages])
+            # A broken element is kept as MalformedMessage: dropping the whole frame
+            # (and its cursor) would lose the good messages in it for good.
+            parsed = tuple([message_from_json(m) for m in messages])
         else:
             raise ProtocolError("'M' is not an array", obj)
         cursor = obj.get("C")
@@ -534,17 +526,19 @@ def parse_negotiate(body: bytes, status: int = 200) -> NegotiateResponse:
         raise NegotiationError(e.message, status, body) from None
 
 
-def parse_start_response(body: bytes) -> bool:
+def parse_response(body: bytes) -> str | None:
     """
-    Check the ``/start`` answer, ``{ "Response": "started" }``.
+    Read the ``Response`` word of a ``/start`` (``{ "Response": "started" }``) or
+    ``/ping`` (``{ "Response": "pong" }``) answer.
 
-    :returns: ``True`` when the server says ``started``, else ``False``.
+    :returns: the word, or ``None`` when the body is not such a document.
     """
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(obj, dict) and obj.get("Response") == "started"
+        return None
+    word = obj.get("Response") if isinstance(obj, dict) else None
+    return word if isinstance(word, str) else None
 
 
 # ---------------------------------------------------------------- URLs
@@ -602,19 +596,18 @@ class Endpoints:
             raise InvalidURL(f"connection URL must be a string, not {type(url).__name__}")
         try:
             parts = urlsplit(url.strip())
-            port = parts.port
+            parts.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError as e:
-            raise InvalidURL(f"invalid connection URL {_redact_url(url)!r}: {e}") from None
+            raise InvalidURL(f"invalid connection URL {redact_url(url)!r}: {e}") from None
         scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
         if scheme not in ("http", "https"):
             raise InvalidURL(
-                f"connection URL must start with http:// or https://: {_redact_url(url)!r}"
+                f"connection URL must start with http:// or https://: {redact_url(url)!r}"
             )
         if not parts.hostname:
-            raise InvalidURL(f"connection URL has no host: {_redact_url(url)!r}")
+            raise InvalidURL(f"connection URL has no host: {redact_url(url)!r}")
         if parts.fragment:
-            raise InvalidURL(f"connection URL must not have a fragment: {_redact_url(url)!r}")
-        del port
+            raise InvalidURL(f"connection URL must not have a fragment: {redact_url(url)!r}")
         path = parts.path.rstrip("/")
         base = urlunsplit((scheme, parts.netloc, path, "", ""))
         pairs: list[tuple[str, str]] = parse_qsl(parts.query, keep_blank_values=True)
@@ -630,11 +623,6 @@ class Endpoints:
             user_query=tuple(f"{_enc(k)}={_enc(v)}" for k, v in pairs),
             connection_data=None if names is None else _enc(connection_data(names)),
         )
-
-    @property
-    def secure(self) -> bool:
-        """Whether the base URL is https (the WebSocket is then wss)."""
-        return self.base.startswith("https:")
 
     def _query(self, *pairs: tuple[str, str | None]) -> str:
         out = [f"{k}={_enc(v)}" for k, v in pairs if v is not None]
@@ -669,7 +657,7 @@ class Endpoints:
         token: str,
         tid: int | None = None,
     ) -> str:
-        """The ``/connect`` URL (http form; see :meth:`websocket`)."""
+        """The ``/connect`` URL (http form; see :func:`websocket_url`)."""
         return self._transport_url(
             "connect", transport, token, ("tid", None if tid is None else str(tid))
         )
@@ -731,7 +719,7 @@ def websocket_url(http_url: str) -> str:
     return http_url
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without user info and with its query values hidden, for logs and errors."""
     try:
         parts = urlsplit(url)
@@ -740,6 +728,3 @@ def _redact_url(url: str) -> str:
     keys = [p.split("=", 1)[0] for p in parts.query.split("&") if p]
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "&".join(f"{k}=…" for k in keys), ""))
-
-
-redact_url = _redact_url
