@@ -341,3 +341,22 @@ async def test_ping(server: SignalRServer, conn: HubConnection) -> None:
     await within(conn.start())
     assert await within(conn.ping()) is True
     assert server.events("ping") == [{}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_refused_after_server_restart_closes_at_once(
+    server: SignalRServer,
+) -> None:
+    """A restarted server refuses the old token's /reconnect upgrade (400): closed now."""
+    conn = HubConnection(reactor, server.url, reconnect_delay=0.05)
+    conn.hub("c3")
+    await within(conn.start())
+    closed = conn.when_closed()
+    port = server.port
+    await server.stop()
+    await server.listen(port=port, interface="127.0.0.1")
+    with pytest.raises(ConnectionClosed) as info:
+        await within(closed, 5)  # well inside the 6 s DisconnectTimeout
+    assert "refused /reconnect with HTTP 400" in str(info.value)
+    assert isinstance(info.value.cause, ConnectionClosed)
+    assert info.value.cause.status == 400

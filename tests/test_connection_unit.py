@@ -139,10 +139,7 @@ class FakeTransport:
         self.sink.frame_received(self, data)
 
     def lose(self, text: str = "gone", status: int | None = None) -> None:
-        reason = ConnectionClosed(text)
-        if status is not None:
-            reason.status = status  # type: ignore[attr-defined]
-        self.sink.transport_lost(self, reason)
+        self.sink.transport_lost(self, ConnectionClosed(text, status=status))
 
     def sent_json(self) -> list[dict[str, Any]]:
         return [json.loads(s) for s in self.sent]

@@ -573,7 +573,7 @@ class HubConnection:
             except ConnectionClosed as e:
                 raise StartError(
                     f"the WebSocket failed before the connection started: {e.reason}",
-                    getattr(e, "status", None),
+                    e.status,
                 ) from None
             # S:1 arrived: now /start.  The waiter fires with the answer, or fails when
             # the socket is lost meanwhile; cancelling it (stop()) cancels the request.
@@ -816,7 +816,7 @@ class HubConnection:
         elif state is ConnectionState.reconnecting:
             self._cancel(self._attempt_call)
             self._attempt_call = None
-            status = getattr(reason, "status", None)
+            status = reason.status
             if status in _PERMANENT_RECONNECT_STATUSES:
                 self._close_for_good(
                     ConnectionClosed(

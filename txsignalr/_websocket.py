@@ -115,8 +115,6 @@ class WebSocketTransport:
     :param sink: where opening, frames and loss are reported.
     """
 
-    log = Logger()
-
     def __init__(
         self,
         reactor: IReactorTime,
@@ -201,8 +199,10 @@ class WebSocketTransport:
             text = reason or ""
             status = _UPGRADE_FAILED.search(text)
             if status is not None:
-                closed = ConnectionClosed(f"WebSocket upgrade refused with HTTP {status.group(1)}")
-                closed.status = int(status.group(1))  # type: ignore[attr-defined]
+                closed = ConnectionClosed(
+                    f"WebSocket upgrade refused with HTTP {status.group(1)}",
+                    status=int(status.group(1)),
+                )
             elif was_clean:
                 closed = ConnectionClosed(f"WebSocket closed by the server (code {code})")
             else:

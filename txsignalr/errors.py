@@ -28,9 +28,10 @@ class SignalRError(Exception):
     """Base class of every error raised by txsignalr."""
 
 
-class NegotiationError(SignalRError):
+class _HTTPAnswerError(SignalRError):
     """
-    The negotiate request failed or its answer cannot be used.
+    An error about an HTTP answer: the message, plus the status and body when an
+    answer arrived.
 
     :ivar status: the HTTP status code, or ``None`` when no HTTP answer arrived.
     :ivar body: the response body (bytes, possibly empty), or ``None``.
@@ -52,26 +53,17 @@ class NegotiationError(SignalRError):
         return f"{self.message} (HTTP {self.status}, body {body[:200]!r})"
 
 
-class StartError(SignalRError):
+class NegotiationError(_HTTPAnswerError):
+    """The negotiate request failed or its answer cannot be used."""
+
+
+class StartError(_HTTPAnswerError):
     """
     The connection could not be started after a successful negotiate: the transport
     failed before the init frame, the init frame did not arrive in time, or ``/start``
-    did not answer ``started``.
-
-    :ivar status: HTTP status of a failed ``/start`` or WebSocket upgrade, if any.
-    :ivar body: the matching response body, if any.
+    did not answer ``started``.  ``status`` and ``body`` are those of a failed
+    ``/start`` or WebSocket upgrade, if any.
     """
-
-    def __init__(self, message: str, status: int | None = None, body: bytes | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.body = body
-
-    def __str__(self) -> str:
-        if self.status is None:
-            return self.message
-        return f"{self.message} (HTTP {self.status}, body {(self.body or b'')[:200]!r})"
 
 
 class ProtocolError(SignalRError):
@@ -138,12 +130,14 @@ class ConnectionClosed(SignalRError):
 
     :ivar reason: a human-readable reason.
     :ivar cause: the underlying exception, when there is one.
+    :ivar status: the HTTP status when the server refused a WebSocket upgrade.
     """
 
-    def __init__(self, reason: str, cause: BaseException | None = None):
+    def __init__(self, reason: str, cause: BaseException | None = None, status: int | None = None):
         super().__init__(reason)
         self.reason = reason
         self.cause = cause
+        self.status = status
 
     def __str__(self) -> str:
         if self.cause is not None:
