@@ -24,6 +24,7 @@ from twisted.internet.defer import (
     Deferred,
     TimeoutError,
     ensureDeferred,
+    fail,
     succeed,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -136,8 +137,6 @@ class HubProxy:
         self._connection = connection
         self._handlers: dict[str, list[Callable[..., object]]] = {}
         self._any: list[Callable[..., object]] = []
-        # exact server spelling -> handlers, filled on first use (see _handlers_for)
-        self._cache: dict[str, list[Callable[..., object]]] = {}
 
     def __repr__(self) -> str:
         return f"<HubProxy {self.name!r}>"
@@ -193,15 +192,12 @@ class HubProxy:
         self._handlers_changed()
 
     def _handlers_changed(self) -> None:
-        self._cache.clear()
         self._connection._routes.clear()
 
     def _handlers_for(self, method: str) -> list[Callable[..., object]]:
-        handlers = self._cache.get(method)
-        if handlers is None:
-            handlers = list(self._handlers.get(method.lower(), ()))
-            handlers.extend(functools.partial(callback, method) for callback in self._any)
-            self._cache[method] = handlers
+        """The handlers for the server's spelling of ``method`` (cached by the connection)."""
+        handlers = list(self._handlers.get(method.lower(), ()))
+        handlers.extend(functools.partial(callback, method) for callback in self._any)
         return handlers
 
     def invoke(
@@ -320,9 +316,8 @@ class HubConnection:
         self._http_client: HTTPClientLike = http_client
 
         self._proxies: dict[str, HubProxy] = {}
-        self._proxy_by_spelling: dict[str, HubProxy | None] = {}
-        # server hub spelling -> server method spelling -> handlers (the hot path's
-        # cache; cleared whenever a proxy or a handler is added or removed)
+        # server hub spelling -> server method spelling -> handlers: the one cache of
+        # the receive path, cleared whenever a proxy or a handler is added or removed
         self._routes: dict[str, dict[str, list[Callable[..., object]]]] = {}
         self._state = ConnectionState.disconnected
         self._negotiated: NegotiateResponse | None = None
@@ -402,7 +397,6 @@ class HubConnection:
                 )
             proxy = HubProxy(self, name)
             self._proxies[key] = proxy
-            self._proxy_by_spelling.clear()
             self._routes.clear()
         return proxy
 
@@ -483,11 +477,11 @@ class HubConnection:
             :class:`~twisted.internet.defer.CancelledError` (cancelled).
         """
         if self._state is not ConnectionState.disconnected:
-            return _failed(
+            return fail(
                 InvalidStateError(f"start() called while {self._state.value}; call stop() first")
             )
         if self._stop_task is not None:
-            return _failed(
+            return fail(
                 InvalidStateError("start() called while stop() is still running; wait for it")
             )
         self._stopping = False
@@ -644,10 +638,8 @@ class HubConnection:
     async def _negotiate(self, endpoints: Endpoints) -> NegotiateResponse:
         try:
             status, body = await self._http("GET", endpoints.negotiate(), "negotiate")
-        except NegotiationError:
-            raise
         except SignalRError as e:
-            raise NegotiationError(str(e)) from None
+            raise NegotiationError(str(e)) from e
         if status == 405:
             # ASP.NET Core's negotiate is a POST; it answers a GET with 405.
             raise NegotiationError(
@@ -697,15 +689,9 @@ class HubConnection:
         except CancelledError:
             raise
         except TimeoutError:
-            error: SignalRError = SignalRError(f"{what} request timed out after {timeout:g} s")
-            if what == "negotiate":
-                error = NegotiationError(str(error))
-            raise error from None
+            raise SignalRError(f"{what} request timed out after {timeout:g} s") from None
         except Exception as e:
-            message = f"{what} request failed: {type(e).__name__}: {e}"
-            if what == "negotiate":
-                raise NegotiationError(message) from e
-            raise SignalRError(message) from e
+            raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
         cookies = getattr(response, "cookies", None)
         if cookies is not None:
             for cookie in cookies():
@@ -880,16 +866,10 @@ class HubConnection:
                     handlers = None if route is None else route.get(method)
                     if handlers is None:
                         handlers = self._route(hub, method)
-                    for handler in handlers:
-                        try:
-                            outcome = handler(*args)
-                        except Exception:
-                            self._handler_failed(Failure(), hub, method)
-                            continue
-                        if outcome is not None:
-                            self._watch_outcome(outcome, hub, method)
-                    if handlers and self._transport is not transport:
-                        return  # a handler stopped the connection
+                    if handlers:
+                        self._call_handlers(handlers, args, hub, method)
+                        if self._transport is not transport:
+                            return  # a handler stopped the connection
                     continue
             self._dispatch(message_from_json(item))
             if self._transport is not transport:
@@ -897,28 +877,37 @@ class HubConnection:
 
     def _route(self, hub: str, method: str) -> list[Callable[..., object]]:
         """The handlers for a server spelling of hub and method, cached in ``_routes``."""
-        proxy = self._proxy_for(hub)
-        handlers = [] if proxy is None else proxy._handlers_for(method)
-        self._routes.setdefault(hub, {})[method] = handlers
+        routes = self._routes.get(hub)
+        handlers = None if routes is None else routes.get(method)
+        if handlers is None:
+            proxy = self._proxy_for(hub)
+            handlers = [] if proxy is None else proxy._handlers_for(method)
+            self._routes.setdefault(hub, {})[method] = handlers
         return handlers
+
+    def _call_handlers(
+        self, handlers: list[Callable[..., object]], args: Sequence[Any], hub: str, method: str
+    ) -> None:
+        for handler in handlers:
+            try:
+                outcome = handler(*args)
+            except Exception:
+                self._handler_failed(Failure(), hub, method)
+                continue
+            if outcome is not None:
+                self._watch_outcome(outcome, hub, method)
 
     def _dispatch(self, message: ServerMessage) -> None:
         kind = type(message)
         if kind is ClientInvocation:
             call: ClientInvocation = message  # type: ignore[assignment]
-            proxy = self._proxy_for(call.hub)
-            if proxy is None:
-                return
             if call.state:
-                proxy.state.update(call.state)
-            for handler in proxy._handlers_for(call.method):
-                try:
-                    outcome = handler(*call.args)
-                except Exception:
-                    self._handler_failed(Failure(), proxy.name, call.method)
-                    continue
-                if outcome is not None:
-                    self._watch_outcome(outcome, proxy.name, call.method)
+                proxy = self._proxy_for(call.hub)
+                if proxy is not None:
+                    proxy.state.update(call.state)
+            self._call_handlers(
+                self._route(call.hub, call.method), call.args, call.hub, call.method
+            )
         elif kind is Progress:
             progress: Progress = message  # type: ignore[assignment]
             pending = self._pending.get(progress.invocation_id)
@@ -938,12 +927,7 @@ class HubConnection:
             self.log.debug("ignored a non-hub message in M")
 
     def _proxy_for(self, spelling: str) -> HubProxy | None:
-        try:
-            return self._proxy_by_spelling[spelling]
-        except KeyError:
-            proxy = self._proxies.get(spelling.lower())
-            self._proxy_by_spelling[spelling] = proxy
-            return proxy
+        return self._proxies.get(spelling.lower())
 
     def _watch_outcome(self, outcome: object, hub: str, method: str) -> None:
         if isinstance(outcome, Deferred):
@@ -1002,18 +986,18 @@ class HubConnection:
         timeout: float | None,
     ) -> Deferred[Any]:
         if self._state is not ConnectionState.connected or self._transport is None:
-            return _failed(
+            return fail(
                 InvalidStateError(f"cannot invoke {proxy.name}.{method} while {self._state.value}")
             )
         invocation_id = next(self._ids)
         try:
             payload = encode_invocation(proxy.name, method, args, invocation_id, proxy.state)
         except TypeError as e:
-            return _failed(
+            return fail(
                 TypeError(f"arguments of {proxy.name}.{method} are not JSON-serialisable: {e}")
             )
         if self._max_message_size is not None and len(payload) > self._max_message_size:
-            return _failed(
+            return fail(
                 MessageTooLarge(
                     f"invocation of {proxy.name}.{method} is {len(payload)} bytes, over the "
                     f"{self._max_message_size} byte limit (the server drops WebSocket "
@@ -1031,7 +1015,7 @@ class HubConnection:
             self._transport.send(payload)
         except SignalRError as e:
             self._pending.pop(key, None)
-            return _failed(e)
+            return fail(e)
         if timeout is None:
             timeout = self._invoke_timeout
         if timeout is not None:
@@ -1278,9 +1262,3 @@ def _on_grid(now: float, interval: float) -> float:
     """
     delay = interval - (now % interval)
     return delay if delay >= interval / 2 else delay + interval
-
-
-def _failed(error: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d
