@@ -329,6 +329,8 @@ async def test_no_secrets_in_logs_even_at_debug_level() -> None:
         await server.stop()
     text = "\n".join(formatEvent(e) + " " + repr(e) for e in events)
     assert len(events) > 5
+    # The test server's access log is among them (so its redaction is checked too).
+    assert "/signalr/start?clientProtocol=…" in text and "connectionToken=…" in text
     encoded = token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
     for secret in (token, encoded, "TOPSECRET", "COOKIESECRET"):
         assert secret not in text, secret

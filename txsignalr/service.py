@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
+from txsignalr._protocol import redact_url
 from txsignalr.errors import ConnectionClosed, InvalidURL, SignalRError
 
 __all__ = [
@@ -159,17 +160,20 @@ def _secret_values(
     return tuple(sorted(found, key=lambda v: (-len(v), v)))
 
 
-def _safe_url(url: str) -> str:
-    """The URL without user info and query, for logs."""
-    head, _, _ = url.partition("?")
-    scheme, sep, rest = head.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
-
-
 def _redacted_mapping(value: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{k!r}: '<redacted>'" for k in value) + "}"
+
+
+def unique_ignoring_case(names: Iterable[str]) -> list[str]:
+    """``names`` without repeats, compared case-insensitively as SignalR compares hub
+    names; the first spelling is kept."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            unique.append(name)
+    return unique
 
 
 def reports_success(result: Any) -> bool:
@@ -194,6 +198,7 @@ def reports_success(result: Any) -> bool:
 
 
 def _values(value: Iterable[Any]) -> tuple[Any, ...]:
+    # A typed converter: mypy's attrs plugin cannot type ``converter=tuple``.
     return tuple(value)
 
 
@@ -281,7 +286,7 @@ class ConnectionSettings:
     :ivar tls: the TLS policy for ``https``/``wss`` (see ``txsignalr.tls_policy``).
     """
 
-    url: str = attrs.field(repr=_safe_url)
+    url: str = attrs.field(repr=redact_url)
     hubs: tuple[str, ...] = attrs.field(default=(), converter=_names)
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
     cookies: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
@@ -498,17 +503,13 @@ class SubscriptionService(Service):
     # -------------------------------------------------------------- connecting
 
     def _hub_names(self) -> list[str]:
-        names: list[str] = []
-        seen: set[str] = set()
-        for name in (
-            *self.settings.hubs,
-            *(s.hub for s in self.subscriptions),
-            *(h.hub for h in self.handlers),
-        ):
-            if name.lower() not in seen:
-                seen.add(name.lower())
-                names.append(name)
-        return names
+        return unique_ignoring_case(
+            [
+                *self.settings.hubs,
+                *(s.hub for s in self.subscriptions),
+                *(h.hub for h in self.handlers),
+            ]
+        )
 
     def _connect(self) -> None:
         self._retry_call = None
@@ -527,7 +528,7 @@ class SubscriptionService(Service):
         self._connection = connection
         self.log.info(
             "connecting to {url} (attempt {attempt})",
-            url=_safe_url(self.settings.url),
+            url=redact_url(self.settings.url),
             attempt=self._failures + 1,
         )
         connection.start().addCallbacks(
@@ -604,7 +605,7 @@ class SubscriptionService(Service):
     def _started(self, _: None, connection: ConnectionLike) -> None:
         if connection is not self._connection:
             return
-        self.log.info("connected to {url}", url=_safe_url(self.settings.url))
+        self.log.info("connected to {url}", url=redact_url(self.settings.url))
         connection.when_closed().addBoth(self._closed, connection)
         if connection is not self._connection:
             return  # it closed already
@@ -649,12 +650,12 @@ class SubscriptionService(Service):
             self.log.warn(
                 "transport lost ({reason}); reconnecting to {url}",
                 reason=redact(str(reason), self._secrets),
-                url=_safe_url(self.settings.url),
+                url=redact_url(self.settings.url),
             )
 
     def _reconnected(self, connection: ConnectionLike) -> None:
         if connection is self._connection:
-            self.log.info("reconnected to {url}", url=_safe_url(self.settings.url))
+            self.log.info("reconnected to {url}", url=redact_url(self.settings.url))
 
     # -------------------------------------------------------------- subscribing
 
@@ -718,7 +719,7 @@ class SubscriptionService(Service):
             "{event} {count} subscriptions on {url}",
             event="resubscribed" if self._generation > 1 else "subscribed",
             count=len(self.subscriptions),
-            url=_safe_url(self.settings.url),
+            url=redact_url(self.settings.url),
         )
         # One at a time: a waiter's callback may stop the service (or make it give
         # up), and the waiters after it must then fail rather than get a dead
@@ -784,7 +785,7 @@ class SubscriptionService(Service):
             return
         self.log.info(
             "reconnecting to {url} in {delay:.1f}s (attempt {attempt})",
-            url=_safe_url(self.settings.url),
+            url=redact_url(self.settings.url),
             delay=delay,
             attempt=self._failures + 1,
         )

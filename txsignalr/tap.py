@@ -41,6 +41,7 @@ from txsignalr.service import (
     Handler,
     Subscription,
     SubscriptionService,
+    unique_ignoring_case,
 )
 
 __all__ = [
@@ -82,17 +83,6 @@ def _pair(option: str, text: str, separator: str, example: str) -> tuple[str, st
 def _is_control(char: str) -> bool:
     """CR, LF, NUL and the other ASCII control characters, but not tab."""
     return (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F
-
-
-def _unique_ignoring_case(names: list[str]) -> list[str]:
-    """``names`` without repeats, comparing case-insensitively as SignalR does."""
-    seen: set[str] = set()
-    unique = []
-    for name in names:
-        if name.lower() not in seen:
-            seen.add(name.lower())
-            unique.append(name)
-    return unique
 
 
 #: An HTTP header name (RFC 9110 token).
@@ -613,7 +603,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if on:
             handlers = [Handler(hub, method, output) for hub, method in on]
         else:
-            handlers = [Handler(hub, None, output) for hub in _unique_ignoring_case(hubs)]
+            handlers = [Handler(hub, None, output) for hub in unique_ignoring_case(hubs)]
         return SubscriptionService(
             reactor,
             settings,

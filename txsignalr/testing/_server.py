@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from txsignalr._protocol import redact_url
 from txsignalr._websocket import QuietAutobahnLog
 from txsignalr.testing._bus import MessageBus
 from txsignalr.testing._hubs import Hub, HubCall, invoke_hub_method
@@ -262,13 +263,8 @@ _KNOWN_TRANSPORTS = frozenset({"websockets", "serversentevents", "longpolling", 
 
 def _access_log_line(timestamp: str, request: Request) -> str:
     """An access log line without query values: they carry connection tokens."""
-    path, _, query = request.uri.partition(b"?")
-    keys = [part.split(b"=", 1)[0] for part in query.split(b"&") if part]
-    shown = path + (b"?" + b"&".join(k + b"=..." for k in keys) if keys else b"")
-    return (
-        f'"{request.method.decode("latin-1")} {shown.decode("latin-1")}" '
-        f"{request.code} {request.sentLength or '-'}"
-    )
+    uri = redact_url(request.uri.decode("latin-1"))
+    return f'"{request.method.decode("latin-1")} {uri}" {request.code} {request.sentLength or "-"}'
 
 
 class _TrackingFactory(WrappingFactory):
