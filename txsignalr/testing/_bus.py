@@ -11,10 +11,11 @@ server's ``d-<PREFIX>-key,hexid|key,hexid`` with minified topic keys.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-import attr
+import attrs
 
 __all__ = ["Entry", "MessageBus"]
 
@@ -33,7 +34,7 @@ def _minify(n: int) -> str:
     return out
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attrs.frozen
 class Entry:
     """
     One stored message.
@@ -120,7 +121,9 @@ class MessageBus:
             t = self._topics.get(name)
             if t is None or t.last_id <= seen:
                 continue
-            streams.append([e for e in t.entries if e.message_id > seen])
+            # Ids in a topic are consecutive: the unseen ones are the last few entries.
+            unseen = min(t.last_id - seen, len(t.entries))
+            streams.append(list(itertools.islice(t.entries, len(t.entries) - unseen, None)))
         merged = heapq.merge(*streams, key=lambda e: e.sequence)
         out: list[Entry] = []
         for entry in merged:

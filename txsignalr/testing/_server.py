@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-import attr
+import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
@@ -79,6 +79,12 @@ def _group_topic(hub: Hub, group: str) -> str:
     return "hg-" + hub.name + "." + group
 
 
+def _split_group_topic(topic: str) -> tuple[str, str]:
+    """``(hub name, group)`` of a group topic made by :func:`_group_topic`."""
+    hub_name, _, group = topic[3:].partition(".")
+    return hub_name, group
+
+
 def parse_cookies(values: Iterable[str]) -> dict[str, str]:
     """
     Read ``Cookie`` headers tolerantly: ``a=b; c=d`` pairs, ignoring items without
@@ -95,7 +101,7 @@ def parse_cookies(values: Iterable[str]) -> dict[str, str]:
     return cookies
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attrs.frozen
 class _RequestInfo:
     """What the server read from one HTTP request."""
 
@@ -136,7 +142,7 @@ class _RequestInfo:
         )
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attrs.frozen
 class _SocketContext:
     """Everything a WebSocket connect/reconnect request carried, validated."""
 
@@ -684,11 +690,7 @@ class SignalRServer:
         conn = self._connections.get(connection_id)
         if conn is None:
             return []
-        out = []
-        for topic in sorted(conn.groups):
-            hub_name, _, group = topic[3:].partition(".")
-            out.append((hub_name, group))
-        return out
+        return [_split_group_topic(topic) for topic in sorted(conn.groups)]
 
     def _schedule_flush(self, conn: _Connection) -> None:
         if conn.flush_call is None and conn.socket is not None:
@@ -736,8 +738,7 @@ class SignalRServer:
             groups_token=token,
         )
         sock.send_text(frame)
-        for entry in entries:
-            conn.positions[entry.topic] = entry.message_id
+        conn.positions = positions  # only once the frame is out
         if token is not None:
             conn.groups_dirty = False
         return True
@@ -993,11 +994,11 @@ class SignalRServer:
             )
             self._schedule_flush(conn)
             return
-        known = {_hub_topic(h)[2:] for h in self._hubs.values()}
+        known = {h.name for h in self._hubs.values()}
         token_groups = {
             g
             for g in self._protector.groups(ctx.groups_token, conn.id)
-            if g.startswith("hg-") and g[3:].partition(".")[0] in known
+            if g.startswith("hg-") and _split_group_topic(g)[0] in known
         }
         cursor = self._bus.parse_cursor(ctx.message_id)
         if known_connection:

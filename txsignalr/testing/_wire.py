@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-import attr
+import attrs
 
 __all__ = [
     "MAX_PROTOCOL",
@@ -238,7 +238,7 @@ def progress_message(invocation_id: str, value: Any) -> str:
     return dumps({"I": "P|" + invocation_id, "P": {"I": invocation_id, "D": value}})
 
 
-@attr.s(frozen=True, auto_attribs=True)
+@attrs.frozen
 class Invocation:
     """
     A hub invocation sent by a client.
