@@ -662,9 +662,7 @@ class HubConnection:
         self._token = None
         # Whoever waits on this session learns that it ended; nothing hangs.
         reason = ConnectionClosed(f"start() failed: {error}", error)
-        self._fail_connected_waiters(reason)
-        closed_waiters, self._closed_waiters = self._closed_waiters, []
-        self._set_state(ConnectionState.disconnected)
+        closed_waiters = self._end_session(reason)
         if abort and token is not None:
             await self._fire_abort(token)
         await self._close_pool()
@@ -1175,21 +1173,17 @@ class HubConnection:
         if self._state is ConnectionState.disconnected:
             return
         self.log.error("connection closed: {reason}", reason=reason.reason)
-        self._cancel_timers()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
         self._token = None
-        self._fail_pending(_DISCONNECTED_TEXT, reason)
         waiter = self._start_waiter
         if waiter is not None and not waiter.called:
             waiter.errback(reason)
         self._last_close = reason
-        self._fail_connected_waiters(reason)
-        self._set_state(ConnectionState.disconnected)
+        closed_waiters = self._end_session(reason)
         self._close_pool()
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
+        for d in closed_waiters:
             d.errback(reason)
         self._on_closed.fire(reason)
 
@@ -1203,15 +1197,11 @@ class HubConnection:
         start_task = self._start_task
         if start_task is not None:
             start_task.cancel()
-        self._cancel_timers()
-        self._fail_pending(_DISCONNECTED_TEXT)
         token, self._token = self._token, None
         transport, self._transport = self._transport, None
         self._last_close = None
         # Taken now: a start() after this stop() completes has waiters of its own.
-        closed_waiters, self._closed_waiters = self._closed_waiters, []
-        self._fail_connected_waiters(ConnectionClosed("stop() was called"))
-        self._set_state(ConnectionState.disconnected)
+        closed_waiters = self._end_session(None)
         if token is not None:
             await self._fire_abort(token)
         if transport is not None:
@@ -1223,6 +1213,23 @@ class HubConnection:
         self._on_closed.fire(None)
 
     # ------------------------------------------------------------------ helpers
+
+    def _end_session(self, reason: ConnectionClosed | None) -> list[Deferred[None]]:
+        """
+        What every end of a session (stop, lost for good, failed start) does: cancel
+        the timers, fail pending invocations and when_connected() waiters, and become
+        disconnected.
+
+        :param reason: why it ended; ``None`` for :meth:`stop`.
+        :returns: the when_closed() waiters, for the caller to fire once its own
+            cleanup (``/abort``, closing the socket) is done.
+        """
+        self._cancel_timers()
+        self._fail_pending(_DISCONNECTED_TEXT, reason)
+        self._fail_connected_waiters(reason or ConnectionClosed("stop() was called"))
+        closed_waiters, self._closed_waiters = self._closed_waiters, []
+        self._set_state(ConnectionState.disconnected)
+        return closed_waiters
 
     def _cancel_timers(self) -> None:
         for call in (
