@@ -292,11 +292,24 @@ _json = st.recursive(
 @_fuzz
 @given(st.dictionaries(st.sampled_from(list("CMSTGLDEIRHAP")), _json, max_size=6))
 def test_parse_frame_fuzz_shapes(obj: dict[str, object]) -> None:
-    """Fuzz: any JSON object made of SignalR keys parses or raises ProtocolError."""
+    """Fuzz: any JSON object made of SignalR keys raises ProtocolError or parses into
+    the value its keys call for, with the cursor, groups token and every message kept."""
     try:
-        parse_frame(json.dumps(obj).encode())
+        frame = parse_frame(json.dumps(obj).encode())
     except ProtocolError:
-        pass
+        return
+    if not obj:
+        assert frame is KEEPALIVE
+    elif "I" in obj:
+        assert isinstance(frame, HubResult)
+        assert frame.invocation_id == str(obj["I"])
+        assert frame.has_result == ("R" in obj)
+    else:
+        assert isinstance(frame, PersistentResponse)
+        assert frame.cursor == obj.get("C")
+        assert frame.groups_token == obj.get("G")
+        assert len(frame.messages) == len(obj.get("M") or [])  # type: ignore[arg-type]
+        assert frame.initialized == (obj.get("S") == 1)
 
 
 # ------------------------------------------------------------------ encoding
