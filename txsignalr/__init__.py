@@ -7,6 +7,7 @@ alive, and an in-process test server (:mod:`txsignalr.testing`).
 """
 
 from txsignalr._connection import ConnectionState, HubConnection, HubProxy
+from txsignalr._protocol import Transport
 from txsignalr._tls import tls_policy
 from txsignalr._version import __version__
 from txsignalr.errors import (
@@ -35,6 +36,7 @@ __all__ = [
     "ProtocolError",
     "SignalRError",
     "StartError",
+    "Transport",
     "__version__",
     "decode_deflate_base64",
     "encode_deflate_base64",

@@ -34,6 +34,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._protocol import (
+    ALL_TRANSPORTS,
     ClientInvocation,
     Endpoints,
     HubResult,
@@ -50,6 +51,7 @@ from txsignalr._protocol import (
     parse_negotiate,
     parse_response,
     redact_url,
+    transport_order,
     websocket_url,
 )
 from txsignalr._websocket import WebSocketTransport
@@ -256,6 +258,8 @@ class HubConnection:
     :param max_message_size: invocations larger than this many bytes are refused
         (the server drops the socket on messages over 64 KiB by default); None: no limit.
     :param abort_timeout: seconds :meth:`stop` waits for the server to answer ``/abort``.
+    :param transports: the transports to try, most preferred first, by wire name or
+        :class:`~txsignalr.Transport` value; all three by default.
     """
 
     log = Logger()
@@ -277,8 +281,11 @@ class HubConnection:
         http_timeout: float = 30.0,
         max_message_size: int | None = 64 * 1024,
         abort_timeout: float = 5.0,
+        transports: Sequence[str | Transport] = ALL_TRANSPORTS,
     ) -> None:
         self._reactor = reactor
+        self._transports = transport_order(transports)
+        self._transport_in_use: Transport | None = None
         self._url = url
         self._query = query
         # Validate now so a bad URL fails at construction with InvalidURL.
@@ -375,6 +382,16 @@ class HubConnection:
     def connection_id(self) -> str | None:
         """The server's id for this connection (``Context.ConnectionId``), once negotiated."""
         return None if self._negotiated is None else self._negotiated.connection_id
+
+    @property
+    def transports(self) -> tuple[Transport, ...]:
+        """The transports this connection may use, most preferred first."""
+        return self._transports
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport in use, or ``None`` while no transport has connected."""
+        return self._transport_in_use
 
     @property
     def negotiated(self) -> NegotiateResponse | None:

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - exercised where orjson is absent
     _orjson = None
 
 __all__ = [
+    "ALL_TRANSPORTS",
     "CLIENT_PROTOCOL",
     "KEEPALIVE",
     "ClientInvocation",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_negotiate",
     "parse_response",
     "redact_url",
+    "transport_order",
     "websocket_url",
 ]
 
@@ -102,11 +104,47 @@ else:  # pragma: no cover - exercised where orjson is absent
 
 
 class Transport(str, enum.Enum):
-    """Transport names as they appear in the ``transport`` query parameter."""
+    """
+    The transports, by the names they have on the wire (the ``transport`` query
+    parameter).  ``Transport("webSockets")`` and ``Transport.web_sockets`` are the same.
+    """
 
     web_sockets = "webSockets"
     server_sent_events = "serverSentEvents"
     long_polling = "longPolling"
+
+
+#: Every transport, in the order the official clients try them.
+ALL_TRANSPORTS: Final = (
+    Transport.web_sockets,
+    Transport.server_sent_events,
+    Transport.long_polling,
+)
+
+
+def transport_order(names: Iterable[str | Transport]) -> tuple[Transport, ...]:
+    """
+    Read a preference order of transports.
+
+    :param names: wire names (``"webSockets"``, ``"serverSentEvents"``, ``"longPolling"``,
+        matched case-insensitively) or :class:`Transport` values, most preferred first.
+    :returns: the transports, duplicates removed.
+    :raises ValueError: for an unknown name or an empty list.
+    """
+    if isinstance(names, (str, Transport)):
+        names = [names]
+    by_name = {t.value.lower(): t for t in Transport}
+    order: list[Transport] = []
+    for name in names:
+        transport = name if isinstance(name, Transport) else by_name.get(str(name).lower())
+        if transport is None:
+            known = ", ".join(t.value for t in Transport)
+            raise ValueError(f"unknown transport {name!r}: use {known}")
+        if transport not in order:
+            order.append(transport)
+    if not order:
+        raise ValueError("transports must name at least one transport")
+    return tuple(order)
 
 
 @attrs.frozen
