@@ -122,7 +122,7 @@ async def test_groups_survive_reconnect(server: SignalRServer, conn: HubConnecti
     chat.on("groupMessage", lambda group, text: group_messages.append(text))
     await within(conn.start())
     await within(chat.invoke("JoinGroup", "g1"))
-    await wait_until(lambda: conn._groups_token is not None, what="groups token")
+    await wait_until(lambda: conn.groups_token is not None, what="groups token")
     server.drop_all_transports()
     await wait_until(lambda: conn.state is ConnectionState.reconnecting, what="reconnecting")
     await wait_until(lambda: conn.state is ConnectionState.connected, what="reconnected")

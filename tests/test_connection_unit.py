@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -32,7 +32,15 @@ from txsignalr import (
     NegotiationError,
     StartError,
 )
-from txsignalr._protocol import ClientInvocation, MalformedMessage, PersistentResponse, parse_frame
+from txsignalr._protocol import (
+    ClientInvocation,
+    MalformedMessage,
+    PersistentResponse,
+    Transport,
+    parse_frame,
+    websocket_url,
+)
+from txsignalr._transport import TransportRequest
 
 TOKEN = "AQAAANCMnd8+BFdERjHoAwE/Cl+sBAAAAA=="
 
@@ -99,13 +107,13 @@ class FakeTransport:
 
     instances: list[FakeTransport] = []
 
-    def __init__(
-        self, reactor: Any, url: str, headers: dict[str, str], tls: Any, sink: Any
-    ) -> None:
-        self.url = url
-        self.headers = headers
+    def __init__(self, reactor: Any, request: TransportRequest, http: Any, sink: Any) -> None:
+        self.request = request
+        self.url = websocket_url(request.url)
+        self.headers = http.handshake_headers(request.url)
         self.sink = sink
         self.sent: list[bytes] = []
+        self.answers: list[Deferred[bytes]] = []
         self.opened = False
         self.closed = False
         self.aborted = False
@@ -114,8 +122,17 @@ class FakeTransport:
     def open(self) -> None:
         self.opened = True
 
-    def send(self, data: bytes) -> None:
+    @property
+    def inherent_keepalive(self) -> bool:
+        return self.request.transport is Transport.long_polling
+
+    def send(self, data: bytes) -> Deferred[bytes]:
         self.sent.append(data)
+        if self.request.transport is Transport.web_sockets:
+            return succeed(b"")
+        answer: Deferred[bytes] = Deferred()  # the /send answer, fired by the test
+        self.answers.append(answer)
+        return answer
 
     def close(self, timeout: float = 2.0) -> Deferred[None]:
         self.closed = True
@@ -136,7 +153,7 @@ class FakeTransport:
     def frame(self, data: bytes | dict[str, Any]) -> None:
         if isinstance(data, dict):
             data = json.dumps(data).encode()
-        self.sink.frame_received(self, data)
+        self.sink.data_received(self, data)
 
     def lose(self, text: str = "gone", status: int | None = None) -> None:
         self.sink.transport_lost(self, ConnectionClosed(text, status=status))
@@ -151,10 +168,14 @@ class Harness:
         self.server = FakeServer()
         self.stub = StubTreq(self.server)
         FakeTransport.instances = []
+        kwargs.setdefault("transports", ("webSockets",))
         self.conn = HubConnection(
-            self.clock, "http://example.com/signalr", http_client=self.stub, **kwargs
+            self.clock,
+            "http://example.com/signalr",
+            http_client=self.stub,
+            transport_factories={t: FakeTransport for t in Transport},
+            **kwargs,
         )
-        self.conn._transport_factory = FakeTransport  # type: ignore[assignment]
         self.c3 = self.conn.hub("c3")
 
     @property
@@ -1092,4 +1113,4 @@ def test_fast_path_matches_the_general_parser(elements: list[Any]) -> None:
     ]
     assert calls == expected
     assert len(errors) == sum(isinstance(m, MalformedMessage) for m in parsed.messages)
-    assert h.conn._message_id == "d-1-A,9"
+    assert h.conn.message_id == "d-1-A,9"

@@ -1,9 +1,10 @@
 """
 txsignalr: a SignalR client for Twisted.
 
-Classic ASP.NET SignalR 2.x hubs over WebSockets, with Deferred-based invocations,
-automatic reconnects that lose nothing, a twistd service that keeps subscriptions
-alive, and an in-process test server (:mod:`txsignalr.testing`).
+Classic ASP.NET SignalR 2.x hubs over WebSockets, Server-Sent Events or long
+polling, with Deferred-based invocations, automatic reconnects that lose nothing,
+a twistd service that keeps subscriptions alive, and an in-process test server
+(:mod:`txsignalr.testing`).
 """
 
 from txsignalr._connection import ConnectionState, HubConnection, HubProxy
@@ -17,6 +18,7 @@ from txsignalr.errors import (
     InvalidURL,
     MessageTooLarge,
     NegotiationError,
+    NoTransportError,
     ProtocolError,
     SignalRError,
     StartError,
@@ -33,6 +35,7 @@ __all__ = [
     "InvalidURL",
     "MessageTooLarge",
     "NegotiationError",
+    "NoTransportError",
     "ProtocolError",
     "SignalRError",
     "StartError",

@@ -718,6 +718,25 @@ class Endpoints:
             ("tid", None if tid is None else str(tid)),
         )
 
+    def poll(
+        self,
+        transport: Transport,
+        token: str,
+        message_id: str | None,
+        groups_token: str | None,
+    ) -> str:
+        """
+        The long-polling ``/poll`` URL, the cursor and groups token in the query string
+        (read by every 2.1+ server, unlike the form body that only 2.2+ reads).
+        """
+        return self._transport_url(
+            "poll", transport, token, ("messageId", message_id), ("groupsToken", groups_token)
+        )
+
+    def send(self, transport: Transport, token: str) -> str:
+        """``POST {base}/send?…``, how the HTTP transports send."""
+        return self._transport_url("send", transport, token)
+
     def start(self, transport: Transport, token: str) -> str:
         """``GET {base}/start?…``, sent after the init frame."""
         return self._transport_url("start", transport, token)

@@ -11,30 +11,23 @@ The connection applies its own deadlines on the injected clock instead.
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
+from txsignalr._http import HttpSession
+from txsignalr._protocol import websocket_url
+from txsignalr._transport import TransportRequest, TransportSink
 from txsignalr.errors import ConnectionClosed
 
-__all__ = ["QuietAutobahnLog", "TransportSink", "WebSocketTransport"]
-
-
-class TransportSink(Protocol):
-    """What a transport reports to: the connection state machine."""
-
-    def transport_opened(self, transport: WebSocketTransport) -> None: ...
-
-    def frame_received(self, transport: WebSocketTransport, data: bytes) -> None: ...
-
-    def transport_lost(self, transport: WebSocketTransport, reason: ConnectionClosed) -> None: ...
+__all__ = ["QuietAutobahnLog", "WebSocketTransport"]
 
 
 _UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
@@ -86,7 +79,7 @@ class _ClientProtocol(WebSocketClientProtocol):
         if not self.failedByMe:
             owner = self.owner
             if owner is not None:
-                owner._sink.frame_received(owner, b"".join(self.message_data))
+                owner._sink.data_received(owner, b"".join(self.message_data))
         self.message_data = None  # type: ignore[assignment]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -109,24 +102,25 @@ class WebSocketTransport:
     One WebSocket to a SignalR ``/connect`` or ``/reconnect`` URL.
 
     :param reactor: the reactor (TCP and time).
-    :param url: the ``ws://`` or ``wss://`` URL.
-    :param headers: extra handshake headers (cookies, custom headers).
-    :param tls: the TLS policy for ``wss://`` URLs.
+    :param request: the channel's URL (mapped to ``ws://`` or ``wss://``).
+    :param http: the connection's HTTP side, for the handshake headers (custom
+        headers, cookies) and the TLS policy.
     :param sink: where opening, frames and loss are reported.
     """
+
+    inherent_keepalive = False
 
     def __init__(
         self,
         reactor: IReactorTime,
-        url: str,
-        headers: dict[str, str],
-        tls: IPolicyForHTTPS | None,
+        request: TransportRequest,
+        http: HttpSession,
         sink: TransportSink,
     ) -> None:
         self._reactor = reactor
-        self._url = url
-        self._headers = headers
-        self._tls = tls
+        self._url = websocket_url(request.url)
+        self._headers = http.handshake_headers(request.url)
+        self._tls: IPolicyForHTTPS | None = http.tls
         self._sink = sink
         self._protocol: WebSocketClientProtocol | None = None
         self._open = False
@@ -217,12 +211,13 @@ class WebSocketTransport:
 
     # -- used by the connection
 
-    def send(self, data: bytes) -> None:
-        """Send one text message."""
+    def send(self, data: bytes) -> Deferred[bytes]:
+        """Send one text message; nothing comes back in the same exchange."""
         protocol = self._protocol
         if protocol is None or self._done or not self._open:
-            raise ConnectionClosed("the WebSocket is not open")
+            return fail(ConnectionClosed("the WebSocket is not open"))
         protocol.sendMessage(data, False)
+        return succeed(b"")
 
     def close(self, timeout: float = 2.0) -> Deferred[None]:
         """

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidURL",
     "MessageTooLarge",
     "NegotiationError",
+    "NoTransportError",
     "ProtocolError",
     "SignalRError",
     "StartError",
@@ -155,3 +156,27 @@ class InvalidURL(SignalRError, ValueError):
 
 class MessageTooLarge(SignalRError):
     """An invocation is larger than the connection's ``max_message_size``."""
+
+
+class NoTransportError(StartError, ConnectionClosed):
+    """
+    No transport could open the connection: each one the connection may use was ruled
+    out by negotiate or failed before the init frame (refused, an error, no init frame
+    within TransportConnectTimeout).
+
+    :ivar attempts: ``(transport name, why)`` for each transport, in the order tried.
+    :ivar status: the HTTP status of the last refused attempt, if any.
+    """
+
+    def __init__(self, attempts: list[tuple[str, str]], status: int | None = None):
+        detail = "; ".join(f"{name}: {why}" for name, why in attempts)
+        text = f"No transport could be initialized successfully ({detail})"
+        SignalRError.__init__(self, text)
+        self.message = self.reason = text
+        self.attempts = attempts
+        self.status = status
+        self.body = None
+        self.cause = None
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,177 @@
+"""
+HTTP for a connection: treq requests with the user's headers and one cookie jar, the
+connection's own connection pool, and the handshake headers of a WebSocket upgrade.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+from collections.abc import Mapping
+from http.cookiejar import CookieJar
+from typing import Any, Protocol
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+
+from txsignalr.errors import SignalRError
+
+__all__ = ["HTTPClientLike", "HttpSession"]
+
+
+class HTTPClientLike(Protocol):
+    """What the connection needs of an HTTP client: treq's ``request``."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+
+class HttpSession:
+    """
+    The HTTP side of one connection.
+
+    :param reactor: for the pool and the timeouts.
+    :param headers: sent on every request (and the WebSocket handshake).
+    :param cookies: the cookie jar; cookies the server sets are added to it.
+    :param tls: the TLS policy for https.
+    :param client: a treq-style client to use instead of the session's own.
+    :param timeout: the default seconds allowed for a request and its body.
+    """
+
+    #: a timeout that means none: for requests bounded by something else
+    no_timeout = math.inf
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        headers: Mapping[str, str],
+        cookies: CookieJar,
+        tls: IPolicyForHTTPS | None,
+        client: HTTPClientLike | None,
+        timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self.headers = dict(headers)
+        self.cookies = cookies
+        self.tls = tls
+        self.timeout = timeout
+        self._pool: HTTPConnectionPool | None = None
+        if client is None:
+            # The connection owns its pool and closes it on stop, so no idle HTTP
+            # connection (or its timer) outlives the connection.
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            agent = Agent(
+                reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=self._pool
+            )
+            own: Any = HTTPClient(agent)
+            client = own
+        assert client is not None
+        self._client: HTTPClientLike = client
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[bytes | str, list[bytes | str]]:
+        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self.headers.items()}
+        if extra:
+            for k, v in extra.items():
+                headers[k] = [v]
+        return headers
+
+    def open(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        unbuffered: bool = False,
+    ) -> Deferred[IResponse]:
+        """
+        Send a request; the Deferred fires with the response once its headers arrived.
+
+        :param unbuffered: do not read the body into memory (for streaming it).
+        :raises SignalRError: (through the Deferred) when the request fails or times out.
+        """
+        limit = self.timeout if timeout is None else timeout
+
+        async def run() -> IResponse:
+            try:
+                kwargs: dict[str, Any] = {
+                    "headers": self._headers(headers),
+                    "cookies": self.cookies,
+                }
+                if data is not None:
+                    kwargs["data"] = data
+                if unbuffered:
+                    kwargs["unbuffered"] = True
+                d = self._client.request(method, url, **kwargs)
+                if limit != math.inf:
+                    d.addTimeout(limit, self._reactor)
+                response: IResponse = await d
+            except CancelledError:
+                raise
+            except TimeoutError:
+                raise SignalRError(f"{what} request timed out after {limit:g} s") from None
+            except Exception as e:
+                raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
+            cookies = getattr(response, "cookies", None)
+            if cookies is not None:
+                for cookie in cookies():
+                    self.cookies.set_cookie(cookie)
+            return response
+
+        return Deferred.fromCoroutine(run())
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        timeout: float | None = None,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """
+        Send a request and read its whole body.
+
+        :returns: the status and the body.
+        :raises SignalRError: when the request fails or times out.
+        """
+        limit = self.timeout if timeout is None else timeout
+        response = await self.open(
+            method, url, what, data=data, headers=headers, timeout=limit
+        )
+        try:
+            body_d = treq.content(response)
+            if limit != math.inf:
+                body_d.addTimeout(limit, self._reactor)
+            body: bytes = await body_d
+        except CancelledError:
+            raise
+        except TimeoutError:
+            raise SignalRError(f"{what} request timed out after {limit:g} s") from None
+        except Exception as e:
+            raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
+        return response.code, body
+
+    def handshake_headers(self, http_url: str) -> dict[str, str]:
+        """The custom headers plus the cookies for ``http_url`` (for a WebSocket upgrade)."""
+        headers = dict(self.headers)
+        request = urllib.request.Request(http_url)
+        self.cookies.add_cookie_header(request)
+        cookie = request.get_header("Cookie")
+        if cookie:
+            existing = headers.pop("Cookie", None) or headers.pop("cookie", None)
+            headers["Cookie"] = f"{existing}; {cookie}" if existing else cookie
+        return headers
+
+    def close_idle(self) -> Deferred[None]:
+        """Close the pool's idle connections (none are kept by a user-given client)."""
+        if self._pool is None:
+            return succeed(None)
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed

@@ -1,0 +1,96 @@
+"""
+The seam between a connection and its transports.
+
+A transport only opens, sends, closes and hands what it receives upward; it never knows
+the protocol family.  What it needs from the family (URLs, how a send body is encoded,
+the next long-poll URL) comes in a :class:`TransportRequest` built by the family session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from txsignalr._http import HttpSession
+from txsignalr._protocol import Transport
+from txsignalr.errors import ConnectionClosed
+
+__all__ = ["ITransport", "TransportFactory", "TransportRequest", "TransportSink"]
+
+
+@attrs.frozen
+class TransportRequest:
+    """
+    Everything a transport needs to open one receive channel.
+
+    :ivar transport: which transport this is for.
+    :ivar url: the ``http(s)://`` URL that opens the channel (``/connect`` or
+        ``/reconnect``); WebSockets map it to ``ws(s)://``.
+    :ivar send_url: where HTTP transports POST what the connection sends.
+    :ivar send_body: turns an outgoing message into the POST body and its content type.
+    :ivar poll: long polling: ``poll() -> (url, delay)``, the next poll's URL and how many
+        seconds to wait before sending it.
+    :ivar poll_timeout: long polling: seconds after which a poll that has not been
+        answered counts as lost.
+    """
+
+    transport: Transport
+    url: str
+    send_url: str | None = None
+    send_body: Callable[[bytes], tuple[bytes, str]] | None = None
+    poll: Callable[[], tuple[str, float]] | None = None
+    poll_timeout: float | None = None
+
+
+class TransportSink(Protocol):
+    """What a transport reports to."""
+
+    def transport_opened(self, transport: ITransport) -> None:
+        """The channel is open (upgrade done, stream or first poll answered)."""
+
+    def data_received(self, transport: ITransport, data: bytes) -> None:
+        """One message of the channel: a WebSocket message, an SSE event, a poll body."""
+
+    def transport_lost(self, transport: ITransport, reason: ConnectionClosed) -> None:
+        """The channel failed or closed on its own; not called after close()/abort()."""
+
+
+class ITransport(Protocol):
+    """A receive channel plus a way to send."""
+
+    #: whether the transport keeps itself alive, so no keep-alive watchdog is needed
+    inherent_keepalive: bool
+
+    def open(self) -> None:
+        """Start opening; the sink hears ``transport_opened`` or ``transport_lost``."""
+
+    def send(self, data: bytes) -> Deferred[bytes]:
+        """
+        Send one message.
+
+        :returns: a Deferred of what the server answered in the same exchange (the body
+            of an HTTP ``/send``; ``b""`` for WebSockets); it fails with a
+            :class:`~txsignalr.SignalRError` when the message could not be sent.
+        """
+
+    def close(self, timeout: float = 2.0) -> Deferred[None]:
+        """Close gracefully without telling the sink; fires once everything is shut."""
+
+    def abort(self) -> Deferred[None]:
+        """Drop everything at once without telling the sink."""
+
+
+class TransportFactory(Protocol):
+    """Builds a transport: ``factory(reactor, request, http, sink)``."""
+
+    def __call__(
+        self,
+        reactor: IReactorTime,
+        request: TransportRequest,
+        http: HttpSession,
+        sink: TransportSink,
+    ) -> ITransport: ...
