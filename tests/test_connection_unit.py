@@ -1114,3 +1114,166 @@ def test_fast_path_matches_the_general_parser(elements: list[Any]) -> None:
     assert calls == expected
     assert len(errors) == sum(isinstance(m, MalformedMessage) for m in parsed.messages)
     assert h.conn.message_id == "d-1-A,9"
+
+
+# ------------------------------------------------------------------ transports and fallback
+
+
+def all_transports() -> Harness:
+    return Harness(transports=("webSockets", "serverSentEvents", "longPolling"))
+
+
+def _init(t: FakeTransport) -> None:
+    t.open_ok()
+    t.frame({"C": "d-1-A,0", "S": 1, "M": []})
+
+
+def test_try_websockets_false_starts_on_sse() -> None:
+    """TryWebSockets false: WebSockets are skipped and SSE is used, with the same token."""
+    h = all_transports()
+    h.server.negotiate = (200, negotiate_body(TryWebSockets=False))
+    d = h.start()
+    assert [t.request.transport for t in FakeTransport.instances] == [
+        Transport.server_sent_events
+    ]
+    t = h.transport
+    assert t.request.url.startswith("http://example.com/signalr/connect?")
+    assert parse_qs(urlsplit(t.request.url).query)["transport"] == ["serverSentEvents"]
+    _init(t)
+    h.flush()
+    assert result_of(d) is None
+    assert h.conn.transport is Transport.server_sent_events
+    start = next(r for r in h.server.requests if r[1] == "start")
+    assert start[2]["transport"] == ["serverSentEvents"]
+
+
+def test_fallback_order_after_refusal_and_silence() -> None:
+    """Refused upgrade -> SSE; SSE silent past TransportConnectTimeout -> long polling."""
+    h = all_transports()
+    d = h.start()
+    ws = h.transport
+    ws.lose("WebSocket upgrade refused with HTTP 400", status=400)
+    h.flush()
+    sse = h.transport
+    assert sse.request.transport is Transport.server_sent_events
+    sse.open_ok()
+    h.clock.advance(5.1)
+    h.flush()
+    assert sse.aborted
+    lp = h.transport
+    assert lp.request.transport is Transport.long_polling
+    assert lp.request.poll is not None
+    token = parse_qs(urlsplit(ws.request.url).query)["connectionToken"]
+    assert parse_qs(urlsplit(lp.request.url).query)["connectionToken"] == token
+    assert h.server.commands() == ["negotiate"], "a failed attempt is stopped without /abort"
+    _init(lp)
+    h.flush()
+    assert result_of(d) is None
+    assert h.conn.transport is Transport.long_polling
+    assert h.conn.state is ConnectionState.connected
+    # Long polling is its own keep-alive: no watchdog timer runs.
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_no_transport_names_every_attempt() -> None:
+    """When nothing works: NoTransportError (a ConnectionClosed) naming each and why."""
+    from txsignalr import NoTransportError
+
+    h = all_transports()
+    h.server.negotiate = (200, negotiate_body(TryWebSockets=False))
+    d = h.start()
+    h.transport.lose("the event stream was refused with HTTP 403", status=403)
+    h.flush()
+    h.clock.advance(5.1)
+    h.flush()
+    f = failure_of(d)
+    assert f.check(NoTransportError) and f.check(ConnectionClosed) and f.check(StartError)
+    error = f.value
+    assert [name for name, _ in error.attempts] == [
+        "webSockets",
+        "serverSentEvents",
+        "longPolling",
+    ]
+    assert "TryWebSockets" in error.attempts[0][1]
+    assert "403" in error.attempts[1][1]
+    assert "init frame" in error.attempts[2][1]
+    assert error.status == 403
+    text = str(error)
+    assert "webSockets" in text and "serverSentEvents" in text and "longPolling" in text
+    assert h.conn.state is ConnectionState.disconnected
+    assert h.clock.getDelayedCalls() == []
+
+
+def _connected_over(transport: str) -> Harness:
+    h = Harness(transports=(transport,))
+    d = h.start()
+    _init(h.transport)
+    h.flush()
+    assert result_of(d) is None
+    return h
+
+
+def test_sse_send_goes_through_the_transport_and_result_comes_in_its_answer() -> None:
+    """Over SSE an invocation's result is the /send answer's body."""
+    h = _connected_over("serverSentEvents")
+    d = h.c3.invoke("Echo", 5)
+    t = h.transport
+    assert t.sent_json() == [{"H": "c3", "M": "Echo", "A": [5], "I": 0}]
+    assert not d.called
+    t.answers.pop().callback(b'{"R":5,"I":"0"}')
+    assert result_of(d) == 5
+
+
+def test_sse_send_http_error_fails_the_invocation() -> None:
+    """A /send that fails gives the invocation a SignalRError, the connection carries on."""
+    from txsignalr import SignalRError
+
+    h = _connected_over("serverSentEvents")
+    d = h.c3.invoke("Echo", 5)
+    h.transport.answers.pop().errback(SignalRError("/send answered HTTP 500: b''"))
+    f = failure_of(d)
+    assert f.check(SignalRError) and "500" in str(f.value)
+    assert h.conn.state is ConnectionState.connected
+
+
+@pytest.mark.parametrize(
+    ("transport", "survives"),
+    [("webSockets", False), ("serverSentEvents", True), ("longPolling", True)],
+)
+def test_pending_invocations_across_a_reconnect(transport: str, survives: bool) -> None:
+    """As in Microsoft's jQuery client: only over WebSockets do pending calls fail on loss."""
+    h = _connected_over(transport)
+    d = h.c3.invoke("Slow", 100)
+    first = h.transport
+    first.lose("dropped")
+    assert h.conn.state is ConnectionState.reconnecting
+    if not survives:
+        assert failure_of(d).check(ConnectionClosed)
+        return
+    assert not d.called
+    h.clock.advance(2.0)
+    again = h.transport
+    assert again is not first and "/reconnect?" in again.request.url
+    again.open_ok()
+    assert h.conn.state is ConnectionState.connected
+    first.answers.pop().callback(b'{"R":"done","I":"0"}')
+    assert result_of(d) == "done"
+
+
+def test_stop_cancels_outstanding_sends() -> None:
+    """stop() fails pending invocations and cancels their /send requests: nothing hangs."""
+    h = _connected_over("longPolling")
+    d = h.c3.invoke("Slow", 100)
+    answer = h.transport.answers[-1]
+    result_of(h.stop())
+    assert failure_of(d).check(ConnectionClosed)
+    assert answer.called  # cancelled
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_long_polling_reconnect_window_ignores_keepalive_idle() -> None:
+    """Long polling has no keep-alives: a quiet feed is not 'inactive too long'."""
+    h = _connected_over("longPolling")
+    h.clock.advance(120)  # far past DisconnectTimeout + KeepAliveTimeout of silence
+    h.transport.lose("poll failed")
+    assert h.conn.state is ConnectionState.reconnecting

@@ -33,6 +33,7 @@ from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._invocations import Invocations, Pending
 from txsignalr._keepalive import KeepAliveWatch
+from txsignalr._longpolling import LongPollingTransport
 from txsignalr._protocol import (
     ALL_TRANSPORTS,
     ClientInvocation,
@@ -49,6 +50,7 @@ from txsignalr._protocol import (
 )
 from txsignalr._reconnect import ReconnectLoop, RetryPolicy
 from txsignalr._routing import HubProxy, Router
+from txsignalr._sse import ServerSentEventsTransport
 from txsignalr._transport import ITransport, TransportFactory
 from txsignalr._websocket import WebSocketTransport
 from txsignalr.errors import (
@@ -83,6 +85,8 @@ _PERMANENT_RECONNECT_STATUSES = frozenset({400, 401, 403, 404})
 #: The transports txsignalr has, by wire name.
 DEFAULT_TRANSPORT_FACTORIES: Mapping[Transport, TransportFactory] = {
     Transport.web_sockets: WebSocketTransport,
+    Transport.server_sent_events: ServerSentEventsTransport,
+    Transport.long_polling: LongPollingTransport,
 }
 
 
@@ -451,8 +455,6 @@ class HubConnection:
         status: int | None = None
         for transport in self._transports:
             skip = self._session.skip_reason(transport)
-            if transport not in self._factories:
-                skip = "not available in this version of txsignalr"
             if skip is not None:
                 attempts.append((transport.value, skip))
                 continue

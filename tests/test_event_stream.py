@@ -1,0 +1,68 @@
+"""The sans-I/O ``text/event-stream`` parser of the SSE transport."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from txsignalr import MessageTooLarge
+from txsignalr._sse import EventStreamParser
+
+# What a real 2.4.3 server sends (transcript 03): LF line ends.
+REAL = (
+    b"data: initialized\n\n"
+    b'data: {"C":"d-98046728-B,0|H,0|I,1","S":1,"M":[]}\n\n'
+    b"data: {}\n\n"
+)
+EXPECTED = [b"initialized", b'{"C":"d-98046728-B,0|H,0|I,1","S":1,"M":[]}', b"{}"]
+
+
+def feed_all(parser: EventStreamParser, chunks: list[bytes]) -> list[bytes]:
+    events: list[bytes] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    return events
+
+
+def test_real_server_stream() -> None:
+    """The transcript's bytes give the init marker, the init frame and a keep-alive."""
+    assert EventStreamParser().feed(REAL) == EXPECTED
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_every_line_ending(newline: bytes) -> None:
+    """CRLF (Windows hosts), LF and lone CR all end lines."""
+    stream = REAL.replace(b"\n", newline)
+    assert EventStreamParser().feed(stream) == EXPECTED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(REAL.replace(b"\n", b"\r\n")))))
+@settings(max_examples=200, deadline=None)
+def test_split_at_any_byte_boundary(cuts: list[int]) -> None:
+    """Events split across TCP chunks anywhere (CRLF split too) come out whole, once."""
+    stream = REAL.replace(b"\n", b"\r\n")
+    points = sorted(set(cuts))
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert feed_all(EventStreamParser(), chunks) == EXPECTED
+
+
+def test_comments_other_fields_and_multiline_data() -> None:
+    """Comments and non-data fields are ignored; data lines join with LF; no space kept."""
+    stream = b": hello\nevent: x\nid: 3\ndata:a\ndata:  b\nretry: 5\n\ndata\n\n\n\n"
+    assert EventStreamParser().feed(stream) == [b"a\n b", b""]
+
+
+def test_event_without_data_is_dropped() -> None:
+    """A blank line with no data pending yields nothing."""
+    assert EventStreamParser().feed(b"\n\n: keep\n\n") == []
+
+
+def test_oversized_event_is_refused() -> None:
+    """An event or an unfinished line past the limit is a MessageTooLarge, not memory."""
+    with pytest.raises(MessageTooLarge):
+        EventStreamParser(max_size=100).feed(b"data: " + b"x" * 200 + b"\n\n")
+    parser = EventStreamParser(max_size=100)
+    parser.feed(b"data: " + b"x" * 60)
+    with pytest.raises(MessageTooLarge):
+        parser.feed(b"x" * 60)

@@ -1,0 +1,250 @@
+"""
+The Server-Sent Events transport: a streaming GET read incrementally through a small
+sans-I/O ``text/event-stream`` parser, and sends as HTTP POSTs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+
+from txsignalr._http import HttpSession
+from txsignalr._transport import TransportRequest, TransportSink
+from txsignalr.errors import ConnectionClosed, MessageTooLarge, SignalRError
+
+__all__ = ["EventStreamParser", "ServerSentEventsTransport", "post_send"]
+
+#: The most one SSE line may hold before the stream counts as broken.
+DEFAULT_MAX_EVENT = 16 * 1024 * 1024
+
+
+class EventStreamParser:
+    """
+    Splits a ``text/event-stream`` into the data of its events (WHATWG rules for the
+    parts SignalR uses): lines end in CR, LF or CRLF; ``data:`` lines (one optional
+    space after the colon) are joined with LF; a blank line ends the event; comments
+    (``:…``) and other fields are ignored; an event without data is dropped.
+
+    :param max_size: the most bytes one event (or one unfinished line) may hold.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_EVENT) -> None:
+        self._max = max_size
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._size = 0
+        self._skip_lf = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """
+        Add bytes from the stream.
+
+        :returns: the data of each event completed by them, in order.
+        :raises MessageTooLarge: when an event or a line grows past ``max_size``.
+        """
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[bytes] = []
+        start = 0
+        end = len(buffer)
+        while start < end:
+            lf = buffer.find(b"\n", start)
+            cr = buffer.find(b"\r", start, lf if lf >= 0 else end)
+            if cr >= 0:
+                stop = cr
+                nxt = cr + 1
+                if nxt < end:
+                    if buffer[nxt : nxt + 1] == b"\n":
+                        nxt += 1
+                else:
+                    self._skip_lf = True  # a CR at the end of a chunk: LF may follow
+            elif lf >= 0:
+                stop = lf
+                nxt = lf + 1
+            else:
+                break
+            self._line(buffer[start:stop], events)
+            start = nxt
+        self._buffer = buffer[start:]
+        if len(self._buffer) + self._size > self._max:
+            raise MessageTooLarge(
+                f"an event-stream event is over the {self._max} byte limit"
+            )
+        return events
+
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if not line:
+            if self._data:
+                events.append(b"\n".join(self._data))
+                self._data = []
+                self._size = 0
+            return
+        if line.startswith(b"data"):
+            field, colon, value = line.partition(b":")
+            if field != b"data":
+                return
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max:
+                raise MessageTooLarge(f"an event-stream event is over the {self._max} byte limit")
+        # comments (":...") and the fields event/id/retry are of no use to SignalR
+
+
+async def post_send(
+    http: HttpSession, request: TransportRequest, data: bytes
+) -> bytes:
+    """
+    Send one message as an HTTP POST to the request's ``send_url``.
+
+    :returns: the answer's body.
+    :raises SignalRError: when the request fails or is not answered 200.
+    """
+    assert request.send_url is not None and request.send_body is not None
+    body, content_type = request.send_body(data)
+    status, answer = await http.request(
+        "POST",
+        request.send_url,
+        "send",
+        http.no_timeout,
+        data=body,
+        headers={"Content-Type": content_type},
+    )
+    if status != 200:
+        raise SignalRError(f"/send answered HTTP {status}: {answer[:200]!r}")
+    return answer
+
+
+class _StreamProtocol(Protocol):
+    def __init__(self, owner: ServerSentEventsTransport) -> None:
+        self._owner = owner
+
+    def dataReceived(self, data: bytes) -> None:
+        self._owner._chunk(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._owner._ended(reason)
+
+
+class ServerSentEventsTransport:
+    """
+    One event stream from a ``/connect`` or ``/reconnect`` URL.
+
+    The transport is open once the server answered 200 with an event stream; each
+    event's data goes to the sink as one message.  Nothing keeps it alive itself: the
+    connection's keep-alive watch does.
+    """
+
+    inherent_keepalive = False
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        request: TransportRequest,
+        http: HttpSession,
+        sink: TransportSink,
+    ) -> None:
+        self._reactor = reactor
+        self._request = request
+        self._http = http
+        self._sink = sink
+        self._parser = EventStreamParser()
+        self._opening: Deferred[IResponse] | None = None
+        self._stream: _StreamProtocol | None = None
+        self._done = False
+
+    def open(self) -> None:
+        d = self._http.open(
+            "GET",
+            self._request.url,
+            "event stream",
+            headers={"Accept": "text/event-stream"},
+            unbuffered=True,
+        )
+        self._opening = d
+        d.addCallbacks(self._answered, self._failed)
+
+    def _answered(self, response: IResponse) -> None:
+        self._opening = None
+        if self._done:
+            _drop(response)
+            return
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if response.code != 200 or not content_type.lower().startswith(b"text/event-stream"):
+            _drop(response)
+            self._lose(
+                ConnectionClosed(
+                    f"the event stream was refused with HTTP {response.code}",
+                    status=response.code,
+                )
+            )
+            return
+        stream = _StreamProtocol(self)
+        self._stream = stream
+        response.deliverBody(stream)
+        self._sink.transport_opened(self)
+
+    def _failed(self, failure: Failure) -> None:
+        self._opening = None
+        if not self._done and not failure.check(CancelledError):
+            self._lose(ConnectionClosed("could not open the event stream", failure.value))
+
+    def _chunk(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            events = self._parser.feed(data)
+        except MessageTooLarge as e:
+            self._lose(ConnectionClosed(str(e), e))
+            return
+        for event in events:
+            if self._done:
+                return
+            self._sink.data_received(self, event)
+
+    def _ended(self, reason: Failure) -> None:
+        self._stream = None
+        if not self._done:
+            self._lose(ConnectionClosed("the server ended the event stream"))
+
+    def _lose(self, reason: ConnectionClosed) -> None:
+        self._shut()
+        self._sink.transport_lost(self, reason)
+
+    def send(self, data: bytes) -> Deferred[bytes]:
+        return Deferred.fromCoroutine(post_send(self._http, self._request, data))
+
+    def close(self, timeout: float = 2.0) -> Deferred[None]:
+        return self.abort()
+
+    def abort(self) -> Deferred[None]:
+        self._shut()
+        return succeed(None)
+
+    def _shut(self) -> None:
+        self._done = True
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            opening.cancel()
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.transport is not None:
+            stream.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+def _drop(response: Any) -> None:
+    """Close an unbuffered response's connection without reading its body."""
+
+    class _Discard(Protocol):
+        def connectionMade(self) -> None:
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    response.deliverBody(_Discard())
