@@ -150,9 +150,11 @@ class ClassicSession:
         )
         return self._request(transport, url)
 
-    def _next_poll(self) -> tuple[str, float]:
+    def _next_poll(self) -> tuple[str, float] | None:
+        if self.token is None:
+            return None  # the session ended (stop, lost for good): no more polls
         url = self.endpoints.poll(
-            Transport.long_polling, self._token(), self.message_id, self.groups_token
+            Transport.long_polling, self.token, self.message_id, self.groups_token
         )
         if self._poll_delay_ms is not None:
             return url, self._poll_delay_ms / 1000.0

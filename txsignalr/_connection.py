@@ -944,10 +944,10 @@ class HubConnection:
         """
         self._watch.stop()
         self._reconnect.stop()
+        self._invocations.fail_all(_DISCONNECTED_TEXT, reason)
         sends, self._sends = self._sends, set()
         for d in sends:
             d.cancel()
-        self._invocations.fail_all(_DISCONNECTED_TEXT, reason)
         waiters, self._connected_waiters = self._connected_waiters, []
         for w in waiters:
             w.errback(reason or ConnectionClosed("stop() was called"))

@@ -15,6 +15,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
@@ -170,8 +171,15 @@ class HttpSession:
         return headers
 
     def close_idle(self) -> Deferred[None]:
-        """Close the pool's idle connections (none are kept by a user-given client)."""
-        if self._pool is None:
+        """
+        Close the pool's idle connections (none are kept by a user-given client).
+
+        A request whose answer was just read goes back to the pool only after its
+        reader has run, so the pool is closed once more on the next reactor turn.
+        """
+        pool = self._pool
+        if pool is None:
             return succeed(None)
-        closed: Deferred[None] = self._pool.closeCachedConnections()
-        return closed
+        pool.closeCachedConnections()
+        d: Deferred[None] = deferLater(self._reactor, 0, pool.closeCachedConnections)
+        return d

@@ -92,7 +92,11 @@ class LongPollingTransport:
             if self._done:
                 return
         assert self._request.poll is not None
-        url, delay = self._request.poll()
+        following = self._request.poll()
+        if following is None:
+            self._shut()
+            return
+        url, delay = following
         if delay > 0:
             self._delay = self._reactor.callLater(delay, self._delayed_poll, url)
         else:

@@ -106,18 +106,23 @@ async def post_send(
     Send one message as an HTTP POST to the request's ``send_url``.
 
     :returns: the answer's body.
-    :raises SignalRError: when the request fails or is not answered 200.
+    :raises ConnectionClosed: when the request got no answer (the connection to the
+        server failed or was cut).
+    :raises SignalRError: when it was answered with another status than 200.
     """
     assert request.send_url is not None and request.send_body is not None
     body, content_type = request.send_body(data)
-    status, answer = await http.request(
-        "POST",
-        request.send_url,
-        "send",
-        http.no_timeout,
-        data=body,
-        headers={"Content-Type": content_type},
-    )
+    try:
+        status, answer = await http.request(
+            "POST",
+            request.send_url,
+            "send",
+            http.no_timeout,
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+    except SignalRError as e:
+        raise ConnectionClosed(f"the /send request got no answer: {e}", e) from None
     if status != 200:
         raise SignalRError(f"/send answered HTTP {status}: {answer[:200]!r}")
     return answer

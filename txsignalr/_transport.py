@@ -33,7 +33,7 @@ class TransportRequest:
     :ivar send_url: where HTTP transports POST what the connection sends.
     :ivar send_body: turns an outgoing message into the POST body and its content type.
     :ivar poll: long polling: ``poll() -> (url, delay)``, the next poll's URL and how many
-        seconds to wait before sending it.
+        seconds to wait before sending it, or ``None`` once the session has ended.
     :ivar poll_timeout: long polling: seconds after which a poll that has not been
         answered counts as lost.
     """
@@ -42,7 +42,7 @@ class TransportRequest:
     url: str
     send_url: str | None = None
     send_body: Callable[[bytes], tuple[bytes, str]] | None = None
-    poll: Callable[[], tuple[str, float]] | None = None
+    poll: Callable[[], tuple[str, float] | None] | None = None
     poll_timeout: float | None = None
 
 
