@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    TimeoutError,
     fail,
     succeed,
 )
@@ -33,7 +32,7 @@ from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._invocations import Invocations, Pending
 from txsignalr._keepalive import KeepAliveWatch
-from txsignalr._longpolling import LongPollingTransport
+from txsignalr._link import DEFAULT_TRANSPORT_FACTORIES, Link
 from txsignalr._protocol import (
     ALL_TRANSPORTS,
     ClientInvocation,
@@ -50,15 +49,11 @@ from txsignalr._protocol import (
 )
 from txsignalr._reconnect import ReconnectLoop, RetryPolicy
 from txsignalr._routing import HubProxy, Router
-from txsignalr._sse import ServerSentEventsTransport
 from txsignalr._transport import ITransport, TransportFactory
-from txsignalr._websocket import WebSocketTransport
 from txsignalr.errors import (
     ConnectionClosed,
     InvalidStateError,
     MessageTooLarge,
-    NegotiationError,
-    NoTransportError,
     ProtocolError,
     SignalRError,
     StartError,
@@ -81,29 +76,6 @@ class ConnectionState(str, enum.Enum):
 _RECONNECTING_TEXT = "Connection started reconnecting before invocation result was received."
 _DISCONNECTED_TEXT = "Connection was disconnected before invocation result was received."
 _PERMANENT_RECONNECT_STATUSES = frozenset({400, 401, 403, 404})
-
-#: The transports txsignalr has, by wire name.
-DEFAULT_TRANSPORT_FACTORIES: Mapping[Transport, TransportFactory] = {
-    Transport.web_sockets: WebSocketTransport,
-    Transport.server_sent_events: ServerSentEventsTransport,
-    Transport.long_polling: LongPollingTransport,
-}
-
-
-#: What the receive channel of each transport is called in messages.
-_CHANNEL = {
-    Transport.web_sockets: "WebSocket",
-    Transport.server_sent_events: "event stream",
-    Transport.long_polling: "long poll",
-}
-
-
-class _AttemptFailed(Exception):
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
 
 class HubConnection:
     """
@@ -160,8 +132,6 @@ class HubConnection:
         self._reactor = reactor
         self._url = url
         self._transports = transport_order(transports)
-        self._factories = dict(DEFAULT_TRANSPORT_FACTORIES)
-        self._factories.update(transport_factories or {})
         self._session = ClassicSession(url, query)
         header_map: dict[str, str] = dict(headers or {})
         for name, value in header_map.items():
@@ -169,7 +139,6 @@ class HubConnection:
                 raise ValueError(f"header {name!r} contains a line break")
         self._invoke_timeout = invoke_timeout
         self._max_message_size = max_message_size
-        self._abort_timeout = abort_timeout
         jar = CookieJar()
         if isinstance(cookies, CookieJar):
             for cookie in cookies:
@@ -188,6 +157,9 @@ class HubConnection:
         self._on_slow = Observers(log, "connection slow")
         self._on_closed = Observers(log, "closed")
         self._on_error = Observers(log, "error")
+        factories = dict(DEFAULT_TRANSPORT_FACTORIES)
+        factories.update(transport_factories or {})
+        self._link = Link(reactor, self._session, self._http, factories, self, log, abort_timeout)
         self._router = Router(log, self._on_error)
         self._invocations = Invocations(reactor, self._progress_failed)
         self._watch = KeepAliveWatch(reactor, self._slow, self._keepalive_lost)
@@ -199,17 +171,11 @@ class HubConnection:
         self._dispatch_other = self._dispatch
 
         self._state = ConnectionState.disconnected
-        #: the transport of the receive channel, while one is open or opening
-        self._transport: ITransport | None = None
-        #: which transport the connection uses (or is trying, while connecting)
-        self._transport_in_use: Transport | None = None
         self._dispatching: ITransport | None = None
         self._buffer: list[ServerMessage] = []
-        self._sends: set[Deferred[bytes]] = set()
         self._start_task: Deferred[None] | None = None
         self._stop_task: Deferred[None] | None = None
         self._connected_waiters: list[Deferred[None]] = []
-        self._start_waiter: Deferred[Any] | None = None
         self._stopping = False
         # outcome of the last session, for when_closed()
         self._closed_waiters: list[Deferred[None]] = []
@@ -249,7 +215,7 @@ class HubConnection:
         """The transport in use while connected or reconnecting, else ``None``."""
         if self._state in (ConnectionState.connecting, ConnectionState.disconnected):
             return None
-        return self._transport_in_use
+        return self._link.in_use
 
     @property
     def message_id(self) -> str | None:
@@ -408,22 +374,14 @@ class HubConnection:
     # ------------------------------------------------------------------ start
 
     async def _run_start(self) -> None:
-        session = self._session
+        link = self._link
         opened = False
         try:
-            try:
-                status, body = await self._http.request(
-                    "GET", session.negotiate_url(self._router.names()), "negotiate"
-                )
-            except SignalRError as e:
-                raise NegotiationError(str(e)) from e
-            negotiated = session.negotiated_answer(status, body)
-            self.log.debug("negotiated {negotiated!r}", negotiated=negotiated)
-            await self._open_first_transport()
+            negotiated = await link.negotiate(self._router.names())
+            await link.open_first(self._transports, self._buffer.clear)
             opened = True
-            await self._send_start()
+            await link.send_start()
         except Exception as e:
-            self._start_waiter = None
             if self._stopping:
                 # stop() does the cleaning up; tell the caller why start failed.
                 raise ConnectionClosed("stop() was called before start() completed") from None
@@ -431,7 +389,6 @@ class HubConnection:
             if isinstance(e, (SignalRError, CancelledError)):
                 raise
             raise StartError(f"start failed: {e!r}") from e
-        self._start_waiter = None
         # The HTTP socket used for negotiate and /start is not needed until stop():
         # release it now rather than hold a second file descriptor per connection.
         self._http.close_idle()
@@ -449,141 +406,29 @@ class HubConnection:
                 break
             self._dispatch(message)
 
-    async def _open_first_transport(self) -> None:
-        """Try the transports in order until one delivers the init frame."""
-        attempts: list[tuple[str, str]] = []
-        status: int | None = None
-        for transport in self._transports:
-            skip = self._session.skip_reason(transport)
-            if skip is not None:
-                attempts.append((transport.value, skip))
-                continue
-            try:
-                await self._open_for_start(transport)
-                return
-            except _AttemptFailed as e:
-                self.log.info(
-                    "{transport} could not connect: {reason}",
-                    transport=transport.value,
-                    reason=e.reason,
-                )
-                attempts.append((transport.value, e.reason))
-                if e.status is not None:
-                    status = e.status
-        raise NoTransportError(attempts, status)
-
-    async def _open_for_start(self, transport: Transport) -> None:
-        self._transport_in_use = transport
-        self._buffer = []
-        waiter: Deferred[Any] = Deferred()
-        self._start_waiter = waiter
-        self._open_transport(self._session.connect_request(transport))
-        deadline = self._session.connect_timeout
-        waiter.addTimeout(deadline, self._reactor)
-        try:
-            await waiter
-        except (TimeoutError, ConnectionClosed) as e:
-            self._start_waiter = None
-            failed, self._transport = self._transport, None
-            if failed is not None:
-                failed.abort()
-            if isinstance(e, TimeoutError):
-                raise _AttemptFailed(
-                    f"no init frame from the server within {deadline:g} s "
-                    "(TransportConnectTimeout)"
-                ) from None
-            raise _AttemptFailed(e.reason, e.status) from None
-
-    async def _send_start(self) -> None:
-        # S:1 arrived: now /start.  The waiter fires with the answer, or fails when
-        # the transport is lost meanwhile; cancelling it (stop()) cancels the request.
-        transport = self._transport_in_use
-        assert transport is not None
-        request = Deferred.fromCoroutine(
-            self._http.request("GET", self._session.start_url(transport), "start")
-        )
-        waiter: Deferred[tuple[int, bytes]] = Deferred(lambda _: request.cancel())
-        self._start_waiter = waiter
-
-        def forward(result: object) -> None:
-            if not waiter.called:
-                waiter.callback(result)  # type: ignore[arg-type]
-            elif isinstance(result, Failure):
-                result.trap(CancelledError, SignalRError)
-
-        request.addBoth(forward)
-        try:
-            status, body = await waiter
-        except ConnectionClosed as e:
-            request.cancel()
-            raise StartError(
-                f"Error during start request: the {_CHANNEL[transport]} closed ({e.reason})"
-            ) from None
-        except CancelledError:
-            raise
-        except SignalRError as e:
-            raise StartError(f"Error during start request: {e}") from None
-        if status != 200:
-            raise StartError("Error during start request. Stopping the connection.", status, body)
-        if parse_response(body) != "started":
-            raise StartError(
-                f"Invalid start response: {body[:200]!r}. Stopping the connection.",
-                status,
-                body,
-            )
-
     async def _cleanup_failed_start(self, abort: bool, error: Exception) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.abort()
+        self._link.drop()
         token = self._session.forget()
         # Whoever waits on this session learns that it ended; nothing hangs.
         reason = ConnectionClosed(f"start() failed: {error}", error)
         closed_waiters = self._end_session(reason)
         if abort and token is not None:
-            await self._fire_abort(token)
+            await self._link.fire_abort(token)
         await self._http.close_idle()
         for d in closed_waiters:
             d.errback(reason)
 
-    # ------------------------------------------------------------------ HTTP
-
-    def _fire_abort(self, token: str) -> Deferred[None]:
-        """POST /abort; the Deferred fires when answered or failed (never errbacks)."""
-        transport = self._transport_in_use or Transport.web_sockets
-        url = self._session.abort_url(transport, token)
-        d = Deferred.fromCoroutine(
-            self._http.request(
-                "POST", url, "abort", min(self._http.timeout, self._abort_timeout)
-            )
-        )
-
-        def done(result: tuple[int, bytes]) -> None:
-            if result[0] != 200:
-                self.log.warn("/abort answered HTTP {status}", status=result[0])
-
-        def failed(f: Failure) -> None:
-            self.log.warn("/abort failed: {error}", error=f.getErrorMessage())
-
-        return d.addCallbacks(done, failed)
-
     # ------------------------------------------------------------------ transport
 
     def _transport_name(self) -> str:
-        t = self._transport_in_use
+        t = self._link.in_use
         return "no transport" if t is None else t.value
 
-    def _open_transport(self, request: Any) -> None:
-        factory = self._factories[request.transport]
-        transport = factory(self._reactor, request, self._http, self)
-        self._transport = transport
-        transport.open()
-
     def _is_current(self) -> bool:
-        return self._transport is self._dispatching
+        return self._link.transport is self._dispatching
 
     def transport_opened(self, transport: ITransport) -> None:
-        if transport is not self._transport:
+        if transport is not self._link.transport:
             return
         if self._state is ConnectionState.reconnecting:
             self._reconnect.stop()
@@ -597,7 +442,7 @@ class HubConnection:
             self._on_reconnected.fire()
 
     def data_received(self, transport: ITransport, data: bytes) -> None:
-        if transport is not self._transport:
+        if transport is not self._link.transport:
             return
         self._watch.last_received = self._seconds()
         try:
@@ -612,14 +457,12 @@ class HubConnection:
             self._frame(received)
 
     def transport_lost(self, transport: ITransport, reason: ConnectionClosed) -> None:
-        if transport is not self._transport:
+        if transport is not self._link.transport:
             return
-        self._transport = None
+        self._link.detach()
         state = self._state
         if state is ConnectionState.connecting:
-            waiter = self._start_waiter
-            if waiter is not None and not waiter.called:
-                waiter.errback(reason)
+            self._link.start_failed(reason)
         elif state is ConnectionState.connected:
             self._begin_reconnecting(reason)
         elif state is ConnectionState.reconnecting:
@@ -654,22 +497,17 @@ class HubConnection:
             return
         if frame.messages:
             if self._state is ConnectionState.connected:
-                transport = self._transport
+                link = self._link
+                transport = link.transport
                 dispatch = self._dispatch
                 for message in frame.messages:
                     dispatch(message)
-                    if self._transport is not transport:
+                    if link.transport is not transport:
                         break
             else:
                 self._buffer.extend(frame.messages)
-        if frame.initialized:
-            waiter = self._start_waiter
-            if (
-                self._state is ConnectionState.connecting
-                and waiter is not None
-                and not waiter.called
-            ):
-                waiter.callback(None)
+        if frame.initialized and self._state is ConnectionState.connecting:
+            self._link.init_arrived()
         if frame.reconnect and self._state is ConnectionState.connected:
             self._drop_and_reconnect(
                 ConnectionClosed(
@@ -713,8 +551,7 @@ class HubConnection:
         on_progress: Callable[[Any], object] | None,
         timeout: float | None,
     ) -> Deferred[Any]:
-        transport = self._transport
-        if self._state is not ConnectionState.connected or transport is None:
+        if self._state is not ConnectionState.connected or self._link.transport is None:
             return fail(
                 InvalidStateError(f"cannot invoke {proxy.name}.{method} while {self._state.value}")
             )
@@ -740,20 +577,7 @@ class HubConnection:
         deferred = self._invocations.add(
             invocation_id, proxy.name, method, proxy.state, on_progress, timeout
         )
-        sent = transport.send(payload)
-        if sent.called:
-            # WebSockets: written (or refused) at once, nothing comes back here.
-            sent.addCallbacks(
-                self._send_answer, self._send_failed, errbackArgs=(invocation_id,)
-            )
-            return deferred
-        self._sends.add(sent)
-
-        def settled(result: _T) -> _T:
-            self._sends.discard(sent)
-            return result
-
-        sent.addBoth(settled)
+        sent = self._link.send(payload)
         sent.addCallbacks(self._send_answer, self._send_failed, errbackArgs=(invocation_id,))
         return deferred
 
@@ -780,7 +604,7 @@ class HubConnection:
     # ------------------------------------------------------------------ keep-alive
 
     def _start_keepalive(self) -> None:
-        transport = self._transport
+        transport = self._link.transport
         if transport is not None and transport.inherent_keepalive:
             self._watch.stop()
             return
@@ -805,9 +629,7 @@ class HubConnection:
     # ------------------------------------------------------------------ reconnect
 
     def _drop_and_reconnect(self, reason: ConnectionClosed) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.abort()
+        self._link.drop()
         self._begin_reconnecting(reason)
 
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
@@ -818,7 +640,7 @@ class HubConnection:
         if self._state is not ConnectionState.reconnecting:
             return  # a state-change callback stopped the connection
         self.log.warn("connection lost ({reason}); reconnecting", reason=reason.reason)
-        if self._transport_in_use is Transport.web_sockets:
+        if self._link.in_use is Transport.web_sockets:
             # As Microsoft's jQuery client: over WebSockets the result of a pending
             # invocation would come on the lost socket; over SSE and long polling it
             # comes in the answer to its own /send, which the drop does not affect.
@@ -838,7 +660,7 @@ class HubConnection:
         negotiated = self._session.negotiated
         if negotiated is None or not negotiated.keep_alive_timeout:
             return False
-        if self._transport_in_use is Transport.long_polling:
+        if self._link.in_use is Transport.long_polling:
             return False  # long polling has no keep-alives to measure activity by
         window = negotiated.disconnect_timeout + negotiated.keep_alive_timeout
         idle = self._watch.idle()
@@ -854,7 +676,7 @@ class HubConnection:
         return True
 
     def _attempt_reconnect(self) -> None:
-        transport = self._transport_in_use
+        transport = self._link.in_use
         if (
             self._state is not ConnectionState.reconnecting
             or self._session.token is None
@@ -865,17 +687,15 @@ class HubConnection:
             return
         request = self._session.reconnect_request(transport)
         self.log.debug("reconnecting to {url}", url=redact_url(request.url))
-        self._open_transport(request)
+        opening = self._link.open(request)
         # An attempt that never completes must not use up the whole window.
-        opening = self._transport
         limit = self._session.connect_timeout
         self._reconnect.limit_attempt(limit, lambda: self._attempt_timed_out(opening, limit))
 
-    def _attempt_timed_out(self, transport: ITransport | None, limit: float) -> None:
-        if transport is None or transport is not self._transport:
+    def _attempt_timed_out(self, transport: ITransport, limit: float) -> None:
+        if transport is not self._link.transport:
             return
-        self._transport = None
-        transport.abort()
+        self._link.drop()
         self.log.info("reconnect attempt got no answer within {limit:g} s", limit=limit)
         self._reconnect.schedule()
 
@@ -891,13 +711,9 @@ class HubConnection:
         if self._state is ConnectionState.disconnected:
             return
         self.log.error("connection closed: {reason}", reason=reason.reason)
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.abort()
+        self._link.drop()
         self._session.forget()
-        waiter = self._start_waiter
-        if waiter is not None and not waiter.called:
-            waiter.errback(reason)
+        self._link.start_failed(reason)
         self._last_close = reason
         closed_waiters = self._end_session(reason)
         self._http.close_idle()
@@ -916,12 +732,12 @@ class HubConnection:
         if start_task is not None:
             start_task.cancel()
         token = self._session.forget()
-        transport, self._transport = self._transport, None
+        transport = self._link.detach()
         self._last_close = None
         # Taken now: a start() after this stop() completes has waiters of its own.
         closed_waiters = self._end_session(None)
         if token is not None:
-            await self._fire_abort(token)
+            await self._link.fire_abort(token)
         if transport is not None:
             await transport.close()
         await self._http.close_idle()
@@ -945,9 +761,7 @@ class HubConnection:
         self._watch.stop()
         self._reconnect.stop()
         self._invocations.fail_all(_DISCONNECTED_TEXT, reason)
-        sends, self._sends = self._sends, set()
-        for d in sends:
-            d.cancel()
+        self._link.cancel_sends()
         waiters, self._connected_waiters = self._connected_waiters, []
         for w in waiters:
             w.errback(reason or ConnectionClosed("stop() was called"))
