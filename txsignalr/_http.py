@@ -79,6 +79,19 @@ class HttpSession:
                 headers[k] = [v]
         return headers
 
+    async def _bounded(self, d: Deferred[Any], limit: float, what: str) -> Any:
+        """Await ``d`` for at most ``limit`` seconds; every failure as a SignalRError."""
+        if limit != math.inf:
+            d.addTimeout(limit, self._reactor)
+        try:
+            return await d
+        except CancelledError:
+            raise
+        except TimeoutError:
+            raise SignalRError(f"{what} request timed out after {limit:g} s") from None
+        except Exception as e:
+            raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
+
     def open(
         self,
         method: str,
@@ -93,31 +106,22 @@ class HttpSession:
         """
         Send a request; the Deferred fires with the response once its headers arrived.
 
+        :param timeout: seconds allowed (the session's default when None;
+            :attr:`no_timeout` for none).
         :param unbuffered: do not read the body into memory (for streaming it).
         :raises SignalRError: (through the Deferred) when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
+        kwargs: dict[str, Any] = {"headers": self._headers(headers), "cookies": self.cookies}
+        if data is not None:
+            kwargs["data"] = data
+        if unbuffered:
+            kwargs["unbuffered"] = True
 
         async def run() -> IResponse:
-            try:
-                kwargs: dict[str, Any] = {
-                    "headers": self._headers(headers),
-                    "cookies": self.cookies,
-                }
-                if data is not None:
-                    kwargs["data"] = data
-                if unbuffered:
-                    kwargs["unbuffered"] = True
-                d = self._client.request(method, url, **kwargs)
-                if limit != math.inf:
-                    d.addTimeout(limit, self._reactor)
-                response: IResponse = await d
-            except CancelledError:
-                raise
-            except TimeoutError:
-                raise SignalRError(f"{what} request timed out after {limit:g} s") from None
-            except Exception as e:
-                raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
+            response: IResponse = await self._bounded(
+                self._client.request(method, url, **kwargs), limit, what
+            )
             cookies = getattr(response, "cookies", None)
             if cookies is not None:
                 for cookie in cookies():
@@ -143,20 +147,8 @@ class HttpSession:
         :raises SignalRError: when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
-        response = await self.open(
-            method, url, what, data=data, headers=headers, timeout=limit
-        )
-        try:
-            body_d = treq.content(response)
-            if limit != math.inf:
-                body_d.addTimeout(limit, self._reactor)
-            body: bytes = await body_d
-        except CancelledError:
-            raise
-        except TimeoutError:
-            raise SignalRError(f"{what} request timed out after {limit:g} s") from None
-        except Exception as e:
-            raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
+        response = await self.open(method, url, what, data=data, headers=headers, timeout=limit)
+        body: bytes = await self._bounded(treq.content(response), limit, what)
         return response.code, body
 
     def handshake_headers(self, http_url: str) -> dict[str, str]:

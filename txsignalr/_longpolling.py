@@ -5,13 +5,12 @@ by the server until it has something to say; sends are POSTs of their own.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from txsignalr._http import HttpSession
-from txsignalr._sse import post_send
-from txsignalr._transport import TransportRequest, TransportSink
+from txsignalr._transport import HttpTransport, TransportRequest, TransportSink
 from txsignalr.errors import ConnectionClosed, SignalRError
 
 __all__ = ["LongPollingTransport"]
@@ -24,7 +23,7 @@ _FORM = {"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"}
 OPEN_GRACE = 0.5
 
 
-class LongPollingTransport:
+class LongPollingTransport(HttpTransport):
     """
     Long polling on a ``/connect`` or ``/reconnect`` URL, then the request's ``poll()``.
 
@@ -43,15 +42,11 @@ class LongPollingTransport:
         sink: TransportSink,
     ) -> None:
         assert request.poll is not None
-        self._reactor = reactor
-        self._request = request
-        self._http = http
-        self._sink = sink
+        super().__init__(reactor, request, http, sink)
         self._poll: Deferred[tuple[int, bytes]] | None = None
         self._delay: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
         self._opened = False
-        self._done = False
 
     def open(self) -> None:
         self._grace = self._reactor.callLater(OPEN_GRACE, self._mark_open)
@@ -115,24 +110,10 @@ class LongPollingTransport:
         text = str(error) if isinstance(error, SignalRError) else failure.getErrorMessage()
         self._lose(ConnectionClosed(f"long poll failed: {text}", error))
 
-    def _lose(self, reason: ConnectionClosed) -> None:
-        self._shut()
-        self._sink.transport_lost(self, reason)
-
     def _cancel_grace(self) -> None:
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
-
-    def send(self, data: bytes) -> Deferred[bytes]:
-        return Deferred.fromCoroutine(post_send(self._http, self._request, data))
-
-    def close(self, timeout: float = 2.0) -> Deferred[None]:
-        return self.abort()
-
-    def abort(self) -> Deferred[None]:
-        self._shut()
-        return succeed(None)
 
     def _shut(self) -> None:
         self._done = True

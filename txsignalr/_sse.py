@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from txsignalr._http import HttpSession
-from txsignalr._transport import TransportRequest, TransportSink
-from txsignalr.errors import ConnectionClosed, MessageTooLarge, SignalRError
+from txsignalr._transport import HttpTransport, TransportRequest, TransportSink
+from txsignalr.errors import ConnectionClosed, MessageTooLarge
 
-__all__ = ["EventStreamParser", "ServerSentEventsTransport", "post_send"]
+__all__ = ["EventStreamParser", "ServerSentEventsTransport"]
 
 #: The most one SSE line may hold before the stream counts as broken.
 DEFAULT_MAX_EVENT = 16 * 1024 * 1024
@@ -99,35 +99,6 @@ class EventStreamParser:
         # comments (":...") and the fields event/id/retry are of no use to SignalR
 
 
-async def post_send(
-    http: HttpSession, request: TransportRequest, data: bytes
-) -> bytes:
-    """
-    Send one message as an HTTP POST to the request's ``send_url``.
-
-    :returns: the answer's body.
-    :raises ConnectionClosed: when the request got no answer (the connection to the
-        server failed or was cut).
-    :raises SignalRError: when it was answered with another status than 200.
-    """
-    assert request.send_url is not None and request.send_body is not None
-    body, content_type = request.send_body(data)
-    try:
-        status, answer = await http.request(
-            "POST",
-            request.send_url,
-            "send",
-            http.no_timeout,
-            data=body,
-            headers={"Content-Type": content_type},
-        )
-    except SignalRError as e:
-        raise ConnectionClosed(f"the /send request got no answer: {e}", e) from None
-    if status != 200:
-        raise SignalRError(f"/send answered HTTP {status}: {answer[:200]!r}")
-    return answer
-
-
 class _StreamProtocol(Protocol):
     def __init__(self, owner: ServerSentEventsTransport) -> None:
         self._owner = owner
@@ -139,7 +110,7 @@ class _StreamProtocol(Protocol):
         self._owner._ended(reason)
 
 
-class ServerSentEventsTransport:
+class ServerSentEventsTransport(HttpTransport):
     """
     One event stream from a ``/connect`` or ``/reconnect`` URL.
 
@@ -148,8 +119,6 @@ class ServerSentEventsTransport:
     connection's keep-alive watch does.
     """
 
-    inherent_keepalive = False
-
     def __init__(
         self,
         reactor: IReactorTime,
@@ -157,14 +126,10 @@ class ServerSentEventsTransport:
         http: HttpSession,
         sink: TransportSink,
     ) -> None:
-        self._reactor = reactor
-        self._request = request
-        self._http = http
-        self._sink = sink
+        super().__init__(reactor, request, http, sink)
         self._parser = EventStreamParser()
         self._opening: Deferred[IResponse] | None = None
         self._stream: _StreamProtocol | None = None
-        self._done = False
 
     def open(self) -> None:
         d = self._http.open(
@@ -219,20 +184,6 @@ class ServerSentEventsTransport:
         self._stream = None
         if not self._done:
             self._lose(ConnectionClosed("the server ended the event stream"))
-
-    def _lose(self, reason: ConnectionClosed) -> None:
-        self._shut()
-        self._sink.transport_lost(self, reason)
-
-    def send(self, data: bytes) -> Deferred[bytes]:
-        return Deferred.fromCoroutine(post_send(self._http, self._request, data))
-
-    def close(self, timeout: float = 2.0) -> Deferred[None]:
-        return self.abort()
-
-    def abort(self) -> Deferred[None]:
-        self._shut()
-        return succeed(None)
 
     def _shut(self) -> None:
         self._done = True

@@ -12,14 +12,20 @@ from collections.abc import Callable
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from txsignalr._http import HttpSession
 from txsignalr._protocol import Transport
-from txsignalr.errors import ConnectionClosed
+from txsignalr.errors import ConnectionClosed, SignalRError
 
-__all__ = ["ITransport", "TransportFactory", "TransportRequest", "TransportSink"]
+__all__ = [
+    "HttpTransport",
+    "ITransport",
+    "TransportFactory",
+    "TransportRequest",
+    "TransportSink",
+]
 
 
 @attrs.frozen
@@ -94,3 +100,76 @@ class TransportFactory(Protocol):
         http: HttpSession,
         sink: TransportSink,
     ) -> ITransport: ...
+
+
+class HttpTransport:
+    """
+    What the HTTP transports (Server-Sent Events, long polling) share: each send is a
+    POST of its own to the request's ``send_url``, and closing is aborting.
+    Subclasses implement :meth:`open` and :meth:`_shut`.
+    """
+
+    inherent_keepalive = False
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        request: TransportRequest,
+        http: HttpSession,
+        sink: TransportSink,
+    ) -> None:
+        self._reactor = reactor
+        self._request = request
+        self._http = http
+        self._sink = sink
+        self._done = False
+
+    def send(self, data: bytes) -> Deferred[bytes]:
+        """
+        POST one message to ``send_url``; the Deferred fires with the answer's body.
+
+        It fails with :class:`~txsignalr.ConnectionClosed` when the request got no
+        answer, and with a :class:`~txsignalr.SignalRError` naming the status when
+        it was answered with another status than 200.
+        """
+        return Deferred.fromCoroutine(self._post(data))
+
+    async def _post(self, data: bytes) -> bytes:
+        request = self._request
+        assert request.send_url is not None and request.send_body is not None
+        body, content_type = request.send_body(data)
+        try:
+            status, answer = await self._http.request(
+                "POST",
+                request.send_url,
+                "send",
+                self._http.no_timeout,
+                data=body,
+                headers={"Content-Type": content_type},
+            )
+        except SignalRError as e:
+            raise ConnectionClosed(f"the /send request got no answer: {e}", e) from None
+        if status != 200:
+            raise SignalRError(f"/send answered HTTP {status}: {answer[:200]!r}")
+        return answer
+
+    def close(self, timeout: float = 2.0) -> Deferred[None]:
+        """Close: for an HTTP transport the same as :meth:`abort`."""
+        return self.abort()
+
+    def abort(self) -> Deferred[None]:
+        """Stop receiving at once, without telling the sink."""
+        self._shut()
+        return succeed(None)
+
+    def _lose(self, reason: ConnectionClosed) -> None:
+        self._shut()
+        self._sink.transport_lost(self, reason)
+
+    def open(self) -> None:
+        """Start opening the receive channel."""
+        raise NotImplementedError
+
+    def _shut(self) -> None:
+        """Stop every request of the receive channel and mark the transport done."""
+        raise NotImplementedError
