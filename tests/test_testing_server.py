@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.testing import C3Hub, ChatHub, Hub, HubCall, HubException, SignalRServer
 from txsignalr.testing._bus import MessageBus
-from txsignalr.testing._server import parse_cookies
+from txsignalr.testing._http import parse_cookies
 from txsignalr.testing._tokens import Protector
 from txsignalr.testing._wire import (
     hub_result,
@@ -832,8 +832,7 @@ async def test_abort_closes_socket_and_fires_disconnected_with_stop_called() -> 
 async def test_lost_socket_expires_after_disconnect_timeout() -> None:
     """Without /abort the connection ends with stop_called False after the window."""
     rec = RecordingHub()
-    async with running(hubs=[rec], disconnect_timeout=0.2) as server:
-        server._disconnect_threshold = 0.1
+    async with running(hubs=[rec], disconnect_timeout=0.2, disconnect_threshold=0.1) as server:
         neg, conn = await connect_started(server, "rec")
         gone = server.when_event("disconnected")
         conn.drop()
@@ -1050,7 +1049,7 @@ async def test_a_failed_send_loses_no_messages_and_is_logged(
     logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When sending a frame raises, its messages are sent with the next frame instead."""
-    from txsignalr.testing._server import _SignalRWebSocket
+    from txsignalr.testing._transport_ws import _SignalRWebSocket
 
     original = _SignalRWebSocket.send_text
     failures = [2]
@@ -1085,7 +1084,7 @@ async def test_a_failed_result_send_is_logged_not_left_in_a_deferred(
     """A result frame that cannot be sent is logged; no 'Unhandled error in Deferred'."""
     import gc
 
-    from txsignalr.testing._server import _SignalRWebSocket
+    from txsignalr.testing._transport_ws import _SignalRWebSocket
 
     original = _SignalRWebSocket.send_text
 
@@ -1144,7 +1143,7 @@ async def test_deeply_nested_connection_data_is_an_empty_500() -> None:
         for command in ("negotiate", "connect"):
             code, headers, body = await http_get(
                 f"{server.url}/{command}?transport=webSockets&connectionToken="
-                f"{quote(server._protector.connection_token('x'), safe='')}"
+                f"{quote(server.connection_token('x'), safe='')}"
                 f"&connectionData={deep}"
             )
             assert (code, body) == (500, b""), command
@@ -1176,7 +1175,7 @@ async def test_server_side_group_add_while_away_survives_reconnect() -> None:
         assert server.events("reconnect")[0]["groups"] == ["hg-chat.vip"]
         assert [m["A"][1] for m in messages(frames)] == ["while away", "after"]
         token = next(f["G"] for f in frames if "G" in f)
-        assert server._protector.groups(token, cid) == ["hg-chat.vip"]
+        assert server.groups_in_token(token, cid) == ["hg-chat.vip"]
 
 
 @pytest_twisted.ensureDeferred

@@ -21,8 +21,9 @@ Sizes: client messages over 64 KiB drop the TCP connection (as on Microsoft's se
 what the server sends is not limited.
 """
 
+from txsignalr.testing._context import HubContext
 from txsignalr.testing._demo import C3Hub, ChatHub
 from txsignalr.testing._hubs import Hub, HubCall, HubException
 from txsignalr.testing._server import SignalRServer
 
-__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubException", "SignalRServer"]
+__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubContext", "HubException", "SignalRServer"]
