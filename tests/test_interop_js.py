@@ -186,7 +186,9 @@ async def server(reactor: Any) -> Any:
     await srv.stop()
 
 
-def assert_clean_session(server: SignalRServer, connection_id: str, client_protocol: str) -> None:
+def assert_clean_session(
+    server: SignalRServer, connection_id: str, client_protocol: str, transport: str = "webSockets"
+) -> None:
     """negotiate -> connect -> start -> ... -> abort -> disconnected(stop_called) for one id."""
     log = kinds(server)
     for kind in ("negotiate", "connect", "start", "abort", "disconnected"):
@@ -195,11 +197,14 @@ def assert_clean_session(server: SignalRServer, connection_id: str, client_proto
     assert "reconnect" not in log, log
     (connect,) = server.events("connect")
     assert connect["connection_id"] == connection_id
-    assert connect["query"]["transport"] == "webSockets"
+    assert connect["query"]["transport"] == transport
+    assert connect["transport"] == transport
     assert connect["query"]["clientProtocol"] == client_protocol
     assert server.events("start")[0]["connection_id"] == connection_id
     assert [a["connection_id"] for a in server.events("abort")] == [connection_id]
-    assert server.events("disconnected") == [{"connection_id": connection_id, "stop_called": True}]
+    assert server.events("disconnected") == [
+        {"connection_id": connection_id, "stop_called": True, "transport": transport}
+    ]
 
 
 # ------------------------------------------------------- Microsoft's jQuery client (2.4.3)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -25,14 +26,29 @@ from txsignalr.testing._http import (
 )
 from txsignalr.testing._hubs import Hub
 from txsignalr.testing._registry import ConnectionRegistry, ReceiveRequest
+from txsignalr.testing._transport_http import HttpTransports
 from txsignalr.testing._transport_ws import WebSocketTransport
-from txsignalr.testing._wire import negotiate_body, parse_connection_data, resolve_protocol
+from txsignalr.testing._wire import (
+    encode_text,
+    negotiate_body,
+    parse_connection_data,
+    resolve_protocol,
+)
 
 __all__ = ["ClassicEndpoints", "EndpointSettings"]
 
 _log = Logger(namespace="txsignalr.testing")
 
-_KNOWN_TRANSPORTS = frozenset({"websockets", "serversentevents", "longpolling", "foreverframe"})
+#: lower-cased name -> the spelling used in events and frames.
+TRANSPORT_NAMES = {
+    "websockets": "webSockets",
+    "serversentevents": "serverSentEvents",
+    "longpolling": "longPolling",
+    "foreverframe": "foreverFrame",
+}
+#: the transports the test server can serve (forever frame is only accepted on
+#: ``/start``, ``/abort`` and ``/send``, as a registered transport of the real server).
+SERVED_TRANSPORTS = ("webSockets", "serverSentEvents", "longPolling")
 
 Refusal = tuple[int, bytes, "bytes | None"]
 
@@ -46,6 +62,8 @@ class EndpointSettings(Protocol):
     connection_timeout: float
     negotiate_cookies: dict[str, str]
     cors: bool
+    transports: tuple[str, ...]
+    long_poll_delay: float
 
 
 class ClassicEndpoints:
@@ -57,6 +75,7 @@ class ClassicEndpoints:
     :param registry: the connection registry.
     :param events: the event log.
     :param websockets: the WebSockets server transport.
+    :param http_transports: the SSE and long polling server transports.
     """
 
     def __init__(
@@ -66,14 +85,18 @@ class ClassicEndpoints:
         registry: ConnectionRegistry,
         events: EventLog,
         websockets: WebSocketTransport,
+        http_transports: HttpTransports,
     ) -> None:
         self._settings = settings
         self._hubs = hubs
         self._registry = registry
         self._events = events
         self._websockets = websockets
+        self._http_transports = http_transports
         #: ``(status, body, content type)`` answered to every negotiate, or ``None``.
         self.negotiate_refusal: Refusal | None = None
+        #: transport name -> the answer to its connect and reconnect requests.
+        self.transport_refusals: dict[str, Refusal] = {}
 
     def render(self, request: Request) -> bytes | int:
         """Answer one request below the connection URL."""
@@ -89,8 +112,10 @@ class ClassicEndpoints:
         if path.endswith("/ping"):
             self._events.record("ping", {})
             return respond(request, 200, b'{ "Response": "pong" }', JSON)
-        transport = (info.arg("transport") or "").lower()
-        if transport not in _KNOWN_TRANSPORTS:
+        transport = TRANSPORT_NAMES.get((info.arg("transport") or "").lower())
+        if transport is None or (
+            transport not in self._settings.transports and transport != "foreverFrame"
+        ):
             return respond(request, 400, b"Protocol error: Unknown transport.", None)
         token = info.arg("connectionToken")
         if token is None:
@@ -104,24 +129,30 @@ class ClassicEndpoints:
             _log.info("rejecting request: {error}", error=str(e))
             return empty_500(request)
         if path.endswith("/start"):
-            return self._start(request, info, connection_id, hubs)
+            return self._start(request, info, connection_id, hubs, transport)
         if path.endswith("/abort"):
-            return self._abort(request, connection_id)
-        if transport != "websockets":
-            # Microsoft's server has all four transports; /start and /abort above work
-            # with any of them (signalr-client aborts with transport=serverSentEvents).
+            return self._abort(request, connection_id, transport)
+        if transport == "webSockets":
+            if "websocket" not in info.headers.get("upgrade", "").lower():
+                return respond(request, 400, b"Not a valid web socket request.", None)
+        elif path.endswith("/send"):
+            return self._send(request, info, connection_id, transport)
+        elif transport == "foreverFrame":
             return respond(
                 request,
                 400,
-                b"Protocol error: only the webSockets transport is served by txsignalr.testing.",
+                b"Protocol error: the foreverFrame transport is not served by txsignalr.testing.",
                 None,
             )
-        upgrade = info.headers.get("upgrade", "")
-        if "websocket" not in upgrade.lower():
-            return respond(request, 400, b"Not a valid web socket request.", None)
-        return self._websockets.render(
-            request, self._receive_request(info, connection_id, hubs, path, "webSockets")
-        )
+        receive = self._receive_request(info, connection_id, hubs, path, transport)
+        refusal = self.transport_refusals.get(transport)
+        if refusal is not None and receive.kind != "poll":
+            self._events.record("refused", {"connection_id": connection_id, "transport": transport})
+            status, body, content_type = refusal
+            return respond(request, status, body, content_type)
+        if transport == "webSockets":
+            return self._websockets.render(request, receive)
+        return self._http_transports.serve(request, receive)
 
     def _receive_request(
         self,
@@ -190,20 +221,26 @@ class ClassicEndpoints:
             keepalive_timeout=None if keepalive is None else 2 * keepalive,
             disconnect_timeout=self._settings.disconnect_timeout,
             connection_timeout=self._settings.connection_timeout,
-            try_websockets=True,
+            try_websockets="webSockets" in self._settings.transports,
             protocol_version=version,
             transport_connect_timeout=self._settings.transport_connect_timeout,
-            long_poll_delay=0.0,
+            long_poll_delay=self._settings.long_poll_delay,
         )
         return respond(request, 200, body, JSON)
 
     def _start(
-        self, request: Request, info: RequestInfo, connection_id: str, hubs: tuple[Hub, ...]
+        self,
+        request: Request,
+        info: RequestInfo,
+        connection_id: str,
+        hubs: tuple[Hub, ...],
+        transport: str,
     ) -> int:
         self._events.record(
             "start",
             {
                 "connection_id": connection_id,
+                "transport": transport,
                 "query": info.query,
                 "headers": info.headers,
                 "cookies": info.cookies,
@@ -214,10 +251,51 @@ class ClassicEndpoints:
         d.addCallback(lambda _: answer(200, b'{ "Response": "started" }', JSON))
         return NOT_DONE_YET
 
-    def _abort(self, request: Request, connection_id: str) -> bytes:
-        self._events.record("abort", {"connection_id": connection_id})
+    def _abort(self, request: Request, connection_id: str, transport: str) -> bytes:
+        self._events.record("abort", {"connection_id": connection_id, "transport": transport})
         self._registry.abort(connection_id)
         return respond(request, 200, b"", TEXT)
+
+    def _send(
+        self, request: Request, info: RequestInfo, connection_id: str, transport: str
+    ) -> bytes | int:
+        """
+        ``/send`` (SSE, long polling): the hub result is the response body, after what
+        the method published (progress, caller calls) went out on the receive channel.
+        Malformed input or an unknown hub is a bare 500, as on the real server.
+        """
+        data = info.form_arg("data")
+        if data is None:
+            data = info.arg("data")
+        if data is None:
+            self._events.record(
+                "received",
+                {"connection_id": connection_id, "payload": None, "transport": transport},
+            )
+            return empty_500(request)
+        d = self._registry.receive(connection_id, data, transport)
+        if d is None:
+            return empty_500(request)
+        answer = answer_later(request)
+        registry = self._registry
+
+        def after_stall(frame: str) -> defer.Deferred[str]:
+            return registry.when_unstalled().addCallback(lambda _: frame)
+
+        def deliver(frame: str) -> None:
+            registry.flush_connection(connection_id)
+            answer(200, encode_text(frame), JSON)
+
+        d.addCallback(after_stall)
+        d.addCallback(deliver)
+        d.addErrback(
+            lambda f: _log.failure(
+                "could not answer /send of connection {connection_id}",
+                failure=f,
+                connection_id=connection_id,
+            )
+        )
+        return NOT_DONE_YET
 
 
 def answer_later(request: Request) -> Callable[[int, bytes, bytes | None], None]:
@@ -238,4 +316,3 @@ def answer_later(request: Request) -> Callable[[int, bytes, bytes | None], None]
         request.finish()
 
     return answer
-

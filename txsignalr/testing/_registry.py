@@ -208,6 +208,7 @@ class ConnectionRegistry:
                 old.abort()
         info: dict[str, Any] = {
             "connection_id": ctx.connection_id,
+            "transport": ctx.transport,
             "query": ctx.info.query,
             "headers": ctx.info.headers,
             "cookies": ctx.info.cookies,
@@ -255,6 +256,7 @@ class ConnectionRegistry:
                 "poll",
                 {
                     "connection_id": conn.id,
+                    "transport": ctx.transport,
                     "message_id": ctx.message_id,
                     "groups_token": ctx.groups_token,
                     "cursor_valid": cursor is not None,
@@ -310,7 +312,9 @@ class ConnectionRegistry:
         conn.channel = None
         self._cancel_timers(conn)
         if lost:
-            self._events.record("socket_closed", {"connection_id": conn.id})
+            self._events.record(
+                "socket_closed", {"connection_id": conn.id, "transport": channel.transport_name}
+            )
         conn.disconnect_call = self._timers.call_later(
             self._settings.disconnect_timeout + self._settings.disconnect_threshold,
             self._expire,
@@ -360,7 +364,10 @@ class ConnectionRegistry:
     def _disconnected(self, conn: Connection, stop_called: bool) -> None:
         self.bus.forget(connection_topic(conn.id))
         self.run_hooks(conn.hubs, lambda h: h.on_disconnected(conn.id, stop_called))
-        self._events.record("disconnected", {"connection_id": conn.id, "stop_called": stop_called})
+        self._events.record(
+            "disconnected",
+            {"connection_id": conn.id, "stop_called": stop_called, "transport": conn.transport},
+        )
 
     def _expire(self, conn: Connection) -> None:
         conn.disconnect_call = None
@@ -382,14 +389,16 @@ class ConnectionRegistry:
 
     # -- invocations -------------------------------------------------------------------
 
-    def receive(self, connection_id: str, text: str) -> defer.Deferred[str] | None:
+    def receive(self, connection_id: str, text: str, transport: str) -> defer.Deferred[str] | None:
         """
         A hub invocation from a client.
 
         :returns: a Deferred firing with the result frame (it never fails), or ``None``
             when the invocation is ignored (unknown connection or hub, malformed).
         """
-        self._events.record("received", {"connection_id": connection_id, "payload": text})
+        self._events.record(
+            "received", {"connection_id": connection_id, "payload": text, "transport": transport}
+        )
         if connection_id not in self.connections:
             return None
         try:
@@ -551,9 +560,7 @@ class ConnectionRegistry:
         h = self.hub(hub)
         self.publish(hub_topic(h), client_invocation(h.name, method, args))
 
-    def send_to_group(
-        self, hub: Hub | str, group: str, method: str, args: tuple[Any, ...]
-    ) -> None:
+    def send_to_group(self, hub: Hub | str, group: str, method: str, args: tuple[Any, ...]) -> None:
         h = self.hub(hub)
         self.publish(group_topic(h, group), client_invocation(h.name, method, args))
 

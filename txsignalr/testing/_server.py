@@ -1,13 +1,14 @@
 """
 The in-process classic ASP.NET SignalR 2.x server: :class:`SignalRServer`, the public
-façade over the layers that do the work: the server transports
-(:mod:`._transport_ws`), the connection registry (:mod:`._registry`), the classic HTTP
+façade over the layers that do the work: the server transports (:mod:`._transport_ws`,
+:mod:`._transport_http`), the connection registry (:mod:`._registry`), the classic HTTP
 endpoints (:mod:`._endpoints`), timers, the event log and the sans-I/O pieces
 (:mod:`._wire`, :mod:`._bus`, :mod:`._tokens`, :mod:`._hubs`).
 
-Only the WebSockets transport is served (``TryWebSockets`` is ``true``), with client
-protocol 1.2 to 2.0.  ``/start`` and ``/abort`` accept any of the four classic transport
-names, as on Microsoft's server; receive requests for the other transports get a 400.
+WebSockets, Server-Sent Events and long polling are served (a subset with
+``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
+also accept ``foreverFrame``, a registered transport of Microsoft's server; its receive
+requests get a 400.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from txsignalr.testing._endpoints import ClassicEndpoints
+from txsignalr.testing._endpoints import SERVED_TRANSPORTS, ClassicEndpoints
 from txsignalr.testing._events import EventLog
 from txsignalr.testing._http import (
     DispatchResource,
@@ -33,6 +34,7 @@ from txsignalr.testing._http import (
 from txsignalr.testing._hubs import Hub
 from txsignalr.testing._registry import ConnectionRegistry
 from txsignalr.testing._timers import Timers
+from txsignalr.testing._transport_http import HttpTransports
 from txsignalr.testing._transport_ws import WebSocketTransport
 from txsignalr.testing._wire import client_invocation, progress_message
 
@@ -43,7 +45,8 @@ _DISCONNECT_THRESHOLD = 5.0  # WebSocketTransport / TransportDisconnectBase
 
 class SignalRServer:
     """
-    An in-process classic ASP.NET SignalR 2.x hub server (WebSockets transport).
+    An in-process classic ASP.NET SignalR 2.x hub server (WebSockets, Server-Sent Events
+    and long polling).
 
     :param reactor: provides ``IReactorTime`` (all timers) and ``IReactorTCP``
         (for :meth:`listen`).
@@ -63,7 +66,14 @@ class SignalRServer:
     :param event_log_size: how many events :attr:`log` keeps (the oldest are dropped),
         so that a long-running server does not grow without bound.
     :param disconnect_threshold: seconds added to ``disconnect_timeout`` before a
-        connection without a socket expires (5 on the real server).
+        connection without a socket (or, long polling, without a poll) expires (5 on the
+        real server).
+    :param transports: the transports served, any of ``"webSockets"``,
+        ``"serverSentEvents"`` and ``"longPolling"``; requests for the others get
+        ``400 Protocol error: Unknown transport.`` and without ``webSockets`` negotiate
+        says ``"TryWebSockets":false``.
+    :param long_poll_delay: negotiate ``LongPollDelay`` in seconds; when not 0 long
+        polling frames carry ``"L"`` (milliseconds).
     """
 
     def __init__(
@@ -81,8 +91,15 @@ class SignalRServer:
         cors: bool = False,
         event_log_size: int = 10_000,
         disconnect_threshold: float = _DISCONNECT_THRESHOLD,
+        transports: Iterable[str] = SERVED_TRANSPORTS,
+        long_poll_delay: float = 0.0,
     ) -> None:
         self._reactor = reactor
+        self.transports = tuple(transports)
+        unknown = set(self.transports) - set(SERVED_TRANSPORTS)
+        if unknown:
+            raise ValueError(f"unknown transports {sorted(unknown)}: use {SERVED_TRANSPORTS}")
+        self.long_poll_delay = long_poll_delay
         self.path = "/" + path.strip("/")
         self.keepalive = keepalive
         self.disconnect_timeout = disconnect_timeout
@@ -108,7 +125,12 @@ class SignalRServer:
         self._registry = ConnectionRegistry(self, self._hubs, self._timers, self._events, self)
         self._websockets = WebSocketTransport(self._registry, self._timers, reactor)
         self._endpoints = ClassicEndpoints(
-            self, self._hubs, self._registry, self._events, self._websockets
+            self,
+            self._hubs,
+            self._registry,
+            self._events,
+            self._websockets,
+            HttpTransports(self._registry, self._timers, self),
         )
         self._started = False
         self._port: IListeningPort | None = None
@@ -271,8 +293,41 @@ class SignalRServer:
     # -- fault injection -------------------------------------------------------------
 
     def drop_all_transports(self) -> None:
-        """Abort every WebSocket's TCP connection: no close frame, no ``/abort`` semantics."""
+        """
+        Abort the TCP connection of every receive channel (a WebSocket, an SSE response,
+        a held long poll): no close frame, no ``/abort`` semantics; the SignalR
+        connections live on until their disconnect timeout.
+        """
         self._registry.drop_all()
+
+    def stall_transports(self, stalled: bool = True) -> None:
+        """
+        Keep every transport open but send nothing (no frames, keep-alives, hub results
+        or ``/send`` answers, no long poll timeouts) until called with ``False``; what
+        queued up meanwhile is delivered then.
+        """
+        self._registry.stall(stalled)
+
+    def refuse_transport(
+        self,
+        transport: str,
+        status: int | None = 400,
+        body: bytes = b"",
+        content_type: bytes | str | None = None,
+    ) -> None:
+        """
+        Answer every ``/connect`` and ``/reconnect`` of ``transport`` (for WebSockets:
+        the upgrade request) with ``status`` and ``body`` until called with ``None``;
+        each refusal is logged as a ``refused`` event.
+        """
+        if transport not in SERVED_TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}: use {SERVED_TRANSPORTS}")
+        if status is None:
+            self._endpoints.transport_refusals.pop(transport, None)
+            return
+        if isinstance(content_type, str):
+            content_type = content_type.encode("latin-1")
+        self._endpoints.transport_refusals[transport] = (status, body, content_type)
 
     def refuse_negotiate(
         self, status: int | None = 401, body: bytes = b"", content_type: bytes | str | None = None
@@ -295,9 +350,7 @@ class SignalRServer:
 
     def report_progress(self, connection_id: str, invocation_id: str, value: Any) -> None:
         """Send a progress message ``{"I":"P|id","P":{"I":id,"D":value}}`` to a caller."""
-        self._registry.publish_to_connection(
-            connection_id, progress_message(invocation_id, value)
-        )
+        self._registry.publish_to_connection(connection_id, progress_message(invocation_id, value))
 
     def send_to_all(self, hub: Hub | str, method: str, *args: Any) -> None:
         """Call a client method on every connection that listed ``hub``."""
@@ -308,9 +361,7 @@ class SignalRServer:
     ) -> None:
         """Call a client method on one connection."""
         h = self._registry.hub(hub)
-        self._registry.publish_to_connection(
-            connection_id, client_invocation(h.name, method, args)
-        )
+        self._registry.publish_to_connection(connection_id, client_invocation(h.name, method, args))
 
     def send_to_group(self, hub: Hub | str, group: str, hub_method: str, *args: Any) -> None:
         """Call a client method on every member of a hub group."""

@@ -111,7 +111,6 @@ class _SignalRWebSocket(WebSocketServerProtocol):
             self.abort()
 
 
-
 class _SocketFactory(WebSocketServerFactory):
     protocol = _SignalRWebSocket
     log = QuietAutobahnLog()
@@ -182,7 +181,7 @@ class WebSocketTransport:
 
     def message(self, sock: _SignalRWebSocket, text: str) -> None:
         connection_id = sock.context.connection_id
-        d = self.registry.receive(connection_id, text)
+        d = self.registry.receive(connection_id, text, NAME)
         if d is None:
             return
         d.addCallback(self._after_stall)
