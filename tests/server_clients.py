@@ -17,7 +17,7 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
     connectWS,
 )
-from helpers import within
+from helpers import running_reactor, within
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -31,9 +31,7 @@ TRANSPORTS = ("webSockets", "serverSentEvents", "longPolling")
 
 
 def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
+    return running_reactor()
 
 
 FORM = "application/x-www-form-urlencoded; charset=UTF-8"

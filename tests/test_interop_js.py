@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import sleep, within
 from twisted.internet import defer, protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 
 from txsignalr.testing import C3Hub, ChatHub, SignalRServer
 
@@ -86,22 +87,18 @@ class NodeRun(protocol.ProcessProtocol):
             head += f" (killed after {NODE_TIMEOUT} s)"
         return f"{head}\n--- stdout\n{out}\n--- stderr\n{err}"
 
-    def event(self, name: str, timeout: float = 5.0) -> defer.Deferred[Any]:
-        """Fires with the data of the ``name`` EVENT (at once if already printed)."""
+    async def event(self, name: str, timeout: float = 5.0) -> Any:
+        """The data of the ``name`` EVENT (at once if already printed)."""
         for seen, data in self.events:
             if seen == name:
-                return defer.succeed(data)
+                return data
         if self._ended.called:
-            return defer.fail(AssertionError(f"node ended without {name}\n{self.report()}"))
+            raise AssertionError(f"node ended without {name}\n{self.report()}")
         d: defer.Deferred[Any] = defer.Deferred()
         self._event_waiters.setdefault(name, []).append(d)
-
-        def explain(failure: Any) -> Any:
-            if failure.check(defer.TimeoutError):
-                raise AssertionError(f"no {name} event within {timeout} s\n{self.report()}")
-            return failure
-
-        return d.addTimeout(timeout, self.reactor).addErrback(explain)
+        return await within(
+            d, timeout, lambda: f"no {name} event within {timeout} s\n{self.report()}"
+        )
 
     def command(self, text: str) -> None:
         assert self.transport is not None
@@ -125,16 +122,12 @@ class NodeRun(protocol.ProcessProtocol):
             self.transport.signalProcess("KILL")
 
 
-def spawn(reactor: Any, js_env: Any, script: str, scenario: str, url: str) -> NodeRun:
-    """Start ``node tests/js/<script> <scenario> <url>`` without blocking the reactor."""
-    run = NodeRun(reactor, f"node {script} {scenario}")
-    args = [js_env.node, str(js_env.directory / script), scenario, url]
+def spawn(reactor: Any, js_env: Any, script: str, scenario: str, url: str, *extra: str) -> NodeRun:
+    """Start ``node tests/js/<script> <scenario> <url> [extra…]`` without blocking the reactor."""
+    run = NodeRun(reactor, " ".join(["node", script, scenario, *extra]))
+    args = [js_env.node, str(js_env.directory / script), scenario, url, *extra]
     reactor.spawnProcess(run, js_env.node, args, env=dict(os.environ), path=str(js_env.directory))
     return run
-
-
-def sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def kinds(server: SignalRServer) -> list[str]:
@@ -162,8 +155,8 @@ def node(reactor: Any, js_env: Any) -> Any:
     """``node(script, scenario, url)`` starts a harness; any still running at teardown is killed."""
     runs: list[NodeRun] = []
 
-    def start(script: str, scenario: str, url: str) -> NodeRun:
-        run = spawn(reactor, js_env, script, scenario, url)
+    def start(script: str, scenario: str, url: str, *extra: str) -> NodeRun:
+        run = spawn(reactor, js_env, script, scenario, url, *extra)
         runs.append(run)
         return run
 
@@ -363,17 +356,17 @@ async def test_jquery_reconnects_after_server_drop_without_missing_pushes(
     loop.clock = reactor
     loop.start(0.05)
     try:
-        await sleep(reactor, 0.4)
-        reconnected = server.when_event("reconnect").addTimeout(5, reactor)
+        await sleep(0.4)
+        reconnected = defer.ensureDeferred(within(server.when_event("reconnect"), 5))
         sent_before_drop = len(sent)
         server.drop_all_transports()
         info = await reconnected
         sent_while_down = len(sent) - sent_before_drop
         await run.event("reconnected")
-        await sleep(reactor, 0.5)
+        await sleep(0.5)
     finally:
         loop.stop()
-    await sleep(reactor, 0.3)
+    await sleep(0.3)
     run.command("stop")
     result = await run.finished()
 

@@ -7,12 +7,11 @@ autobahn clients on 127.0.0.1 (not our HubConnection).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,7 +22,7 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
     connectWS,
 )
-from helpers import wait_until, within
+from helpers import bounded, running_reactor, sleep, wait_until, within
 from server_clients import TRANSPORTS, TransportClient, fetch, request
 from server_clients import query as transport_query
 from twisted.internet import defer, task
@@ -43,31 +42,9 @@ from txsignalr.testing._wire import (
     resolve_protocol,
 )
 
-T = TypeVar("T")
-
 
 def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def bounded(seconds: float = 15.0) -> Callable[[Callable[..., Awaitable[T]]], Any]:
-    """Fail the wrapped async test with TimeoutError after ``seconds``."""
-
-    def deco(fn: Callable[..., Awaitable[T]]) -> Any:
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> T:
-            d = defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
-            return await d.addTimeout(seconds, _reactor())  # type: ignore[no-any-return]
-
-        return wrapper
-
-    return deco
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(_reactor(), seconds, lambda: None)
+    return running_reactor()
 
 
 class RecordingHub(Hub):
