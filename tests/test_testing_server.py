@@ -27,6 +27,7 @@ from server_clients import TRANSPORTS, TransportClient, fetch, request
 from server_clients import query as transport_query
 from twisted.internet import defer, task
 from twisted.internet.task import LoopingCall
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.testing import C3Hub, ChatHub, Hub, HubCall, HubException, SignalRServer
@@ -1632,3 +1633,22 @@ async def test_stop_with_sse_and_held_polls_leaves_no_delayed_calls() -> None:
         await within(lp.channel_closed, 5)
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_drop_all_between_polls_drops_the_next_poll() -> None:
+    """A long polling connection with no poll held when drop_all_transports is called
+    loses its next poll instead (the one after that is served)."""
+    async with running(keepalive=None) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        cursor = json.loads(body)["C"]
+        server.drop_all_transports()
+        dropped = request("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}", b"")
+        with pytest.raises((ResponseFailed, ResponseNeverReceived)):
+            await within(dropped.body, 5)
+        server.send_to_all("chat", "after", 1)
+        _ex, body = await fetch("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}", b"")
+        assert json.loads(body)["M"] == [{"H": "chat", "M": "after", "A": [1]}]

@@ -124,6 +124,8 @@ class Connection:
         self.positions: dict[str, int] = {}
         self.channel: Channel | None = None
         self.init_pending = False
+        #: drop_all_transports found no held long poll: drop the next one.
+        self.drop_next_poll = False
         self.groups_dirty = False
         self.flush_call: IDelayedCall | None = None
         self.disconnect_call: IDelayedCall | None = None
@@ -200,6 +202,11 @@ class ConnectionRegistry:
         """A receive channel opened: connect, reconnect (resume) or poll."""
         ctx = request
         conn = self.connections.get(ctx.connection_id)
+        if conn is not None and conn.drop_next_poll:
+            conn.drop_next_poll = False
+            if ctx.kind == "poll":
+                channel.abort()
+                return
         if conn is not None:
             self._cancel_timers(conn)
             old = conn.channel
@@ -517,10 +524,15 @@ class ConnectionRegistry:
     # -- faults ------------------------------------------------------------------------
 
     def drop_all(self) -> None:
-        """Drop the TCP connection of every channel (the connections live on)."""
+        """
+        Drop the TCP connection of every channel (the connections live on).  A long
+        polling connection between two polls has its next poll dropped instead.
+        """
         for conn in list(self.connections.values()):
             if conn.channel is not None:
                 conn.channel.abort()
+            elif conn.transport == "longPolling":
+                conn.drop_next_poll = True
 
     def stall(self, stalled: bool) -> None:
         """Keep channels open but send nothing; unstalling sends what queued up."""

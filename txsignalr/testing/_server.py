@@ -295,8 +295,9 @@ class SignalRServer:
     def drop_all_transports(self) -> None:
         """
         Abort the TCP connection of every receive channel (a WebSocket, an SSE response,
-        a held long poll): no close frame, no ``/abort`` semantics; the SignalR
-        connections live on until their disconnect timeout.
+        a held long poll; for a long polling connection between two polls, its next
+        poll): no close frame, no ``/abort`` semantics; the SignalR connections live on
+        until their disconnect timeout.
         """
         self._registry.drop_all()
 

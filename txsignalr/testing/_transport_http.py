@@ -42,6 +42,7 @@ class _HttpChannel:
         self._connection_id = connection_id
         #: the response is finished or its connection lost: nothing more to write.
         self.done = False
+        self.aborted = False
         request.notifyFinish().addErrback(self._lost)
 
     def _lost(self, failure: Failure) -> None:
@@ -75,6 +76,7 @@ class _HttpChannel:
 
     def abort(self) -> None:
         """Drop the TCP connection the request came on."""
+        self.aborted = True
         self._ended()
         transport: Any = getattr(self._request, "transport", None)
         if transport is not None:
@@ -124,7 +126,7 @@ class _LongPollingChannel(_HttpChannel):
 
     def hold(self) -> None:
         """Not answered at once: send the headers and wait for ``ConnectionTimeout``."""
-        if self.done:
+        if self.done or self.aborted:
             return
         self._write(b"")
         self._timer = self._timers.call_later(self._settings.connection_timeout, self._timeout)
