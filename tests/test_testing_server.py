@@ -1652,3 +1652,116 @@ async def test_drop_all_between_polls_drops_the_next_poll() -> None:
         server.send_to_all("chat", "after", 1)
         _ex, body = await fetch("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}", b"")
         assert json.loads(body)["M"] == [{"H": "chat", "M": "after", "A": [1]}]
+
+
+# -- the connection registry on a task.Clock --------------------------------------------
+
+
+class FakeChannel:
+    """A registry channel that records what it was given."""
+
+    def __init__(self, transport: str = "webSockets", more: bool = True) -> None:
+        self.transport_name = transport
+        self.long_poll_delay_ms: int | None = None
+        self.more = more
+        self.frames: list[Any] = []
+        self.keepalives = 0
+        self.aborted = False
+
+    def send_frame(self, text: str) -> bool:
+        self.frames.append(json.loads(text))
+        return self.more
+
+    def send_keepalive(self) -> None:
+        self.keepalives += 1
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self, last_frame: str) -> None:
+        self.frames.append(json.loads(last_frame))
+
+
+class _Settings:
+    keepalives_enabled = True
+    disconnect_timeout = 30.0
+    disconnect_threshold = 5.0
+    detailed_errors = False
+    buffer_size = 100
+
+
+def make_registry() -> tuple[Any, task.Clock, Any]:
+    from txsignalr.testing._events import EventLog
+    from txsignalr.testing._registry import ConnectionRegistry
+    from txsignalr.testing._timers import Timers
+
+    clock = task.Clock()
+    hub = ChatHub()
+    events = EventLog(100)
+    registry = ConnectionRegistry(_Settings(), {"chat": hub}, Timers(clock), events, None)  # type: ignore[arg-type]
+    return registry, clock, events
+
+
+def receive_request(kind: str, transport: str, message_id: str | None = None) -> Any:
+    from txsignalr.testing._http import RequestInfo
+    from txsignalr.testing._registry import ReceiveRequest
+
+    hubs = (ChatHub(),)
+    return ReceiveRequest(
+        connection_id="c1",
+        kind=kind,
+        hubs=hubs,
+        protocol=(1, 5),
+        message_id=message_id,
+        groups_token=None,
+        info=RequestInfo(path="/signalr/" + kind, query={}, headers={}, cookies={}),
+        transport=transport,
+    )
+
+
+def test_long_polling_gap_expires_after_disconnect_timeout_plus_threshold() -> None:
+    """Between polls the disconnect timer runs; a poll before it fires cancels it."""
+    registry, clock, events = make_registry()
+    connect = FakeChannel("longPolling", more=False)
+    registry.attach(connect, receive_request("connect", "longPolling"))
+    assert connect.frames[0]["S"] == 1 and registry.connections["c1"].channel is None
+    clock.advance(34.9)
+    poll = FakeChannel("longPolling", more=False)
+    registry.attach(poll, receive_request("poll", "longPolling", connect.frames[0]["C"]))
+    clock.advance(34.9)
+    assert events.events("disconnected") == [] and poll.frames == []
+    registry.detach(poll, "c1", lost=True)
+    clock.advance(34.9)
+    assert events.events("disconnected") == []
+    clock.advance(0.2)
+    assert events.events("disconnected") == [
+        {"connection_id": "c1", "stop_called": False, "transport": "longPolling"}
+    ]
+    assert events.events("socket_closed") == [{"connection_id": "c1", "transport": "longPolling"}]
+    assert clock.getDelayedCalls() == []
+
+
+def test_stall_queues_frames_and_keepalives_until_unstalled() -> None:
+    """A stalled registry sends nothing (frames, keep-alives, poll timeouts); unstalling
+    delivers the queued messages in order."""
+    registry, clock, _events = make_registry()
+    channel = FakeChannel()
+    registry.attach(channel, receive_request("connect", "webSockets"))
+    registry.start_keepalive(10.0)
+    clock.advance(0)
+    assert [f.get("S") for f in channel.frames] == [1]
+    registry.stall(True)
+    registry.send_to_all("chat", "n", (1,))
+    registry.send_to_all("chat", "n", (2,))
+    clock.advance(10)
+    assert len(channel.frames) == 1 and channel.keepalives == 0
+    assert registry.poll_timed_out(channel, "c1") is False
+    waiter = registry.when_unstalled()
+    assert not waiter.called
+    registry.stall(False)
+    assert waiter.called
+    assert [m["A"] for m in channel.frames[1]["M"]] == [[1], [2]]
+    clock.advance(10)
+    assert channel.keepalives == 1
+    registry.shutdown()
+    assert channel.aborted

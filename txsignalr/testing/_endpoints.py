@@ -24,7 +24,7 @@ from txsignalr.testing._http import (
     empty_500,
     respond,
 )
-from txsignalr.testing._hubs import Hub
+from txsignalr.testing._hubs import Hub, run_hooks
 from txsignalr.testing._registry import ConnectionRegistry, ReceiveRequest
 from txsignalr.testing._transport_http import HttpTransports
 from txsignalr.testing._transport_ws import WebSocketTransport
@@ -247,7 +247,7 @@ class ClassicEndpoints:
             },
         )
         answer = answer_later(request)
-        d = self._registry.run_hooks(hubs, lambda h: h.on_connected(connection_id))
+        d = run_hooks(hubs, lambda h: h.on_connected(connection_id))
         d.addCallback(lambda _: answer(200, b'{ "Response": "started" }', JSON))
         return NOT_DONE_YET
 

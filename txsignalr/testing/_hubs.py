@@ -8,7 +8,7 @@ the error texts of ``HubDispatcher``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from twisted.internet import defer
@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from txsignalr.testing._context import HubContext
 from txsignalr.testing._wire import Invocation, client_invocation, hub_result
 
-__all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method"]
+__all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method", "run_hooks"]
 
 _log = Logger(namespace="txsignalr.testing")
 
@@ -339,3 +339,28 @@ def _text(exc: object, fallback: str) -> str:
         return str(exc)
     except Exception:
         return fallback
+
+
+def run_hooks(hubs: Iterable[Hub], hook: Callable[[Hub], Any]) -> defer.Deferred[Any]:
+    """
+    Run a lifecycle hook (``on_connected``...) on each hub, coroutines and Deferreds
+    included; failures are logged, never raised.
+
+    :returns: a Deferred fired when every hook has finished.
+    """
+    waits: list[defer.Deferred[Any]] = []
+    for hub in hubs:
+        try:
+            outcome = hook(hub)
+        except Exception:
+            _log.failure("hub {hub} lifecycle hook raised", hub=hub.name)
+            continue
+        if inspect.iscoroutine(outcome):
+            outcome = defer.ensureDeferred(outcome)
+        if isinstance(outcome, defer.Deferred):
+            waits.append(outcome.addErrback(_log_hook_failure, hub.name))
+    return defer.gatherResults(waits, consumeErrors=True)
+
+
+def _log_hook_failure(failure: Failure, hub_name: str) -> None:
+    _log.failure("hub {hub} lifecycle hook failed", failure=failure, hub=hub_name)

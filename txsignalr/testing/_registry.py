@@ -9,9 +9,7 @@ send keep-alives.
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -19,13 +17,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from txsignalr.testing._bus import MessageBus
 from txsignalr.testing._context import HubContext
 from txsignalr.testing._events import EventLog
 from txsignalr.testing._http import RequestInfo
-from txsignalr.testing._hubs import Hub, HubCall, invoke_hub_method
+from txsignalr.testing._hubs import Hub, HubCall, invoke_hub_method, run_hooks
 from txsignalr.testing._timers import Timers
 from txsignalr.testing._tokens import Protector
 from txsignalr.testing._wire import client_invocation, parse_invocation, persistent_response
@@ -181,21 +178,6 @@ class ConnectionRegistry:
             raise KeyError(f"no hub named {name!r}")
         return found
 
-    def run_hooks(self, hubs: Iterable[Hub], hook: Callable[[Hub], Any]) -> defer.Deferred[Any]:
-        """Run a lifecycle hook on each hub; failures are logged, never raised."""
-        waits: list[defer.Deferred[Any]] = []
-        for hub in hubs:
-            try:
-                outcome = hook(hub)
-            except Exception:
-                _log.failure("hub {hub} lifecycle hook raised", hub=hub.name)
-                continue
-            if inspect.iscoroutine(outcome):
-                outcome = defer.ensureDeferred(outcome)
-            if isinstance(outcome, defer.Deferred):
-                waits.append(outcome.addErrback(_log_hook_failure, hub.name))
-        return defer.gatherResults(waits, consumeErrors=True)
-
     # -- channels ----------------------------------------------------------------------
 
     def attach(self, channel: Channel, request: ReceiveRequest) -> None:
@@ -240,7 +222,7 @@ class ConnectionRegistry:
             conn.groups_dirty = False
             self._events.record("connect", info)
             if ctx.protocol < (1, 4):
-                self.run_hooks(conn.hubs, lambda h: h.on_connected(conn.id))
+                run_hooks(conn.hubs, lambda h: h.on_connected(conn.id))
             conn.init_pending = True
             self.flush(conn)
             return
@@ -257,7 +239,7 @@ class ConnectionRegistry:
             )
             self._events.record("reconnect", info)
             self.flush(conn)
-            self.run_hooks(conn.hubs, lambda h: h.on_reconnected(conn.id))
+            run_hooks(conn.hubs, lambda h: h.on_reconnected(conn.id))
         else:
             self._events.record(
                 "poll",
@@ -370,7 +352,7 @@ class ConnectionRegistry:
 
     def _disconnected(self, conn: Connection, stop_called: bool) -> None:
         self.bus.forget(connection_topic(conn.id))
-        self.run_hooks(conn.hubs, lambda h: h.on_disconnected(conn.id, stop_called))
+        run_hooks(conn.hubs, lambda h: h.on_disconnected(conn.id, stop_called))
         self._events.record(
             "disconnected",
             {"connection_id": conn.id, "stop_called": stop_called, "transport": conn.transport},
@@ -607,7 +589,3 @@ class ConnectionRegistry:
         if conn is None:
             return []
         return [split_group_topic(topic) for topic in sorted(conn.groups)]
-
-
-def _log_hook_failure(failure: Failure, hub_name: str) -> None:
-    _log.failure("hub {hub} lifecycle hook failed", failure=failure, hub=hub_name)
