@@ -1765,3 +1765,21 @@ def test_stall_queues_frames_and_keepalives_until_unstalled() -> None:
     assert channel.keepalives == 1
     registry.shutdown()
     assert channel.aborted
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_send_is_http_only_and_needs_a_live_connection() -> None:
+    """/send over webSockets is not a valid WebSocket request (400); /send for a
+    connection that was aborted is a bare 500."""
+    async with running() as server:
+        client = TransportClient(server, "serverSentEvents", "chat")
+        await client.connect()
+        form = "data=" + quote(json.dumps({"H": "chat", "M": "Whoami", "A": [], "I": 0}))
+        ws_send = client.url("send").replace("transport=serverSentEvents", "transport=webSockets")
+        ex, body = await fetch("POST", ws_send, form.encode())
+        assert (ex.code, body) == (400, b"Not a valid web socket request.")
+        await client.abort()
+        await within(client.channel_closed, 5)
+        ex, body = await fetch("POST", client.url("send"), form.encode())
+        assert (ex.code, body) == (500, b"")
