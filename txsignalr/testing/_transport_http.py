@@ -36,7 +36,7 @@ class _HttpChannel:
     transport_name = ""
     long_poll_delay_ms: int | None = None
 
-    def __init__(self, request: Request, registry: ConnectionRegistry, connection_id: str):
+    def __init__(self, request: Request, registry: ConnectionRegistry, connection_id: str) -> None:
         self._request = request
         self._registry = registry
         self._connection_id = connection_id

@@ -151,7 +151,7 @@ class WebSocketTransport:
     :param reactor: the server's reactor (for autobahn's factory).
     """
 
-    def __init__(self, registry: ConnectionRegistry, timers: Timers, reactor: IReactorTime):
+    def __init__(self, registry: ConnectionRegistry, timers: Timers, reactor: IReactorTime) -> None:
         self.registry = registry
         self.timers = timers
         self._sockets: set[_SignalRWebSocket] = set()
