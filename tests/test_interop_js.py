@@ -488,3 +488,26 @@ async def test_signalr_client_stop_is_seen_as_abort(node: Any, server: SignalRSe
     assert abort.get("status") == 200, abort
     assert server.events("abort"), kinds(server)
     assert_clean_session(server, connect["connection_id"], "1.5")
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("refused", "fallback"),
+    [("webSockets", "serverSentEvents"), ("serverSentEvents", "longPolling")],
+)
+async def test_jquery_falls_back_when_a_transport_is_refused(
+    node: Any, server: SignalRServer, refused: str, fallback: str
+) -> None:
+    """With refuse_transport the client's first transport fails and it falls back to
+    the next one on the same connection token, then works as usual."""
+    server.refuse_transport(refused, 500, b"refused for the test")
+    result = await node(JQ, "basic", server.url, f"{refused},{fallback}").finished()
+    assert result["transport"] == fallback
+    assert result["echoCase"]["result"] == 42
+    connects = [r for r in result["requests"] if "/connect " in r]
+    assert [c.split(" ")[0] for c in connects] == [
+        RECEIVE_PREFIX[refused],
+        RECEIVE_PREFIX[fallback],
+    ]
+    assert [e["transport"] for e in server.events("refused")] == [refused]
+    assert_clean_session(server, result["connectionId"], "2.1", fallback)

@@ -2,11 +2,15 @@
 // Microsoft's classic jQuery SignalR client (signalr@2.4.3) in jsdom, forced to one
 // transport (no fallback).  Usage:
 //   node jq_client.js SCENARIO http://127.0.0.1:PORT/signalr [webSockets|serverSentEvents|longPolling]
+// or a comma-separated fallback list whose last transport is the one expected.
 // Prints EVENT lines while it runs and one RESULT line (see harness.js).
 
 const { createHarness, parseArgs, describeUrl } = require('./harness');
 
-const { scenario, url, transport, origin } = parseArgs();
+const { scenario, url, transport: transportArg, origin } = parseArgs();
+// "a,b": start with that fallback list and expect to end up on the last one.
+const transports = transportArg.split(',');
+const transport = transports[transports.length - 1];
 const h = createHarness({ timeoutMs: 12000 });
 const { obs, emit, finish, fail, command, delay, waitFor } = h;
 
@@ -85,7 +89,7 @@ function newConnection() {
 
 function start(conn) {
   return new Promise((resolve, reject) => {
-    conn.start({ transport })
+    conn.start({ transport: transports.length > 1 ? transports : transport })
       .done(() => resolve())
       .fail((e) => reject(new Error('start failed: ' + (e && e.message))));
   });
