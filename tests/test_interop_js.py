@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import sleep, within
 from twisted.internet import defer, protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 
 from txsignalr.testing import C3Hub, ChatHub, SignalRServer
 
@@ -86,22 +87,18 @@ class NodeRun(protocol.ProcessProtocol):
             head += f" (killed after {NODE_TIMEOUT} s)"
         return f"{head}\n--- stdout\n{out}\n--- stderr\n{err}"
 
-    def event(self, name: str, timeout: float = 5.0) -> defer.Deferred[Any]:
-        """Fires with the data of the ``name`` EVENT (at once if already printed)."""
+    async def event(self, name: str, timeout: float = 5.0) -> Any:
+        """The data of the ``name`` EVENT (at once if already printed)."""
         for seen, data in self.events:
             if seen == name:
-                return defer.succeed(data)
+                return data
         if self._ended.called:
-            return defer.fail(AssertionError(f"node ended without {name}\n{self.report()}"))
+            raise AssertionError(f"node ended without {name}\n{self.report()}")
         d: defer.Deferred[Any] = defer.Deferred()
         self._event_waiters.setdefault(name, []).append(d)
-
-        def explain(failure: Any) -> Any:
-            if failure.check(defer.TimeoutError):
-                raise AssertionError(f"no {name} event within {timeout} s\n{self.report()}")
-            return failure
-
-        return d.addTimeout(timeout, self.reactor).addErrback(explain)
+        return await within(
+            d, timeout, lambda: f"no {name} event within {timeout} s\n{self.report()}"
+        )
 
     def command(self, text: str) -> None:
         assert self.transport is not None
@@ -125,16 +122,12 @@ class NodeRun(protocol.ProcessProtocol):
             self.transport.signalProcess("KILL")
 
 
-def spawn(reactor: Any, js_env: Any, script: str, scenario: str, url: str) -> NodeRun:
-    """Start ``node tests/js/<script> <scenario> <url>`` without blocking the reactor."""
-    run = NodeRun(reactor, f"node {script} {scenario}")
-    args = [js_env.node, str(js_env.directory / script), scenario, url]
+def spawn(reactor: Any, js_env: Any, script: str, scenario: str, url: str, *extra: str) -> NodeRun:
+    """Start ``node tests/js/<script> <scenario> <url> [extra…]`` without blocking the reactor."""
+    run = NodeRun(reactor, " ".join(["node", script, scenario, *extra]))
+    args = [js_env.node, str(js_env.directory / script), scenario, url, *extra]
     reactor.spawnProcess(run, js_env.node, args, env=dict(os.environ), path=str(js_env.directory))
     return run
-
-
-def sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def kinds(server: SignalRServer) -> list[str]:
@@ -162,8 +155,8 @@ def node(reactor: Any, js_env: Any) -> Any:
     """``node(script, scenario, url)`` starts a harness; any still running at teardown is killed."""
     runs: list[NodeRun] = []
 
-    def start(script: str, scenario: str, url: str) -> NodeRun:
-        run = spawn(reactor, js_env, script, scenario, url)
+    def start(script: str, scenario: str, url: str, *extra: str) -> NodeRun:
+        run = spawn(reactor, js_env, script, scenario, url, *extra)
         runs.append(run)
         return run
 
@@ -186,7 +179,9 @@ async def server(reactor: Any) -> Any:
     await srv.stop()
 
 
-def assert_clean_session(server: SignalRServer, connection_id: str, client_protocol: str) -> None:
+def assert_clean_session(
+    server: SignalRServer, connection_id: str, client_protocol: str, transport: str = "webSockets"
+) -> None:
     """negotiate -> connect -> start -> ... -> abort -> disconnected(stop_called) for one id."""
     log = kinds(server)
     for kind in ("negotiate", "connect", "start", "abort", "disconnected"):
@@ -195,33 +190,62 @@ def assert_clean_session(server: SignalRServer, connection_id: str, client_proto
     assert "reconnect" not in log, log
     (connect,) = server.events("connect")
     assert connect["connection_id"] == connection_id
-    assert connect["query"]["transport"] == "webSockets"
+    assert connect["query"]["transport"] == transport
+    assert connect["transport"] == transport
     assert connect["query"]["clientProtocol"] == client_protocol
     assert server.events("start")[0]["connection_id"] == connection_id
     assert [a["connection_id"] for a in server.events("abort")] == [connection_id]
-    assert server.events("disconnected") == [{"connection_id": connection_id, "stop_called": True}]
+    assert server.events("disconnected") == [
+        {"connection_id": connection_id, "stop_called": True, "transport": transport}
+    ]
 
 
 # ------------------------------------------------------- Microsoft's jQuery client (2.4.3)
 
 JQ = "jq_client.js"
+TRANSPORTS = ("webSockets", "serverSentEvents", "longPolling")
+#: how each transport's receive requests appear in the harness's request list.
+RECEIVE_PREFIX = {"webSockets": "WS", "serverSentEvents": "SSE", "longPolling": "POST"}
 
 
+def assert_one_transport(requests: list[str], transport: str) -> None:
+    """Every request names ``transport`` and there is one /connect: no fallback."""
+    assert [r for r in requests if "/connect " in r] == [
+        r for r in requests if r.startswith(RECEIVE_PREFIX[transport] + " /signalr/connect ")
+    ], requests
+    assert len([r for r in requests if "/connect " in r]) == 1, requests
+    for r in requests:
+        if "/negotiate " not in r:
+            assert f"transport={transport}" in r, r
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_connects_over_websockets_invokes_receives_and_stops(
-    node: Any, server: SignalRServer
+async def test_jquery_connects_invokes_receives_and_stops(
+    node: Any, server: SignalRServer, transport: str
 ) -> None:
-    """The official client connects on webSockets, gets results and pushes, and /abort ends it."""
-    result = await node(JQ, "basic", server.url).finished()
-    assert result["transport"] == "webSockets"
+    """The official client connects on each transport, gets results and pushes, and
+    /abort ends it."""
+    result = await node(JQ, "basic", server.url, transport).finished()
+    assert result["transport"] == transport
     assert result["state"] == 1  # $.signalR.connectionState.connected
-    # No fallback: negotiate, one WebSocket, start, abort - nothing else.
-    assert [r.split(" ")[:2] for r in result["requests"]] == [
+    requests = result["requests"]
+    assert_one_transport(requests, transport)
+    paths = [r.split(" ")[:2] for r in requests]
+    assert paths[:3] == [
         ["GET", "/signalr/negotiate"],
-        ["WS", "/signalr/connect"],
+        [RECEIVE_PREFIX[transport], "/signalr/connect"],
         ["GET", "/signalr/start"],
-        ["POST", "/signalr/abort"],
     ]
+    assert paths[-1] == ["POST", "/signalr/abort"]
+    sends = [p for p in paths if p[1] == "/signalr/send"]
+    polls = [p for p in paths if p[1] == "/signalr/poll"]
+    if transport == "webSockets":
+        # negotiate, one WebSocket, start, abort - nothing else.
+        assert len(paths) == 4, requests
+    else:
+        assert sends == [["POST", "/signalr/send"]] * 3, requests
+        assert (len(polls) > 0) == (transport == "longPolling"), requests
     assert result["echo"] == {
         "ok": True,
         "hasResult": True,
@@ -241,10 +265,12 @@ async def test_jquery_connects_over_websockets_invokes_receives_and_stops(
     assert result["groupsToken"] is True and result["messageId"] is True
     assert result["stateAfterStop"] == 4  # disconnected
 
-    assert_clean_session(server, result["connectionId"], "2.1")
+    assert_clean_session(server, result["connectionId"], "2.1", transport)
     assert json.loads(server.events("connect")[0]["query"]["connectionData"]) == [{"name": "c3"}]
-    # jsdom keeps the negotiate cookie and sends it on the upgrade and on /start.
-    assert server.events("connect")[0]["cookies"] == {"affinity": "srv1"}
+    # jsdom keeps the negotiate cookie and sends it on the upgrade and on /start; the
+    # eventsource package is outside jsdom's cookie jar.
+    expected = {} if transport == "serverSentEvents" else {"affinity": "srv1"}
+    assert server.events("connect")[0]["cookies"] == expected
     assert server.events("start")[0]["cookies"] == {"affinity": "srv1"}
     assert [(m["H"], m["M"], m["I"]) for m in received(server)] == [
         ("c3", "Echo", 0),
@@ -253,11 +279,14 @@ async def test_jquery_connects_over_websockets_invokes_receives_and_stops(
     ]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_hub_errors_carry_source_and_data(node: Any, server: SignalRServer) -> None:
+async def test_jquery_hub_errors_carry_source_and_data(
+    node: Any, server: SignalRServer, transport: str
+) -> None:
     """A HubException reaches the client with its data; an unknown method is a plain error."""
-    result = await node(JQ, "errors", server.url).finished()
-    assert result["transport"] == "webSockets"
+    result = await node(JQ, "errors", server.url, transport).finished()
+    assert result["transport"] == transport
     assert result["fail"] == {
         "ok": False,
         "message": "Intentional failure from c3.Fail()",
@@ -277,11 +306,12 @@ async def test_jquery_hub_errors_carry_source_and_data(node: Any, server: Signal
     assert [m["M"] for m in received(server)] == ["Fail", "NoSuchMethod", "Echo"]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_progress_callbacks(node: Any, server: SignalRServer) -> None:
+async def test_jquery_progress_callbacks(node: Any, server: SignalRServer, transport: str) -> None:
     """Progress reports reach the invocation deferred's .progress() before its result."""
-    result = await node(JQ, "progress", server.url).finished()
-    assert result["transport"] == "webSockets"
+    result = await node(JQ, "progress", server.url, transport).finished()
+    assert result["transport"] == transport
     assert result["slow"] == {
         "ok": True,
         "hasResult": True,
@@ -293,11 +323,14 @@ async def test_jquery_progress_callbacks(node: Any, server: SignalRServer) -> No
     ]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_hub_state_round_trip(node: Any, server: SignalRServer) -> None:
+async def test_jquery_hub_state_round_trip(
+    node: Any, server: SignalRServer, transport: str
+) -> None:
     """Caller state goes up with each call and the changed keys come back into hub.state."""
-    result = await node(JQ, "state", server.url).finished()
-    assert result["transport"] == "webSockets"
+    result = await node(JQ, "state", server.url, transport).finished()
+    assert result["transport"] == transport
     assert result["increment"]["result"] == 6
     assert result["stateAfterIncrement"] == {
         "counter": 6,
@@ -312,11 +345,14 @@ async def test_jquery_hub_state_round_trip(node: Any, server: SignalRServer) -> 
     assert sent[1]["S"] == {"counter": 6, "name": "alice", "lastCalled": "IncrementCounter"}
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_client_methods_on_two_hubs(node: Any, server: SignalRServer) -> None:
+async def test_jquery_client_methods_on_two_hubs(
+    node: Any, server: SignalRServer, transport: str
+) -> None:
     """One connection with c3 and chat: each push reaches the handler of its own hub only."""
-    result = await node(JQ, "twohubs", server.url).finished()
-    assert result["transport"] == "webSockets"
+    result = await node(JQ, "twohubs", server.url, transport).finished()
+    assert result["transport"] == transport
     assert result["send"] == {"ok": True, "hasResult": False, "result": None, "progress": []}
     got = result["got"]
     assert got["chatAdd"] == [["alice", "hi all"]]
@@ -326,11 +362,12 @@ async def test_jquery_client_methods_on_two_hubs(node: Any, server: SignalRServe
     assert sorted(h["name"] for h in connection_data) == ["c3", "chat"]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_jquery_groups(node: Any, server: SignalRServer) -> None:
+async def test_jquery_groups(node: Any, server: SignalRServer, transport: str) -> None:
     """SendToGroup reaches members only, and no longer after LeaveGroup."""
-    result = await node(JQ, "groups", server.url).finished()
-    assert (result["transportA"], result["transportB"]) == ("webSockets", "webSockets")
+    result = await node(JQ, "groups", server.url, transport).finished()
+    assert (result["transportA"], result["transportB"]) == (transport, transport)
     assert result["groupsTokenA"] is True
     assert result["gotA"] == [["g1", "to group"]]
     assert result["gotB"] == []
@@ -338,13 +375,14 @@ async def test_jquery_groups(node: Any, server: SignalRServer) -> None:
     assert len(server.events("abort")) == 2
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
 async def test_jquery_reconnects_after_server_drop_without_missing_pushes(
-    reactor: Any, node: Any, server: SignalRServer
+    reactor: Any, node: Any, server: SignalRServer, transport: str
 ) -> None:
     """After the server drops the TCP connection the client /reconnects with its cursor
     and groups token, and every push (broadcast and group) arrives exactly once, in order."""
-    run = node(JQ, "reconnect", server.url)
+    run = node(JQ, "reconnect", server.url, transport)
     await run.event("subscribed")
 
     sent: list[int] = []
@@ -358,17 +396,17 @@ async def test_jquery_reconnects_after_server_drop_without_missing_pushes(
     loop.clock = reactor
     loop.start(0.05)
     try:
-        await sleep(reactor, 0.4)
-        reconnected = server.when_event("reconnect").addTimeout(5, reactor)
+        await sleep(0.4)
+        reconnected = defer.ensureDeferred(within(server.when_event("reconnect"), 5))
         sent_before_drop = len(sent)
         server.drop_all_transports()
         info = await reconnected
         sent_while_down = len(sent) - sent_before_drop
         await run.event("reconnected")
-        await sleep(reactor, 0.5)
+        await sleep(0.5)
     finally:
         loop.stop()
-    await sleep(reactor, 0.3)
+    await sleep(0.3)
     run.command("stop")
     result = await run.finished()
 
@@ -378,21 +416,27 @@ async def test_jquery_reconnects_after_server_drop_without_missing_pushes(
     ticks = result["ticks"]
     assert len(ticks) >= 10, ticks
     assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), ticks
-    # The client's own reconnect, on webSockets again.
+    # The client's own reconnect, on the same transport again.
     names = [name for name, _ in run.events]
     assert names.index("reconnecting") < names.index("reconnected"), names
     assert names.count("reconnected") == 1 and names[-1] == "disconnected", names
-    assert result["transportAfterReconnect"] == "webSockets"
-    reconnects = [r for r in result["requests"] if r.startswith("WS /signalr/reconnect ")]
+    assert result["transportAfterReconnect"] == transport
+    prefix = RECEIVE_PREFIX[transport] + " /signalr/reconnect "
+    reconnects = [r for r in result["requests"] if r.startswith(prefix)]
     assert len(reconnects) == 1, result["requests"]
-    assert f"messageId={info['message_id']}" in reconnects[0]
-    assert f"groupsToken={info['groups_token']}" in reconnects[0]
-    # What the server saw: one connect, one reconnect carrying messageId and groupsToken.
+    assert_one_transport(result["requests"], transport)
+    # What the server saw: one connect, one reconnect carrying messageId and groupsToken
+    # (in the query string; long polling puts them in the form body).
     assert len(server.events("connect")) == 1
     assert len(server.events("reconnect")) == 1
-    assert info["query"]["transport"] == "webSockets"
-    assert info["message_id"] and info["query"]["messageId"] == info["message_id"]
-    assert info["groups_token"] and info["query"]["groupsToken"] == info["groups_token"]
+    assert info["transport"] == transport
+    assert info["query"]["transport"] == transport
+    assert info["message_id"] and info["groups_token"]
+    if transport != "longPolling":
+        assert f"messageId={info['message_id']}" in reconnects[0]
+        assert f"groupsToken={info['groups_token']}" in reconnects[0]
+        assert info["query"]["messageId"] == info["message_id"]
+        assert info["query"]["groupsToken"] == info["groups_token"]
     assert info["cursor_valid"] is True
     assert info["groups"] == ["hg-c3.tick"]
     assert server.events("abort")[-1]["connection_id"] == info["connection_id"]
@@ -444,3 +488,26 @@ async def test_signalr_client_stop_is_seen_as_abort(node: Any, server: SignalRSe
     assert abort.get("status") == 200, abort
     assert server.events("abort"), kinds(server)
     assert_clean_session(server, connect["connection_id"], "1.5")
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("refused", "fallback"),
+    [("webSockets", "serverSentEvents"), ("serverSentEvents", "longPolling")],
+)
+async def test_jquery_falls_back_when_a_transport_is_refused(
+    node: Any, server: SignalRServer, refused: str, fallback: str
+) -> None:
+    """With refuse_transport the client's first transport fails and it falls back to
+    the next one on the same connection token, then works as usual."""
+    server.refuse_transport(refused, 500, b"refused for the test")
+    result = await node(JQ, "basic", server.url, f"{refused},{fallback}").finished()
+    assert result["transport"] == fallback
+    assert result["echoCase"]["result"] == 42
+    connects = [r for r in result["requests"] if "/connect " in r]
+    assert [c.split(" ")[0] for c in connects] == [
+        RECEIVE_PREFIX[refused],
+        RECEIVE_PREFIX[fallback],
+    ]
+    assert [e["transport"] for e in server.events("refused")] == [refused]
+    assert_clean_session(server, result["connectionId"], "2.1", fallback)

@@ -7,12 +7,11 @@ autobahn clients on 127.0.0.1 (not our HubConnection).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,13 +22,17 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
     connectWS,
 )
+from helpers import bounded, running_reactor, sleep, wait_until, within
+from server_clients import TRANSPORTS, TransportClient, fetch, request
+from server_clients import query as transport_query
 from twisted.internet import defer, task
 from twisted.internet.task import LoopingCall
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.testing import C3Hub, ChatHub, Hub, HubCall, HubException, SignalRServer
 from txsignalr.testing._bus import MessageBus
-from txsignalr.testing._server import parse_cookies
+from txsignalr.testing._http import parse_cookies
 from txsignalr.testing._tokens import Protector
 from txsignalr.testing._wire import (
     hub_result,
@@ -40,31 +43,9 @@ from txsignalr.testing._wire import (
     resolve_protocol,
 )
 
-T = TypeVar("T")
-
 
 def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def bounded(seconds: float = 15.0) -> Callable[[Callable[..., Awaitable[T]]], Any]:
-    """Fail the wrapped async test with TimeoutError after ``seconds``."""
-
-    def deco(fn: Callable[..., Awaitable[T]]) -> Any:
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> T:
-            d = defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
-            return await d.addTimeout(seconds, _reactor())  # type: ignore[no-any-return]
-
-        return wrapper
-
-    return deco
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(_reactor(), seconds, lambda: None)
+    return running_reactor()
 
 
 class RecordingHub(Hub):
@@ -475,8 +456,8 @@ async def test_error_texts_and_ping() -> None:
                 b"Protocol error: Missing connection token.",
             ),
             (
-                f"{base}/connect?transport=longPolling&connectionToken={token}",
-                b"Protocol error: only the webSockets transport is served by txsignalr.testing.",
+                f"{base}/connect?transport=foreverFrame&connectionToken={token}",
+                b"Protocol error: the foreverFrame transport is not served by txsignalr.testing.",
             ),
             (f"{base}/connect?transport=webSockets", b"Protocol error: Missing connection token."),
             (
@@ -821,7 +802,7 @@ async def test_abort_closes_socket_and_fires_disconnected_with_stop_called() -> 
         assert headers.getRawHeaders("content-type") == ["text/plain"]
         await conn.closed
         assert server.events("disconnected") == [
-            {"connection_id": neg["ConnectionId"], "stop_called": True}
+            {"connection_id": neg["ConnectionId"], "stop_called": True, "transport": "webSockets"}
         ]
         assert rec.events[-1] == ("disconnected", (neg["ConnectionId"], True))
         assert server.connections == []
@@ -832,12 +813,15 @@ async def test_abort_closes_socket_and_fires_disconnected_with_stop_called() -> 
 async def test_lost_socket_expires_after_disconnect_timeout() -> None:
     """Without /abort the connection ends with stop_called False after the window."""
     rec = RecordingHub()
-    async with running(hubs=[rec], disconnect_timeout=0.2) as server:
-        server._disconnect_threshold = 0.1
+    async with running(hubs=[rec], disconnect_timeout=0.2, disconnect_threshold=0.1) as server:
         neg, conn = await connect_started(server, "rec")
         gone = server.when_event("disconnected")
         conn.drop()
-        assert await gone == {"connection_id": neg["ConnectionId"], "stop_called": False}
+        assert await gone == {
+            "connection_id": neg["ConnectionId"],
+            "stop_called": False,
+            "transport": "webSockets",
+        }
         assert rec.events[-1] == ("disconnected", (neg["ConnectionId"], False))
 
 
@@ -1050,7 +1034,7 @@ async def test_a_failed_send_loses_no_messages_and_is_logged(
     logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When sending a frame raises, its messages are sent with the next frame instead."""
-    from txsignalr.testing._server import _SignalRWebSocket
+    from txsignalr.testing._transport_ws import _SignalRWebSocket
 
     original = _SignalRWebSocket.send_text
     failures = [2]
@@ -1085,7 +1069,7 @@ async def test_a_failed_result_send_is_logged_not_left_in_a_deferred(
     """A result frame that cannot be sent is logged; no 'Unhandled error in Deferred'."""
     import gc
 
-    from txsignalr.testing._server import _SignalRWebSocket
+    from txsignalr.testing._transport_ws import _SignalRWebSocket
 
     original = _SignalRWebSocket.send_text
 
@@ -1144,7 +1128,7 @@ async def test_deeply_nested_connection_data_is_an_empty_500() -> None:
         for command in ("negotiate", "connect"):
             code, headers, body = await http_get(
                 f"{server.url}/{command}?transport=webSockets&connectionToken="
-                f"{quote(server._protector.connection_token('x'), safe='')}"
+                f"{quote(server.connection_token('x'), safe='')}"
                 f"&connectionData={deep}"
             )
             assert (code, body) == (500, b""), command
@@ -1176,7 +1160,7 @@ async def test_server_side_group_add_while_away_survives_reconnect() -> None:
         assert server.events("reconnect")[0]["groups"] == ["hg-chat.vip"]
         assert [m["A"][1] for m in messages(frames)] == ["while away", "after"]
         token = next(f["G"] for f in frames if "G" in f)
-        assert server._protector.groups(token, cid) == ["hg-chat.vip"]
+        assert server.groups_in_token(token, cid) == ["hg-chat.vip"]
 
 
 @pytest_twisted.ensureDeferred
@@ -1262,3 +1246,540 @@ async def test_500_and_101_headers_match_the_transcripts() -> None:
         response_headers = conn.proto.http_headers
         assert response_headers.get("x-content-type-options") == "nosniff"
         assert "server" not in response_headers
+
+
+# -- Server-Sent Events and long polling ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_sse_bytes_initialized_init_frame_keepalive_push_and_send_result() -> None:
+    """SSE: text/event-stream, 'data: initialized', the init frame, {} keep-alives,
+    pushes as data events, and the hub result as the /send response body."""
+    async with running(keepalive=0.1) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "serverSentEvents", "chat")
+        ex = request("GET", f"{server.url}/connect?{q}", headers={"Accept": "text/event-stream"})
+        await ex.headers_received
+        assert ex.code == 200
+        assert ex.header("content-type") == ["text/event-stream"]
+        assert ex.header("x-content-type-options") == ["nosniff"]
+        await wait_until(lambda: b"data: {}\n\n" in ex.raw, "a keep-alive", 5)
+        raw = bytes(ex.raw)
+        assert raw.startswith(b"data: initialized\n\n")
+        init = raw.split(b"\n\n")[1]
+        assert re.fullmatch(rb'data: \{"C":"d-[0-9A-F]{8}-[^"]*","S":1,"M":\[\]\}', init), raw
+        _ex, body = await fetch("GET", f"{server.url}/start?{q}")
+        assert body == b'{ "Response": "started" }'
+        form = "data=" + quote(json.dumps({"H": "chat", "M": "Send", "A": ["a", "b+c"], "I": 0}))
+        sent, body = await fetch("POST", f"{server.url}/send?{q}", form.encode())
+        assert (sent.code, body) == (200, b'{"I":"0"}')
+        assert sent.header("content-type") == ["application/json; charset=UTF-8"]
+        push = b'"M":[{"H":"chat","M":"addMessage","A":["a","b+c"]}]}\n\n'
+        await wait_until(lambda: push in ex.raw, "the broadcast on the stream", 5)
+        connect = server.events("connect")[0]
+        assert connect["transport"] == "serverSentEvents"
+        assert server.events("received")[0]["transport"] == "serverSentEvents"
+        ex.drop()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_sse_progress_and_caller_calls_are_on_the_stream_with_the_result() -> None:
+    """Over SSE every progress message and caller call is on the stream by the time the
+    /send result is read (they are flushed before the result is answered)."""
+    rec = RecordingHub()
+    async with running(hubs=[C3Hub(), rec]) as server:
+        client = TransportClient(server, "serverSentEvents", "c3", "rec")
+        await client.connect()
+        result = await client.invoke("c3", "Slow", [50], 11)
+        assert result == {"R": "slept 50 ms", "I": "11"}
+        await sleep(0.05)  # the other TCP connection: let the reactor read it
+        pending = [m for f in list(client.frames.pending) for m in f.get("M", [])]
+        assert [m["P"]["D"] for m in pending] == [20, 40, 60, 80, 100]
+        result = await client.invoke("rec", "CallMeBack", ["hey"], 12)
+        assert result == {"S": {"seen": "hey"}, "R": "ok", "I": "12"}
+        await sleep(0.05)
+        last = client.frames.pending[-1]["M"]
+        assert last == [{"H": "Rec", "M": "calledBack", "A": ["hey"], "S": {"seen": "hey"}}]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_long_polling_connect_poll_held_then_answered_and_send() -> None:
+    """LP: /connect answers the init frame at once; a poll is held until a push; /send
+    returns the hub result."""
+    async with running() as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        assert ex.code == 200
+        assert ex.header("content-type") == ["application/json; charset=UTF-8"]
+        init = json.loads(body)
+        assert list(init) == ["C", "S", "M"] and init["S"] == 1 and init["M"] == []
+        _ex, started = await fetch("GET", f"{server.url}/start?{q}")
+        assert started == b'{ "Response": "started" }'
+        poll = request("POST", f"{server.url}/poll?{q}", f"messageId={quote(init['C'])}".encode())
+        await poll.headers_received
+        await sleep(0.2)
+        assert not poll.body.called, "the poll is held while there is nothing to send"
+        server.send_to_all("chat", "pushed", 1)
+        frame = json.loads(await poll.body)
+        assert frame["M"] == [{"H": "chat", "M": "pushed", "A": [1]}]
+        assert frame["C"] != init["C"]
+        form = "data=" + quote(json.dumps({"H": "chat", "M": "Whoami", "A": [], "I": 3}))
+        sent, result = await fetch("POST", f"{server.url}/send?{q}", form.encode())
+        assert (sent.code, json.loads(result)) == (200, {"R": neg["ConnectionId"], "I": "3"})
+        assert server.events("poll")[0]["cursor_valid"] is True
+        assert server.events("poll")[0]["transport"] == "longPolling"
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_long_poll_times_out_with_leading_keepalive_spaces() -> None:
+    """A held poll writes a space every keep-alive and answers {"C":…,"M":[]} after
+    connection_timeout; GET is accepted for /connect too."""
+    async with running(keepalive=0.05, connection_timeout=0.4) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("GET", f"{server.url}/connect?{q}")
+        cursor = json.loads(body)["C"]
+        _ex, body = await fetch("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}")
+        assert body.startswith(b" "), body
+        assert json.loads(body.lstrip(b" ")) == {"C": cursor, "M": []}
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_long_poll_cursor_from_query_and_from_form_body() -> None:
+    """The poll's messageId is read from the query first, then from the form body."""
+    async with running(keepalive=None) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        start = json.loads(body)["C"]
+        server.send_to_all("chat", "n", 1)
+        server.send_to_all("chat", "n", 2)
+        await server.sleep(0.05)
+        for where in ("query", "form"):
+            url = f"{server.url}/poll?{q}"
+            form = b""
+            if where == "query":
+                url += f"&messageId={quote(start)}"
+            else:
+                form = f"messageId={quote(start)}".encode()
+            _ex, body = await fetch("POST", url, form)
+            frame = json.loads(body)
+            assert [m["A"][0] for m in frame["M"]] == [1, 2], where
+        # both in query and form: the query (the latest cursor) wins, so the poll is held
+        poll = request(
+            "POST",
+            f"{server.url}/poll?{q}&messageId={quote(frame['C'])}",
+            f"messageId={quote(start)}".encode(),
+        )
+        await sleep(0.1)
+        assert not poll.body.called
+        poll.drop()
+        assert [e["cursor_valid"] for e in server.events("poll")][:2] == [True, True]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_long_polling_frames_carry_l_when_long_poll_delay_is_set() -> None:
+    """long_poll_delay: negotiate LongPollDelay in seconds, "L" in ms in LP frames."""
+    async with running(long_poll_delay=0.25) as server:
+        neg = await negotiate(server, "chat")
+        assert neg["LongPollDelay"] == 0.25
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        assert list(json.loads(body)) == ["C", "S", "L", "M"]
+        assert json.loads(body)["L"] == 250
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", ["serverSentEvents", "longPolling"])
+async def test_bad_send_is_a_bare_500(transport: str) -> None:
+    """Malformed JSON, an unknown hub or a missing data field on /send give HTTP 500."""
+    async with running() as server:
+        client = TransportClient(server, transport, "chat")
+        await client.connect()
+        bodies = [
+            b"data=%7Bnot+json",
+            b"data=" + quote(json.dumps({"H": "nohub", "M": "x", "A": [], "I": 0})).encode(),
+            b"other=1",
+        ]
+        for body in bodies:
+            ex, answer = await fetch("POST", client.url("send"), body)
+            assert (ex.code, answer) == (500, b""), body
+        assert await client.invoke("chat", "Whoami", [], 1) == {
+            "R": client.neg["ConnectionId"],
+            "I": "1",
+        }
+        client.drop()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_invoke_push_and_groups_on_every_transport(transport: str) -> None:
+    """Results, broadcasts, G tokens and group messages work the same on each transport."""
+    async with running(keepalive=None) as server:
+        client = TransportClient(server, transport, "chat")
+        await client.connect()
+        assert await client.invoke("chat", "IncrementCounter", [], 0) == {
+            "S": {"counter": 1, "lastCalled": "IncrementCounter"},
+            "R": 1,
+            "I": "0",
+        }
+        assert await client.invoke("chat", "JoinGroup", ["g"], 1) == {"I": "1"}
+        while client.groups_token is None:
+            await client.frame()
+        assert server.groups_in_token(client.groups_token, client.neg["ConnectionId"]) == [
+            "hg-chat.g"
+        ]
+        server.send_to_group("chat", "g", "groupMessage", "g", "hi")
+        server.send_to_all("chat", "all", 2)
+        got = await client.messages_until(2)
+        assert got == [
+            {"H": "chat", "M": "groupMessage", "A": ["g", "hi"]},
+            {"H": "chat", "M": "all", "A": [2]},
+        ]
+        for kind in ("connect", "start", "received"):
+            assert {e["transport"] for e in server.events(kind)} == {transport}, kind
+        await client.abort()
+        assert server.events("disconnected") == [
+            {
+                "connection_id": client.neg["ConnectionId"],
+                "stop_called": True,
+                "transport": transport,
+            }
+        ]
+        assert server.events("abort")[0]["transport"] == transport
+        await within(client.channel_closed, 5)
+
+
+@pytest_twisted.ensureDeferred
+@bounded(20)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_reconnect_replays_from_the_cursor_on_every_transport(transport: str) -> None:
+    """After the client walks away, /reconnect with its cursor and groups token replays
+    exactly what it missed: nothing lost, nothing twice."""
+    rec = RecordingHub()
+    async with running(hubs=[ChatHub(), rec], keepalive=None) as server:
+        client = TransportClient(server, transport, "chat", "rec")
+        await client.connect()
+        await client.invoke("chat", "JoinGroup", ["g"], 0)
+        while client.groups_token is None:
+            await client.frame()
+        seen: list[int] = []
+        for n in range(1, 4):
+            server.send_to_group("chat", "g", "n", n)
+        seen += [m["A"][0] for m in await client.messages_until(3)]
+        closed = server.when_event("socket_closed")
+        client.drop()
+        if transport != "longPolling":
+            assert (await within(closed, 5))["transport"] == transport
+        for n in range(4, 8):
+            server.send_to_group("chat", "g", "n", n)
+        await sleep(0.1)
+        reconnected = server.when_event("reconnect")
+        await client.reconnect()
+        info = await within(reconnected, 5)
+        assert info["transport"] == transport and info["cursor_valid"] is True
+        assert info["groups"] == ["hg-chat.g"]
+        for n in range(8, 12):
+            server.send_to_group("chat", "g", "n", n)
+        seen += [m["A"][0] for m in await client.messages_until(8)]
+        assert seen == list(range(1, 12))
+        assert ("reconnected", client.neg["ConnectionId"]) in rec.events
+        await sleep(0.1)
+        assert [m for f in client.frames.pending for m in f.get("M", [])] == []
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_drop_all_transports_on_every_transport(transport: str) -> None:
+    """drop_all_transports cuts the WebSocket, the SSE response or the held poll; the
+    connection lives on and the client can reconnect."""
+    async with running(keepalive=None) as server:
+        client = TransportClient(server, transport, "chat")
+        await client.connect()
+        await sleep(0.05)
+        closed = server.when_event("socket_closed")
+        server.drop_all_transports()
+        await within(client.channel_closed, 5)
+        assert (await within(closed, 5))["transport"] == transport
+        assert server.connections == [client.neg["ConnectionId"]]
+        assert server.events("disconnected") == []
+        await client.reconnect()
+        server.send_to_all("chat", "after", 1)
+        assert await client.messages_until(1) == [{"H": "chat", "M": "after", "A": [1]}]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stall_transports_holds_everything_until_unstalled(transport: str) -> None:
+    """stall_transports(True): the channel stays open but nothing is sent (pushes,
+    keep-alives, results); stall_transports(False) delivers what queued up, in order."""
+    async with running(keepalive=0.05, connection_timeout=0.2) as server:
+        client = TransportClient(server, transport, "chat")
+        await client.connect()
+        server.stall_transports(True)
+        await sleep(0.1)
+        while client.frames.pending:
+            client.frames.pending.pop()
+        server.send_to_all("chat", "queued", 1)
+        result = defer.ensureDeferred(client.invoke("chat", "Whoami", [], 5))
+        await sleep(0.4)
+        assert client.frames.pending == [] and not result.called
+        assert not client.channel_closed.called
+        server.stall_transports(False)
+        assert await within(result, 5) == {"R": client.neg["ConnectionId"], "I": "5"}
+        assert await client.messages_until(1) == [{"H": "chat", "M": "queued", "A": [1]}]
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_refuse_transport_answers_connect_and_reconnect(transport: str) -> None:
+    """refuse_transport answers that transport's connect/reconnect with the given status
+    until reset; negotiate and the other transports are unaffected."""
+    async with running() as server:
+        server.refuse_transport(transport, 500, b"nope", "text/plain")
+        neg = await negotiate(server, "chat")
+        headers = {"Upgrade": "websocket", "Connection": "Upgrade"}
+        for command in ("connect", "reconnect"):
+            q = transport_query(neg["ConnectionToken"], transport, "chat")
+            ex, body = await fetch("GET", f"{server.url}/{command}?{q}", headers=headers)
+            assert (ex.code, body) == (500, b"nope"), command
+            assert ex.header("content-type") == ["text/plain"]
+        assert [e["transport"] for e in server.events("refused")] == [transport, transport]
+        other = next(t for t in TRANSPORTS if t != transport)
+        await TransportClient(server, other, "chat").connect()
+        server.refuse_transport(transport, None)
+        client = TransportClient(server, transport, "chat")
+        await client.connect()
+        client.drop()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_disconnect_timeout_expires_on_every_transport(transport: str) -> None:
+    """Without a channel (socket, stream or poll) for disconnect_timeout + threshold the
+    connection ends with stop_called False."""
+    rec = RecordingHub()
+    async with running(
+        hubs=[rec], keepalive=None, disconnect_timeout=0.2, disconnect_threshold=0.1
+    ) as server:
+        client = TransportClient(server, transport, "rec")
+        await client.connect()
+        gone = server.when_event("disconnected")
+        client.drop()
+        assert await within(gone, 5) == {
+            "connection_id": client.neg["ConnectionId"],
+            "stop_called": False,
+            "transport": transport,
+        }
+        assert rec.events[-1] == ("disconnected", (client.neg["ConnectionId"], False))
+        assert server.connections == []
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_disabled_transports_are_unknown_and_try_websockets_false() -> None:
+    """transports=…: negotiate says TryWebSockets false without webSockets, and requests
+    for a disabled transport get 400 Unknown transport (transcript 12)."""
+    async with running(transports=("serverSentEvents", "longPolling")) as server:
+        neg = await negotiate(server, "chat")
+        assert neg["TryWebSockets"] is False
+        q = transport_query(neg["ConnectionToken"], "webSockets", "chat")
+        for command in ("connect", "start", "abort"):
+            ex, body = await fetch(
+                "GET", f"{server.url}/{command}?{q}", headers={"Upgrade": "websocket"}
+            )
+            assert (ex.code, body) == (400, b"Protocol error: Unknown transport."), command
+        await TransportClient(server, "longPolling", "chat").connect()
+    async with running(transports=("webSockets",)) as server:
+        neg = await negotiate(server, "chat")
+        assert neg["TryWebSockets"] is True
+        for transport in ("serverSentEvents", "longPolling"):
+            q = transport_query(neg["ConnectionToken"], transport, "chat")
+            ex, body = await fetch("GET", f"{server.url}/connect?{q}")
+            assert (ex.code, body) == (400, b"Protocol error: Unknown transport.")
+    with pytest.raises(ValueError):
+        SignalRServer(_reactor(), transports=("webSockets", "foreverFrame"))
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_stop_with_sse_and_held_polls_leaves_no_delayed_calls() -> None:
+    """stop() with an SSE stream and a held long poll cancels every server timer."""
+    server = SignalRServer(_reactor(), hubs=[ChatHub()], keepalive=1.0)
+    await server.listen(0)
+    try:
+        sse = TransportClient(server, "serverSentEvents", "chat")
+        await sse.connect()
+        lp = TransportClient(server, "longPolling", "chat")
+        await lp.connect()
+        await sleep(0.1)
+        assert [c for c in _reactor().getDelayedCalls() if _ours(c)]
+        await server.stop()
+        assert [c for c in _reactor().getDelayedCalls() if _ours(c)] == []
+        await within(sse.channel_closed, 5)
+        await within(lp.channel_closed, 5)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_drop_all_between_polls_drops_the_next_poll() -> None:
+    """A long polling connection with no poll held when drop_all_transports is called
+    loses its next poll instead (the one after that is served)."""
+    async with running(keepalive=None) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        cursor = json.loads(body)["C"]
+        server.drop_all_transports()
+        dropped = request("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}", b"")
+        with pytest.raises((ResponseFailed, ResponseNeverReceived)):
+            await within(dropped.body, 5)
+        server.send_to_all("chat", "after", 1)
+        _ex, body = await fetch("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}", b"")
+        assert json.loads(body)["M"] == [{"H": "chat", "M": "after", "A": [1]}]
+
+
+# -- the connection registry on a task.Clock --------------------------------------------
+
+
+class FakeChannel:
+    """A registry channel that records what it was given."""
+
+    def __init__(self, transport: str = "webSockets", more: bool = True) -> None:
+        self.transport_name = transport
+        self.long_poll_delay_ms: int | None = None
+        self.more = more
+        self.frames: list[Any] = []
+        self.keepalives = 0
+        self.aborted = False
+
+    def send_frame(self, text: str) -> bool:
+        self.frames.append(json.loads(text))
+        return self.more
+
+    def send_keepalive(self) -> None:
+        self.keepalives += 1
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self, last_frame: str) -> None:
+        self.frames.append(json.loads(last_frame))
+
+
+class _Settings:
+    keepalives_enabled = True
+    disconnect_timeout = 30.0
+    disconnect_threshold = 5.0
+    detailed_errors = False
+    buffer_size = 100
+
+
+def make_registry() -> tuple[Any, task.Clock, Any]:
+    from txsignalr.testing._events import EventLog
+    from txsignalr.testing._registry import ConnectionRegistry
+    from txsignalr.testing._timers import Timers
+
+    clock = task.Clock()
+    hub = ChatHub()
+    events = EventLog(100)
+    registry = ConnectionRegistry(_Settings(), {"chat": hub}, Timers(clock), events, None)  # type: ignore[arg-type]
+    return registry, clock, events
+
+
+def receive_request(kind: str, transport: str, message_id: str | None = None) -> Any:
+    from txsignalr.testing._http import RequestInfo
+    from txsignalr.testing._registry import ReceiveRequest
+
+    hubs = (ChatHub(),)
+    return ReceiveRequest(
+        connection_id="c1",
+        kind=kind,
+        hubs=hubs,
+        protocol=(1, 5),
+        message_id=message_id,
+        groups_token=None,
+        info=RequestInfo(path="/signalr/" + kind, query={}, headers={}, cookies={}),
+        transport=transport,
+    )
+
+
+def test_long_polling_gap_expires_after_disconnect_timeout_plus_threshold() -> None:
+    """Between polls the disconnect timer runs; a poll before it fires cancels it."""
+    registry, clock, events = make_registry()
+    connect = FakeChannel("longPolling", more=False)
+    registry.attach(connect, receive_request("connect", "longPolling"))
+    assert connect.frames[0]["S"] == 1 and registry.connections["c1"].channel is None
+    clock.advance(34.9)
+    poll = FakeChannel("longPolling", more=False)
+    registry.attach(poll, receive_request("poll", "longPolling", connect.frames[0]["C"]))
+    clock.advance(34.9)
+    assert events.events("disconnected") == [] and poll.frames == []
+    registry.detach(poll, "c1", lost=True)
+    clock.advance(34.9)
+    assert events.events("disconnected") == []
+    clock.advance(0.2)
+    assert events.events("disconnected") == [
+        {"connection_id": "c1", "stop_called": False, "transport": "longPolling"}
+    ]
+    assert events.events("socket_closed") == [{"connection_id": "c1", "transport": "longPolling"}]
+    assert clock.getDelayedCalls() == []
+
+
+def test_stall_queues_frames_and_keepalives_until_unstalled() -> None:
+    """A stalled registry sends nothing (frames, keep-alives, poll timeouts); unstalling
+    delivers the queued messages in order."""
+    registry, clock, _events = make_registry()
+    channel = FakeChannel()
+    registry.attach(channel, receive_request("connect", "webSockets"))
+    registry.start_keepalive(10.0)
+    clock.advance(0)
+    assert [f.get("S") for f in channel.frames] == [1]
+    registry.stall(True)
+    registry.send_to_all("chat", "n", (1,))
+    registry.send_to_all("chat", "n", (2,))
+    clock.advance(10)
+    assert len(channel.frames) == 1 and channel.keepalives == 0
+    assert registry.poll_timed_out(channel, "c1") is False
+    waiter = registry.when_unstalled()
+    assert not waiter.called
+    registry.stall(False)
+    assert waiter.called
+    assert [m["A"] for m in channel.frames[1]["M"]] == [[1], [2]]
+    clock.advance(10)
+    assert channel.keepalives == 1
+    registry.shutdown()
+    assert channel.aborted
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_send_is_http_only_and_needs_a_live_connection() -> None:
+    """/send over webSockets is not a valid WebSocket request (400); /send for a
+    connection that was aborted is a bare 500."""
+    async with running() as server:
+        client = TransportClient(server, "serverSentEvents", "chat")
+        await client.connect()
+        form = "data=" + quote(json.dumps({"H": "chat", "M": "Whoami", "A": [], "I": 0}))
+        ws_send = client.url("send").replace("transport=serverSentEvents", "transport=webSockets")
+        ex, body = await fetch("POST", ws_send, form.encode())
+        assert (ex.code, body) == (400, b"Not a valid web socket request.")
+        await client.abort()
+        await within(client.channel_closed, 5)
+        ex, body = await fetch("POST", client.url("send"), form.encode())
+        assert (ex.code, body) == (500, b"")

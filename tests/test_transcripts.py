@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from server_clients import TransportClient
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
@@ -546,5 +548,55 @@ async def test_our_server_sends_the_real_servers_shapes() -> None:
         assert (response.code, body) == (200, b"")
         assert response.headers.getRawHeaders("content-type") == ["text/plain"]
         assert await s.closed.addTimeout(5, reactor) == (True, 1000)
+    finally:
+        await server.stop()
+
+
+SSE = "03_c3_serverSentEvents.txt"
+LP = "04_c3_longPolling.txt"
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("transport", "file", "source"), [("serverSentEvents", SSE, "sse"), ("longPolling", LP, "lp")]
+)
+async def test_our_http_transports_send_the_real_servers_shapes(
+    transport: str, file: str, source: str
+) -> None:
+    """Over SSE and long polling, the init frame, the groups-token frame, pushes and the
+    /send result of txsignalr.testing have the shapes of transcripts 03 and 04."""
+    from twisted.internet import reactor
+
+    server = SignalRServer(reactor, hubs=[C3Hub(interval=0.05)], keepalive=None)
+    await server.listen(port=0, interface="127.0.0.1")
+    try:
+        client = TransportClient(server, transport, "c3")
+        init = await client.connect()
+        assert envelope(init) == envelope(exemplar(file, '{"C"', source))
+        if transport == "serverSentEvents":
+            first = next(f for f in recorded() if f.file == file and f.source == "sse-raw")
+            assert ast.literal_eval(first.text) == b"data: initialized\n\n"
+        result = await client.invoke("c3", "Subscribe", [["tick", "invalid_x"]], 0)
+        assert shape(result) == shape(exemplar(file, '{"R":[', "send"))
+        frames = [await client.frame() for _ in range(6)]
+        with_g = next(f for f in frames if "G" in f)
+        real_g = next(
+            json.loads(f.text)
+            for f in recorded()
+            if f.file == file and f.source == source and '"G":' in f.text
+        )
+        assert envelope(with_g) == envelope(real_g)
+        tick = next(f for f in frames if "G" not in f and f["M"])
+        real_tick = next(
+            json.loads(f.text)
+            for f in recorded()
+            if f.file == file
+            and f.source == source
+            and '"M":"tick"' in f.text
+            and '"G"' not in f.text
+        )
+        assert envelope(tick) == envelope(real_tick)
+        assert shape(_message(tick, "tick")) == shape(_message(real_tick, "tick"))
+        client.drop()
     finally:
         await server.stop()

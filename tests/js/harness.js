@@ -128,11 +128,12 @@ function trackHttp(obs, base) {
 function parseArgs() {
   const scenario = process.argv[2];
   const url = process.argv[3];
+  const transport = process.argv[4] || 'webSockets';
   if (!scenario || !url) {
-    process.stderr.write('usage: node <harness>.js SCENARIO http://127.0.0.1:PORT/signalr\n');
+    process.stderr.write('usage: node <harness>.js SCENARIO http://127.0.0.1:PORT/signalr [TRANSPORT]\n');
     process.exit(64);
   }
-  return { scenario, url, origin: new URL(url).origin };
+  return { scenario, url, transport, origin: new URL(url).origin };
 }
 
 module.exports = { createHarness, parseArgs, describeUrl, trackHttp };

@@ -1,11 +1,16 @@
 'use strict';
-// Microsoft's classic jQuery SignalR client (signalr@2.4.3) in jsdom, forced to
-// webSockets.  Usage: node jq_client.js SCENARIO http://127.0.0.1:PORT/signalr
+// Microsoft's classic jQuery SignalR client (signalr@2.4.3) in jsdom, forced to one
+// transport (no fallback).  Usage:
+//   node jq_client.js SCENARIO http://127.0.0.1:PORT/signalr [webSockets|serverSentEvents|longPolling]
+// or a comma-separated fallback list whose last transport is the one expected.
 // Prints EVENT lines while it runs and one RESULT line (see harness.js).
 
 const { createHarness, parseArgs, describeUrl } = require('./harness');
 
-const { scenario, url, origin } = parseArgs();
+const { scenario, url, transport: transportArg, origin } = parseArgs();
+// "a,b": start with that fallback list and expect to end up on the last one.
+const transports = transportArg.split(',');
+const transport = transports[transports.length - 1];
 const h = createHarness({ timeoutMs: 12000 });
 const { obs, emit, finish, fail, command, delay, waitFor } = h;
 
@@ -40,6 +45,28 @@ function TrackedWebSocket(wsUrl, protocols) {
 TrackedWebSocket.prototype = RealWebSocket.prototype;
 for (const k of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) TrackedWebSocket[k] = RealWebSocket[k];
 window.WebSocket = TrackedWebSocket;
+// jsdom has no EventSource: the eventsource package (outside jsdom's cookie jar).
+// A browser dispatches events with eventPhase AT_TARGET (2), which the SSE transport
+// compares with EventSource.CLOSED (also 2) to tell "stream ended, reconnect" from other
+// errors; the package's plain event objects have no eventPhase, so it is added here.
+const RealEventSource = require('eventsource');
+function TrackedEventSource(esUrl, init) {
+  obs.requests.push(describe('SSE ' + esUrl));
+  const source = new RealEventSource(esUrl, init);
+  const add = source.addEventListener;
+  source.addEventListener = function (type, listener, ...rest) {
+    const atTarget = function (e) {
+      const event = Object.create(e);
+      Object.defineProperty(event, 'eventPhase', { value: 2 });
+      return listener.call(this, event);
+    };
+    return add.call(this, type, atTarget, ...rest);
+  };
+  return source;
+}
+TrackedEventSource.prototype = RealEventSource.prototype;
+for (const k of ['CONNECTING', 'OPEN', 'CLOSED']) TrackedEventSource[k] = RealEventSource[k];
+window.EventSource = TrackedEventSource;
 
 function describe(line) {
   // "GET http://h/signalr/start?a=1&b=2" -> "GET /signalr/start a&b" (+ the values that matter)
@@ -62,7 +89,7 @@ function newConnection() {
 
 function start(conn) {
   return new Promise((resolve, reject) => {
-    conn.start({ transport: 'webSockets' })
+    conn.start({ transport: transports.length > 1 ? transports : transport })
       .done(() => resolve())
       .fail((e) => reject(new Error('start failed: ' + (e && e.message))));
   });
@@ -86,16 +113,18 @@ function call(proxy, method, ...args) {
 
 function checkTransport(conn, key) {
   obs[key || 'transport'] = conn.transport && conn.transport.name;
-  if (!conn.transport || conn.transport.name !== 'webSockets') {
-    throw new Error('not on webSockets: ' + (conn.transport && conn.transport.name));
+  if (!conn.transport || conn.transport.name !== transport) {
+    throw new Error('not on ' + transport + ': ' + (conn.transport && conn.transport.name));
   }
 }
 
-async function stopAndDrain(conn) {
-  conn.stop();
+async function stopAndDrain(...conns) {
+  // Stop them all first: a long poll of a connection still running would keep an XHR
+  // pending.
+  for (const conn of conns) conn.stop();
   // The /abort XHR is fire-and-forget; wait until it (and any other XHR) has completed.
   await waitFor(() => pendingXhr === 0, 'pending XHRs to complete after stop()', 3000);
-  obs.stateAfterStop = conn.state;
+  obs.stateAfterStop = conns[conns.length - 1].state;
 }
 
 // ---- scenarios
@@ -208,8 +237,7 @@ const scenarios = {
     await delay(400);
     obs.gotA = gotA;
     obs.gotB = gotB;
-    await stopAndDrain(a);
-    await stopAndDrain(b);
+    await stopAndDrain(a, b);
   },
 
   // server drops the socket; the client reconnects on its own and misses nothing

@@ -1,12 +1,14 @@
 """
 An in-process classic ASP.NET SignalR 2.x server for tests, examples and users' tests.
 
-It speaks the WebSockets transport (client protocol 1.2 to 2.0) the way Microsoft's
-server does: the same negotiate document, init frame, cursors, groups tokens, hub
-results, error texts and keep-alives.  See :class:`SignalRServer`.
+It speaks the WebSockets, Server-Sent Events and long polling transports (client
+protocol 1.2 to 2.0) the way Microsoft's server does: the same negotiate document, init
+frame, cursors, groups tokens, hub results (over HTTP transports: the ``/send`` body),
+error texts and keep-alives.  See :class:`SignalRServer`.
 
 Reconnect policy: a ``/reconnect`` is accepted for any valid token.  Within
-``disconnect_timeout + 5`` seconds of losing its socket the connection is still known:
+``disconnect_timeout + 5`` seconds of losing its socket (long polling: of its last poll
+ending) the connection is still known:
 the server's own group membership wins over the client's groups token (groups changed
 while the client was away, or whose ``G`` frame was lost with the socket, are kept, and
 a fresh ``G`` is sent when the token differs), and everything published after the
@@ -21,8 +23,9 @@ Sizes: client messages over 64 KiB drop the TCP connection (as on Microsoft's se
 what the server sends is not limited.
 """
 
+from txsignalr.testing._context import HubContext
 from txsignalr.testing._demo import C3Hub, ChatHub
 from txsignalr.testing._hubs import Hub, HubCall, HubException
 from txsignalr.testing._server import SignalRServer
 
-__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubException", "SignalRServer"]
+__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubContext", "HubException", "SignalRServer"]

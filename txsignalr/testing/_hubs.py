@@ -8,19 +8,17 @@ the error texts of ``HubDispatcher``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from txsignalr.testing._wire import Invocation, client_invocation, hub_result, progress_message
+from txsignalr.testing._context import HubContext
+from txsignalr.testing._wire import Invocation, client_invocation, hub_result
 
-if TYPE_CHECKING:
-    from txsignalr.testing._server import SignalRServer
-
-__all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method"]
+__all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method", "run_hooks"]
 
 _log = Logger(namespace="txsignalr.testing")
 
@@ -68,16 +66,16 @@ class Hub:
             cls.name = cls.__name__
         cls._methods = None
 
-    _server: SignalRServer | None = None
+    _server: HubContext | None = None
 
     @property
-    def server(self) -> SignalRServer:
-        """The server this hub is registered with."""
+    def server(self) -> HubContext:
+        """The context of the server this hub is registered with."""
         if self._server is None:
             raise RuntimeError(f"hub {self.name!r} is not registered with a server")
         return self._server
 
-    def attach(self, server: SignalRServer) -> None:
+    def attach(self, server: HubContext) -> None:
         """Called by the server when the hub is registered."""
         self._server = server
 
@@ -102,15 +100,15 @@ class Hub:
 
     def send_to_all(self, method: str, *args: Any) -> None:
         """Call a client method on every connection listing this hub."""
-        self.server.send_to_all(self, method, *args)
+        self.server.send_to_all(self.name, method, *args)
 
     def send_to_group(self, group: str, method: str, *args: Any) -> None:
         """Call a client method on every member of one of this hub's groups."""
-        self.server.send_to_group(self, group, method, *args)
+        self.server.send_to_group(self.name, group, method, *args)
 
     def send_to_connection(self, connection_id: str, method: str, *args: Any) -> None:
         """Call a client method on one connection."""
-        self.server.send_to_connection(connection_id, self, method, *args)
+        self.server.send_to_connection(connection_id, self.name, method, *args)
 
     # -- method table --------------------------------------------------------------
 
@@ -138,11 +136,11 @@ class _CallerGroups:
 
     def add(self, group: str) -> None:
         """Add the caller to one of this hub's groups."""
-        self._call.server.add_to_group(self._call.connection_id, self._call.hub, group)
+        self._call.server.add_to_group(self._call.connection_id, self._call.hub.name, group)
 
     def remove(self, group: str) -> None:
         """Remove the caller from one of this hub's groups."""
-        self._call.server.remove_from_group(self._call.connection_id, self._call.hub, group)
+        self._call.server.remove_from_group(self._call.connection_id, self._call.hub.name, group)
 
 
 class _Caller:
@@ -165,14 +163,14 @@ class HubCall:
     :ivar state: the caller state sent in ``S``; keys the method adds or changes are
         sent back in the result's ``S``.
     :ivar hub: the hub being called.
-    :ivar server: the server.
+    :ivar server: the server's :class:`HubContext`.
     :ivar groups: ``add(group)``/``remove(group)`` for the caller.
     :ivar caller: ``invoke(method, *args)`` calls a client method on the caller.
     """
 
     def __init__(
         self,
-        server: SignalRServer,
+        server: HubContext,
         hub: Hub,
         connection_id: str,
         invocation_id: str,
@@ -206,8 +204,7 @@ class HubCall:
             raise RuntimeError(
                 "You cannot report progress on a hub method invocation that has already completed."
             )
-        payload = progress_message(self.invocation_id, value)
-        self.server.publish_to_connection(self.connection_id, payload)
+        self.server.report_progress(self.connection_id, self.invocation_id, value)
 
 
 def _arity(fn: Callable[..., Any]) -> tuple[int, float, list[str]]:
@@ -342,3 +339,28 @@ def _text(exc: object, fallback: str) -> str:
         return str(exc)
     except Exception:
         return fallback
+
+
+def run_hooks(hubs: Iterable[Hub], hook: Callable[[Hub], Any]) -> defer.Deferred[Any]:
+    """
+    Run a lifecycle hook (``on_connected``...) on each hub, coroutines and Deferreds
+    included; failures are logged, never raised.
+
+    :returns: a Deferred fired when every hook has finished.
+    """
+    waits: list[defer.Deferred[Any]] = []
+    for hub in hubs:
+        try:
+            outcome = hook(hub)
+        except Exception:
+            _log.failure("hub {hub} lifecycle hook raised", hub=hub.name)
+            continue
+        if inspect.iscoroutine(outcome):
+            outcome = defer.ensureDeferred(outcome)
+        if isinstance(outcome, defer.Deferred):
+            waits.append(outcome.addErrback(_log_hook_failure, hub.name))
+    return defer.gatherResults(waits, consumeErrors=True)
+
+
+def _log_hook_failure(failure: Failure, hub_name: str) -> None:
+    _log.failure("hub {hub} lifecycle hook failed", failure=failure, hub=hub_name)

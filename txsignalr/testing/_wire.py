@@ -157,6 +157,7 @@ def persistent_response(
     *,
     initialized: bool = False,
     groups_token: str | None = None,
+    long_poll_delay_ms: int | None = None,
 ) -> str:
     """
     Build a persistent response frame with the server's key order ``C,S,T,G,L,M``.
@@ -166,6 +167,7 @@ def persistent_response(
     :param messages: the raw JSON text of each message, in order.
     :param initialized: add ``"S":1`` (the init frame).
     :param groups_token: add ``"G"`` with this groups token.
+    :param long_poll_delay_ms: add ``"L"`` (long polling with a ``LongPollDelay``).
     :returns: the frame text.
     """
     parts = ['{"C":"', cursor, '"']
@@ -174,6 +176,9 @@ def persistent_response(
     if groups_token is not None:
         parts.append(',"G":')
         parts.append(dumps(groups_token))
+    if long_poll_delay_ms is not None:
+        parts.append(',"L":')
+        parts.append(str(long_poll_delay_ms))
     parts.append(',"M":[')
     parts.append(",".join(messages))
     parts.append("]}")

@@ -1,0 +1,357 @@
+"""
+Raw clients of the three classic transports for the test server's own tests: HTTP
+exchanges through ``twisted.web.client.Agent`` (bytes as sent, streaming bodies, a way
+to walk away) and one small client per transport behind one interface, so that a
+scenario can be run over webSockets, serverSentEvents and longPolling alike.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from helpers import running_reactor, within
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+
+from txsignalr.testing import SignalRServer
+
+TRANSPORTS = ("webSockets", "serverSentEvents", "longPolling")
+
+
+def _reactor() -> Any:
+    return running_reactor()
+
+
+FORM = "application/x-www-form-urlencoded; charset=UTF-8"
+
+
+def cd(*hubs: str) -> str:
+    """``connectionData`` for ``hubs``, percent-encoded."""
+    return quote(json.dumps([{"name": h} for h in hubs]), safe="")
+
+
+_DONE = Failure(ResponseDone())
+
+
+class _Body(Protocol):
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def dataReceived(self, data: bytes) -> None:
+        self._exchange._data(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._exchange._ended(reason)
+
+
+class Exchange:
+    """
+    One HTTP request: ``response`` fires with the headers, ``body`` with every body
+    byte once the response ends (it fails when the connection is lost first);
+    ``on_data`` sees the body as it streams.
+    """
+
+    def __init__(self, method: str, url: str, body: bytes | None, headers: dict[str, str]):
+        reactor = _reactor()
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        producer = None if body is None else FileBodyProducer(BytesIO(body))
+        self.raw = bytearray()
+        self.on_data: Any = None
+        self.response: Any = None
+        self.body: defer.Deferred[bytes] = defer.Deferred()
+        self.headers_received: defer.Deferred[Any] = defer.Deferred()
+        self._proto: _Body | None = None
+        self._request = agent.request(
+            method.encode(),
+            url.encode(),
+            Headers({k: [v] for k, v in headers.items()}),
+            producer,
+        )
+        self._request.addCallbacks(self._got, self._failed)
+        # Nobody may be waiting for the headers: a failure shows up on ``body`` too.
+        self.headers_received.addErrback(lambda _: None)
+
+    def _got(self, response: Any) -> None:
+        self.response = response
+        self._proto = _Body(self)
+        response.deliverBody(self._proto)
+        self.headers_received.callback(response)
+
+    def _failed(self, failure: Failure) -> None:
+        self.headers_received.errback(failure)
+        self.body.errback(failure)
+
+    def _data(self, data: bytes) -> None:
+        self.raw += data
+        if self.on_data is not None:
+            self.on_data(data)
+
+    def _ended(self, reason: Failure) -> None:
+        if self.body.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.body.callback(bytes(self.raw))
+        else:
+            self.body.errback(reason)
+
+    @property
+    def code(self) -> int:
+        return int(self.response.code)
+
+    def header(self, name: str) -> list[str] | None:
+        values = self.response.headers.getRawHeaders(name)
+        return None if values is None else [str(v) for v in values]
+
+    def drop(self) -> None:
+        """Walk away: close the TCP connection, whatever the state of the request."""
+        self.body.addErrback(lambda _: None)
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.stopProducing()
+        elif not self._request.called:
+            self._request.cancel()
+
+
+def request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Exchange:
+    """Start an HTTP request (form content type when there is a body)."""
+    hdrs = dict(headers or {})
+    if body is not None:
+        hdrs.setdefault("Content-Type", FORM)
+    return Exchange(method, url, body, hdrs)
+
+
+async def fetch(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[Exchange, bytes]:
+    """Make a request and read the whole body (bounded)."""
+    ex = request(method, url, body, headers)
+    data = await within(ex.body, 10)
+    return ex, data
+
+
+def query(token: str, transport: str, *hubs: str) -> str:
+    return (
+        f"transport={transport}&clientProtocol=1.5&connectionToken={quote(token, safe='')}"
+        f"&connectionData={cd(*hubs)}"
+    )
+
+
+async def negotiate(server: SignalRServer, *hubs: str) -> dict[str, Any]:
+    _ex, body = await fetch(
+        "GET", f"{server.url}/negotiate?clientProtocol=1.5&connectionData={cd(*hubs)}"
+    )
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+class SseEvents:
+    """Splits an SSE body into ``data:`` payloads, pushed on ``events``."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.events: defer.DeferredQueue[str] = defer.DeferredQueue()
+        self._buffer = b""
+        exchange.on_data = self._feed
+
+    def _feed(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n\n" in self._buffer:
+            event, self._buffer = self._buffer.split(b"\n\n", 1)
+            text = event.decode("utf-8")
+            assert text.startswith("data: "), text
+            self.events.put(text[len("data: ") :])
+
+
+class _WsProtocol(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.sink(json.loads(payload.decode("utf-8")))
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"closed: {reason}"))
+        if not self.factory.closed.called:
+            self.factory.closed.callback(wasClean)
+
+
+class TransportClient:
+    """
+    A minimal classic client on one transport: connect, /start, invoke, reconnect with
+    its cursor and groups token, walk away.  Frames (persistent responses and ``{}``)
+    land on ``frames``; hub results are returned by :meth:`invoke`.
+    """
+
+    def __init__(self, server: SignalRServer, transport: str, *hubs: str) -> None:
+        self.server = server
+        self.transport = transport
+        self.hubs = hubs
+        self.frames: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        self.cursor: str | None = None
+        self.groups_token: str | None = None
+        self.neg: dict[str, Any] = {}
+        self.channel_closed: defer.Deferred[Any] = defer.Deferred()
+        self._results: dict[str, defer.Deferred[Any]] = {}
+        self._ws: Any = None
+        self._sse: Exchange | None = None
+        self._poll: Exchange | None = None
+        self._polling = False
+
+    # -- URLs
+    def url(self, command: str) -> str:
+        return f"{self.server.url}/{command}?" + query(
+            self.neg["ConnectionToken"], self.transport, *self.hubs
+        )
+
+    def _resume_query(self) -> str:
+        extra = {}
+        if self.cursor is not None:
+            extra["messageId"] = self.cursor
+        if self.groups_token is not None:
+            extra["groupsToken"] = self.groups_token
+        return urlencode(extra)
+
+    # -- frames
+    def _frame(self, value: Any) -> None:
+        if isinstance(value, dict) and "C" in value:
+            self.cursor = value["C"]
+            self.groups_token = value.get("G", self.groups_token)
+        if isinstance(value, dict) and "I" in value and "C" not in value and "M" not in value:
+            d = self._results.pop(value["I"], None)
+            if d is not None:
+                d.callback(value)
+                return
+        self.frames.put(value)
+
+    async def frame(self, keepalives: bool = False, timeout: float = 5.0) -> Any:
+        while True:
+            value = await within(self.frames.get(), timeout)
+            if value == {} and not keepalives:
+                continue
+            return value
+
+    async def messages_until(self, count: int, timeout: float = 5.0) -> list[Any]:
+        """Messages (inside ``M``) until ``count`` of them arrived."""
+        out: list[Any] = []
+        while len(out) < count:
+            out += (await self.frame(timeout=timeout)).get("M", [])
+        return out
+
+    # -- lifecycle
+    async def connect(self, start: bool = True) -> Any:
+        """Negotiate, open the receive channel, read the init frame, /start."""
+        self.neg = await negotiate(self.server, *self.hubs)
+        await self._open("connect")
+        init = await self.frame()
+        assert init.get("S") == 1, init
+        if start:
+            _ex, body = await fetch("GET", self.url("start"))
+            assert body == b'{ "Response": "started" }', body
+        await self.held()
+        return init
+
+    async def held(self) -> None:
+        """Long polling: wait until the current poll is held (its headers arrived)."""
+        if self._poll is not None:
+            await within(self._poll.headers_received, 5)
+
+    async def reconnect(self) -> None:
+        await self._open("reconnect")
+
+    async def _open(self, command: str) -> None:
+        url = self.url(command)
+        if command == "reconnect" and self.transport != "longPolling":
+            url += "&" + self._resume_query()
+        self.channel_closed = defer.Deferred()
+        if self.transport == "webSockets":
+            factory = WebSocketClientFactory(url.replace("http://", "ws://"))
+            factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+            factory.protocol = _WsProtocol
+            factory.sink = self._frame
+            factory.opened = defer.Deferred()
+            factory.closed = self.channel_closed
+            connectWS(factory)
+            self._ws = await within(factory.opened, 5)
+        elif self.transport == "serverSentEvents":
+            ex = request("GET", url, headers={"Accept": "text/event-stream"})
+            self._sse = ex
+            events = SseEvents(ex)
+            ex.body.addBoth(self._sse_ended)
+
+            def parsed(text: str) -> None:
+                if text != "initialized":
+                    self._frame(json.loads(text))
+                events.events.get().addCallback(parsed)
+
+            events.events.get().addCallback(parsed)
+            await within(ex.headers_received, 5)
+        else:
+            body = b"" if command == "connect" else self._resume_query().encode()
+            self._start_poll("POST", url, body)
+
+    def _sse_ended(self, result: Any) -> None:
+        if not self.channel_closed.called:
+            self.channel_closed.callback(True)
+
+    def _start_poll(self, method: str, url: str, body: bytes) -> None:
+        ex = request(method, url, body)
+        self._poll = ex
+        self._polling = True
+        ex.body.addCallbacks(self._polled, self._poll_failed, callbackArgs=(ex,))
+
+    def _polled(self, body: bytes, ex: Exchange) -> None:
+        text = body.decode("utf-8").lstrip(" ")
+        self._frame(json.loads(text))
+        if self._polling and self._poll is ex:
+            self._start_poll("POST", self.url("poll"), self._resume_query().encode())
+        elif not self.channel_closed.called:
+            self.channel_closed.callback(True)
+
+    def _poll_failed(self, failure: Failure) -> None:
+        self._polling = False
+        if not self.channel_closed.called:
+            self.channel_closed.callback(True)
+
+    def drop(self) -> None:
+        """The client goes away without /abort."""
+        if self._ws is not None:
+            self._ws.transport.abortConnection()
+        if self._sse is not None:
+            self._sse.drop()
+        if self._poll is not None:
+            self._polling = False
+            self._poll.drop()
+
+    async def abort(self) -> None:
+        """Stop polling, then ``/abort`` (as the official clients stop)."""
+        self._polling = False
+        await fetch("POST", self.url("abort"), b"")
+
+    # -- invocations
+    async def invoke(self, hub: str, method: str, args: list[Any], invocation_id: int) -> Any:
+        message = {"H": hub, "M": method, "A": args, "I": invocation_id}
+        if self.transport == "webSockets":
+            d: defer.Deferred[Any] = defer.Deferred()
+            self._results[str(invocation_id)] = d
+            self._ws.sendMessage(json.dumps(message).encode("utf-8"))
+            return await within(d, 5)
+        ex, body = await fetch(
+            "POST", self.url("send"), urlencode({"data": json.dumps(message)}).encode()
+        )
+        assert ex.code == 200, (ex.code, body)
+        assert ex.header("content-type") == ["application/json; charset=UTF-8"]
+        return json.loads(body)
