@@ -1,5 +1,6 @@
 """
-HubConnection against the in-process test server over real loopback sockets.
+HubConnection against the in-process test server over real loopback sockets, each
+scenario over every transport (forced, no fallback) unless it concerns one only.
 
 Every test binds 127.0.0.1 port 0 and is bounded in time.
 """
@@ -22,11 +23,22 @@ from txsignalr import (
     HubConnection,
     HubError,
     NegotiationError,
+    NoTransportError,
+    Transport,
     decode_deflate_base64,
 )
 from txsignalr.testing import C3Hub, ChatHub, SignalRServer
 
 reactor: Any = _reactor
+
+TRANSPORTS = ["webSockets", "serverSentEvents", "longPolling"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """The transport a scenario is forced onto."""
+    name: str = request.param
+    return name
 
 
 @pytest_twisted.async_yield_fixture
@@ -44,8 +56,8 @@ async def server() -> AsyncIterator[SignalRServer]:
 
 
 @pytest_twisted.async_yield_fixture
-async def conn(server: SignalRServer) -> AsyncIterator[HubConnection]:
-    c = HubConnection(reactor, server.url, reconnect_delay=0.1)
+async def conn(server: SignalRServer, transport: str) -> AsyncIterator[HubConnection]:
+    c = HubConnection(reactor, server.url, reconnect_delay=0.1, transports=[transport])
     yield c
     await within(c.stop())
 
@@ -58,6 +70,9 @@ async def test_invoke_result_error_unknown_method_progress(
     c3 = conn.hub("c3")
     await within(conn.start())
     assert conn.state is ConnectionState.connected
+    assert conn.transport is not None and conn.transport.value == server.events("connect")[-1][
+        "transport"
+    ]
     assert await within(c3.invoke("Echo", {"a": [1, 2.5, None], "s": "h\u00e9llo"})) == {
         "a": [1, 2.5, None],
         "s": "h\u00e9llo",
@@ -133,9 +148,9 @@ async def test_groups_survive_reconnect(server: SignalRServer, conn: HubConnecti
 
 
 @pytest_twisted.ensureDeferred
-async def test_thousand_pushes_with_five_drops(server: SignalRServer) -> None:
+async def test_thousand_pushes_with_five_drops(server: SignalRServer, transport: str) -> None:
     """1,000 numbered pushes with 5 forced drops arrive exactly once and in order."""
-    conn = HubConnection(reactor, server.url, reconnect_delay=0.05)
+    conn = HubConnection(reactor, server.url, reconnect_delay=0.05, transports=[transport])
     c3 = conn.hub("c3")
     received: list[int] = []
     c3.on("numbered", received.append)
@@ -165,6 +180,7 @@ async def test_thousand_pushes_with_five_drops(server: SignalRServer) -> None:
         await within(conn.stop())
 
 
+@pytest.mark.parametrize("transport", ["webSockets", "serverSentEvents"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_keepalive_loss_leads_to_reconnect(
     server: SignalRServer, conn: HubConnection
@@ -187,9 +203,9 @@ async def test_keepalive_loss_leads_to_reconnect(
 
 
 @pytest_twisted.ensureDeferred
-async def test_disconnect_timeout_exceeded_closes(server: SignalRServer) -> None:
+async def test_disconnect_timeout_exceeded_closes(server: SignalRServer, transport: str) -> None:
     """With the server gone for longer than DisconnectTimeout, the connection closes."""
-    conn = HubConnection(reactor, server.url, reconnect_delay=0.5)
+    conn = HubConnection(reactor, server.url, reconnect_delay=0.5, transports=[transport])
     conn.hub("c3")
     await within(conn.start())
     closed = conn.when_closed()
@@ -206,12 +222,12 @@ async def test_disconnect_timeout_exceeded_closes(server: SignalRServer) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_sends_abort_and_leaves_no_delayed_calls() -> None:
+async def test_stop_sends_abort_and_leaves_no_delayed_calls(transport: str) -> None:
     """stop() makes the server see /abort; afterwards no timer of ours is left."""
     before = set(reactor.getDelayedCalls())
     server = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)], keepalive=1.0)
     await server.listen(port=0, interface="127.0.0.1")
-    conn = HubConnection(reactor, server.url)
+    conn = HubConnection(reactor, server.url, transports=[transport])
     conn.hub("c3")
     await within(conn.start())
     connection_id = conn.connection_id
@@ -221,6 +237,7 @@ async def test_stop_sends_abort_and_leaves_no_delayed_calls() -> None:
     await within(conn.stop())
     info = await within(aborted)
     assert info["connection_id"] == connection_id
+    assert info["transport"] == transport
     assert await within(closed) is None
     with pytest.raises(ConnectionClosed):
         await within(pending)
@@ -273,10 +290,10 @@ async def test_negotiate_connection_refused() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_cookies_from_negotiate_reach_the_websocket(
+async def test_cookies_from_negotiate_reach_every_request(
     server: SignalRServer, conn: HubConnection
 ) -> None:
-    """The negotiate cookie is replayed on the upgrade, /start and /abort."""
+    """The negotiate cookie is replayed on /connect (or the upgrade) and /start."""
     conn.hub("c3")
     await within(conn.start())
     assert server.events("connect")[-1]["cookies"].get("affinity") == "srv1"
@@ -347,10 +364,10 @@ async def test_ping(server: SignalRServer, conn: HubConnection) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_reconnect_refused_after_server_restart_closes_at_once(
-    server: SignalRServer,
+    server: SignalRServer, transport: str
 ) -> None:
-    """A restarted server refuses the old token's /reconnect upgrade (400): closed now."""
-    conn = HubConnection(reactor, server.url, reconnect_delay=0.05)
+    """A restarted server refuses the old token's /reconnect (400): closed at once."""
+    conn = HubConnection(reactor, server.url, reconnect_delay=0.05, transports=[transport])
     conn.hub("c3")
     await within(conn.start())
     closed = conn.when_closed()
@@ -362,3 +379,97 @@ async def test_reconnect_refused_after_server_restart_closes_at_once(
     assert "refused /reconnect with HTTP 400" in str(info.value)
     assert isinstance(info.value.cause, ConnectionClosed)
     assert info.value.cause.status == 400
+
+
+# ------------------------------------------------------------------ fallback
+
+
+async def _fallback_server(**options: Any) -> SignalRServer:
+    s = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)], keepalive=1.0, **options)
+    await s.listen(port=0, interface="127.0.0.1")
+    return s
+
+
+@pytest_twisted.ensureDeferred
+async def test_fallback_when_websockets_are_disabled_on_the_server() -> None:
+    """TryWebSockets false: no upgrade is even tried, SSE carries the connection."""
+    server = await _fallback_server(transports=("serverSentEvents", "longPolling"))
+    conn = HubConnection(reactor, server.url)
+    conn.hub("c3")
+    try:
+        await within(conn.start())
+        assert conn.negotiated is not None and conn.negotiated.try_websockets is False
+        assert conn.transport is Transport.server_sent_events
+        assert [e["transport"] for e in server.events("connect")] == ["serverSentEvents"]
+        assert await within(conn.hub("c3").invoke("Echo", "x")) == "x"
+    finally:
+        await within(conn.stop())
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fallback_after_refusals_ends_on_long_polling() -> None:
+    """Upgrade refused, then SSE refused: the same token connects over long polling."""
+    server = await _fallback_server()
+    server.refuse_transport("webSockets", 400, b"Not a valid web socket request.")
+    server.refuse_transport("serverSentEvents", 500)
+    conn = HubConnection(reactor, server.url)
+    conn.hub("c3")
+    try:
+        await within(conn.start())
+        assert conn.transport is Transport.long_polling
+        refused = [e["transport"] for e in server.events("refused")]
+        assert refused == ["webSockets", "serverSentEvents"]
+        connects = server.events("connect")
+        assert [e["transport"] for e in connects] == ["longPolling"]
+        assert server.events("start")[-1]["query"]["transport"] == "longPolling"
+        assert await within(conn.hub("c3").invoke("Echo", 7)) == 7
+    finally:
+        await within(conn.stop())
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_transport_works_gives_a_clear_error() -> None:
+    """Every transport refused: NoTransportError names each and why; nothing is left."""
+    before = set(reactor.getDelayedCalls())
+    server = await _fallback_server()
+    for name in ("webSockets", "serverSentEvents", "longPolling"):
+        server.refuse_transport(name, 403)
+    conn = HubConnection(reactor, server.url)
+    conn.hub("c3")
+    try:
+        with pytest.raises(NoTransportError) as info:
+            await within(conn.start())
+        error = info.value
+        assert isinstance(error, ConnectionClosed)
+        assert [name for name, _ in error.attempts] == [
+            "webSockets",
+            "serverSentEvents",
+            "longPolling",
+        ]
+        assert all("403" in why for _, why in error.attempts), error.attempts
+        assert error.status == 403
+        assert conn.state is ConnectionState.disconnected
+    finally:
+        await within(conn.stop())
+        await server.stop()
+    await deferLater(reactor, 0, lambda: None)
+    leftovers = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("transport", ["serverSentEvents", "longPolling"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_http_transports_keep_pending_invocations_across_a_drop(
+    server: SignalRServer, conn: HubConnection
+) -> None:
+    """Over SSE and long polling a call in flight during a drop still gets its result."""
+    c3 = conn.hub("c3")
+    await within(conn.start())
+    pending = c3.invoke("Slow", 300)
+    await wait_until(lambda: server.events("received"), what="the call reached the server")
+    server.drop_all_transports()
+    await wait_until(lambda: conn.state is ConnectionState.reconnecting, what="reconnecting")
+    assert await within(pending) == "slept 300 ms"
+    await wait_until(lambda: conn.state is ConnectionState.connected, what="reconnected")
