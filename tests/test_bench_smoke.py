@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 #: The signalr-async release bench/peer.py installs (its PEER_VERSION).
 PEER_VERSION = "3.0.0"
@@ -102,6 +104,26 @@ def test_peer_smoke(tmp_path: Path) -> None:
     assert_throughput(peer)
     assert data["peer_version"].startswith(f"{PEER_VERSION} with aiohttp "), data
     assert positive(data["ratio_txsignalr_vs_peer"])
+
+
+@pytest.mark.parametrize("transport", ["webSockets", "serverSentEvents", "longPolling"])
+def test_throughput_smoke_per_transport(tmp_path: Path, transport: str) -> None:
+    """throughput.py --smoke --transport X: txsignalr receives over X (the server saw it
+    connect with X and nothing else) and gets figures."""
+    out = tmp_path / f"throughput-{transport}.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "throughput.py"), "--smoke", "--transport", transport,
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=180, cwd=BENCH.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["transport"] == transport
+    floor, ours = data["clients"]["floor"], data["clients"]["txsignalr"]
+    assert_throughput(floor)
+    assert_throughput(ours)
+    assert [run["transports_seen"] for run in ours["runs"]] == [[transport]]
+    assert positive(data["ratio_txsignalr_vs_floor"])
 
 
 # ------------------------------------------------------------------ the bench server
