@@ -76,6 +76,19 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
     return head + payload
 
 
+#: The init frame (``S:1``) every receive channel starts with, and its cursor.
+INIT_CURSOR = "d-98046728-B,0|C,0|D,1"
+INIT_FRAME = b'{"C":"%s","S":1,"M":[]}' % INIT_CURSOR.encode()
+
+#: The transports the bench server speaks, by their wire names.
+TRANSPORTS = ("webSockets", "serverSentEvents", "longPolling")
+
+
+def tick_cursor(seq: int) -> str:
+    """The cursor (``C``) of stream frame number ``seq``."""
+    return f"d-98046728-B,0|C,0|D,4|E,{seq:X}|F,4|G,4"
+
+
 def tick_payload(seq: int, batch: int) -> bytes:
     """
     A persistent response carrying ``batch`` ``c3.tick`` client-method calls, shaped
@@ -86,19 +99,53 @@ def tick_payload(seq: int, batch: int) -> bytes:
         f'"Ts":"2026-11-26T00:49:37.3991840Z"}}]}}'
         for i in range(batch)
     )
-    return f'{{"C":"d-98046728-B,0|C,0|D,4|E,{seq:X}|F,4|G,4","M":[{calls}]}}'.encode()
+    return f'{{"C":"{tick_cursor(seq)}","M":[{calls}]}}'.encode()
 
 
-def stream_chunks(frames: int, batch: int, chunk_size: int = 256 * 1024) -> list[bytes]:
+def sse_event(payload: bytes) -> bytes:
+    """One Server-Sent Events ``data:`` event (classic.md §1.3, transcript 03)."""
+    return b"data: " + payload + b"\n\n"
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of a ``Transfer-Encoding: chunked`` body, as the real server streams SSE."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def http_response(
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json; charset=UTF-8",
+    keep_alive: bool = True,
+) -> bytes:
+    """A complete HTTP/1.1 response with a ``Content-Length``."""
+    close = b"" if keep_alive else b"Connection: close\r\n"
+    return b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        status,
+        content_type,
+        close,
+        len(body),
+        body,
+    )
+
+
+def stream_chunks(
+    frames: int, batch: int, chunk_size: int = 256 * 1024, transport: str = "webSockets"
+) -> list[bytes]:
     """
-    ``frames`` pre-encoded WebSocket frames, joined into frame-aligned chunks of
-    about ``chunk_size`` bytes (so a keep-alive can be written between two chunks).
+    ``frames`` pre-encoded frames, joined into frame-aligned chunks of about
+    ``chunk_size`` bytes (so a keep-alive can be written between two chunks): WebSocket
+    frames, or for ``serverSentEvents`` ``data:`` events, each chunk one HTTP chunk.
+    For ``longPolling`` each element is one whole poll response (one frame).
     """
+    if transport == "longPolling":
+        return [http_response(200, tick_payload(seq, batch)) for seq in range(frames)]
+    encode = ws_frame if transport == "webSockets" else sse_event
     chunks: list[bytes] = []
     current: list[bytes] = []
     size = 0
     for seq in range(frames):
-        f = ws_frame(tick_payload(seq, batch))
+        f = encode(tick_payload(seq, batch))
         current.append(f)
         size += len(f)
         if size >= chunk_size:
@@ -106,19 +153,26 @@ def stream_chunks(frames: int, batch: int, chunk_size: int = 256 * 1024) -> list
             current, size = [], 0
     if current:
         chunks.append(b"".join(current))
+    if transport == "serverSentEvents":
+        chunks = [http_chunk(c) for c in chunks]
     return chunks
 
 
 # ----------------------------------------------------------------- server
 
 
-class _WS:
-    """The server side of one WebSocket."""
+class _Conn:
+    """The server side of one connection's receive channel (a WebSocket, an SSE
+    response, or the long polls of one connection token)."""
 
-    def __init__(self, writer: asyncio.StreamWriter, scenario: dict[str, str]) -> None:
-        self.writer = writer
+    def __init__(
+        self, transport: str, writer: asyncio.StreamWriter | None, scenario: dict[str, str]
+    ) -> None:
+        self.transport = transport
+        self.writer = writer  # None for long polling: each poll has its own
         self.scenario = scenario
         self.started = asyncio.Event()
+        self.aborted = asyncio.Event()
         self.closed = False
 
 
@@ -134,8 +188,18 @@ class BenchServer:
       with the raw token, echo every text message verbatim.
     * ``idle``: nothing but keep-alives.
 
-    Every open WebSocket gets a ``{}`` keep-alive every ``keep_alive`` seconds, as a
-    real server with the default KeepAlive (10 s) does.
+    The receive channel is the transport the client asks for (classic.md §1.3, §1.5):
+    a WebSocket; ``GET /connect?transport=serverSentEvents``, a chunked
+    ``text/event-stream`` response of ``data: initialized`` then one ``data:`` event
+    per frame; or ``POST /connect?transport=longPolling``, which answers the init
+    frame, and ``POST /poll``, each answering one frame (``batch`` calls) as a single
+    persistent response picked by the poll's ``messageId`` (query or form body), or
+    held until ``/abort`` once the stream is over.  SSE and long polling send with a
+    form ``POST /send`` (``data=…``), answered in its body.
+
+    Every open WebSocket and SSE stream gets a ``{}`` keep-alive every ``keep_alive``
+    seconds, as a real server with the default KeepAlive (10 s) does.
+    :attr:`connects` lists the transport of every ``/connect``, in order.
     """
 
     def __init__(self, keep_alive: float = 10.0, http_keep_alive: bool = True) -> None:
@@ -147,19 +211,26 @@ class BenchServer:
         self.first_accept_error: str | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tokens = 0
-        self._by_token: dict[str, _WS] = {}
-        self._sockets: set[_WS] = set()
-        self._chunks: dict[tuple[int, int], list[bytes]] = {}
+        self._by_token: dict[str, _Conn] = {}
+        self._sockets: set[_Conn] = set()  # WebSockets and SSE streams
+        self._chunks: dict[tuple[str, int, int], list[bytes]] = {}
+        #: per (frames, batch): poll messageId -> index of the next frame to send
+        self._next_frame: dict[tuple[int, int], dict[str, int]] = {}
         self._ka_task: asyncio.Task[None] | None = None
         self.port = 0
         self.http_requests = 0
         self.ws_connections = 0
+        self.connects: list[str] = []
 
-    def prepare_stream(self, frames: int, batch: int) -> None:
+    def prepare_stream(self, frames: int, batch: int, transport: str = "webSockets") -> None:
         """Pre-encode a stream before the clock starts."""
-        key = (frames, batch)
+        key = (transport, frames, batch)
         if key not in self._chunks:
-            self._chunks[key] = stream_chunks(frames, batch)
+            self._chunks[key] = stream_chunks(frames, batch, transport=transport)
+        if transport == "longPolling" and (frames, batch) not in self._next_frame:
+            after = {tick_cursor(seq): seq + 1 for seq in range(frames)}
+            after[INIT_CURSOR] = 0
+            self._next_frame[(frames, batch)] = after
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -193,18 +264,21 @@ class BenchServer:
     async def stop(self) -> None:
         if self._ka_task is not None:
             self._ka_task.cancel()
-        for ws in list(self._sockets):
-            ws.writer.close()
+        for conn in list(self._by_token.values()):
+            conn.aborted.set()  # releases held polls
+        for conn in list(self._sockets):
+            if conn.writer is not None:
+                conn.writer.close()
         if self._server is not None:
             self._server.close()
 
     async def _keep_alives(self) -> None:
-        frame = ws_frame(b"{}")
+        frames = {"webSockets": ws_frame(b"{}"), "serverSentEvents": http_chunk(sse_event(b"{}"))}
         while True:
             await asyncio.sleep(self.keep_alive)
-            for ws in list(self._sockets):
-                if not ws.closed:
-                    ws.writer.write(frame)
+            for conn in list(self._sockets):
+                if not conn.closed and conn.writer is not None:
+                    conn.writer.write(frames[conn.transport])
 
     @staticmethod
     def _scenario(path: str) -> dict[str, str]:
@@ -231,20 +305,27 @@ class BenchServer:
                         k, v = line.split(":", 1)
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
-                if length:
-                    await reader.readexactly(length)
+                body = await reader.readexactly(length) if length else b""
                 self.http_requests += 1
                 url = urlsplit(target)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+                transport = query.get("transport", "")
+                receive = url.path.endswith(("/connect", "/reconnect", "/poll"))
+                if url.path.endswith("/connect"):
+                    self.connects.append(transport)
                 if headers.get("upgrade", "").lower() == "websocket":
                     await self._websocket(reader, writer, url.path, query, headers)
                     return
-                status, body = self._http(url.path, query)
-                close = b"" if self.http_keep_alive else b"Connection: close\r\n"
-                writer.write(
-                    b"HTTP/1.1 %d OK\r\nContent-Type: application/json; charset=UTF-8\r\n"
-                    b"%sContent-Length: %d\r\n\r\n%s" % (status, close, len(body), body)
-                )
+                if receive and transport == "serverSentEvents":
+                    await self._event_stream(reader, writer, url.path, query)
+                    return
+                if receive and transport == "longPolling":
+                    response = await self._long_poll(url.path, query, form)
+                else:
+                    status, answer = self._http(url.path, query, form)
+                    response = http_response(status, answer, keep_alive=self.http_keep_alive)
+                writer.write(response)
                 if not self.http_keep_alive:
                     await writer.drain()
                     return
@@ -253,7 +334,17 @@ class BenchServer:
         finally:
             writer.close()
 
-    def _http(self, path: str, query: dict[str, str]) -> tuple[int, bytes]:
+    def _register(self, transport: str, writer: Any, path: str, token: str) -> _Conn:
+        conn = _Conn(transport, writer, self._scenario(path))
+        if token == "raw":
+            conn.started.set()
+        else:
+            self._by_token[token] = conn
+        return conn
+
+    def _http(
+        self, path: str, query: dict[str, str], form: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         if path.endswith("/negotiate"):
             self._tokens += 1
             return 200, jdumps(
@@ -271,19 +362,109 @@ class BenchServer:
                 }
             )
         if path.endswith("/start"):
-            ws = self._by_token.get(query.get("connectionToken", ""))
-            if ws is None:
+            conn = self._by_token.get(query.get("connectionToken", ""))
+            if conn is None:
                 return 400, b"unknown connection token"
-            ws.started.set()
+            conn.started.set()
             return 200, b'{ "Response": "started" }'
         if path.endswith("/abort"):
-            ws = self._by_token.pop(query.get("connectionToken", ""), None)
-            if ws is not None and not ws.closed:
-                ws.writer.write(ws_frame(struct.pack("!H", 1000), opcode=8))
+            conn = self._by_token.pop(query.get("connectionToken", ""), None)
+            if conn is not None:
+                conn.aborted.set()
+                if conn.transport == "webSockets" and conn.writer is not None and not conn.closed:
+                    conn.writer.write(ws_frame(struct.pack("!H", 1000), opcode=8))
             return 200, b""
         if path.endswith("/ping"):
             return 200, b'{ "Response": "pong" }'
+        if path.endswith("/send"):
+            conn = self._by_token.get(query.get("connectionToken", ""))
+            if conn is None:
+                return 400, b"unknown connection token"
+            return 200, self._answer((form or {}).get("data", ""), conn.scenario)
         return 404, b"not found"
+
+    @staticmethod
+    def _answer(data: str | bytes, scenario: dict[str, str]) -> bytes:
+        """The hub result for one invocation (``echo``: its first argument), or ``b""``."""
+        msg = jloads(data) if data else None
+        if not isinstance(msg, dict) or "I" not in msg:
+            return b""
+        if scenario["name"] != "echo":
+            return jdumps({"I": str(msg["I"])})
+        args = msg.get("A") or [None]
+        return jdumps({"R": args[0], "I": str(msg["I"])})
+
+    async def _event_stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str,
+        query: dict[str, str],
+    ) -> None:
+        """An SSE receive channel: chunked ``text/event-stream`` until abort or close."""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        token = query.get("connectionToken", "")
+        conn = self._register("serverSentEvents", writer, path, token)
+        self._sockets.add(conn)
+        initial = sse_event(b"initialized")
+        if path.endswith("/connect") and token != "raw":
+            initial += sse_event(INIT_FRAME)
+        writer.write(http_chunk(initial))
+        pump: asyncio.Task[None] | None = None
+        if conn.scenario["name"] == "stream":
+            pump = asyncio.ensure_future(self._stream(conn))
+
+        async def until_closed() -> None:
+            while await reader.read(65536):
+                pass
+
+        closed = asyncio.ensure_future(until_closed())
+        aborted = asyncio.ensure_future(conn.aborted.wait())
+        try:
+            await asyncio.wait({closed, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            if conn.aborted.is_set():
+                writer.write(b"0\r\n\r\n")  # the end of the chunked body
+                await writer.drain()
+        finally:
+            conn.closed = True
+            self._sockets.discard(conn)
+            if self._by_token.get(token) is conn:
+                del self._by_token[token]
+            for task in (pump, closed, aborted):
+                if task is not None:
+                    task.cancel()
+
+    async def _long_poll(self, path: str, query: dict[str, str], form: dict[str, str]) -> bytes:
+        """One long-polling receive request: the init frame, or the next frame."""
+        token = query.get("connectionToken", "")
+        keep = self.http_keep_alive
+        if path.endswith("/connect"):
+            self._register("longPolling", None, path, token)
+            return http_response(200, INIT_FRAME, keep_alive=keep)
+        conn = self._by_token.get(token)
+        if conn is None:
+            return http_response(400, b"unknown connection token", keep_alive=keep)
+        cursor = query.get("messageId") or form.get("messageId") or INIT_CURSOR
+        if conn.scenario["name"] == "stream":
+            frames = int(conn.scenario.get("frames", "1000"))
+            batch = int(conn.scenario.get("batch", "1"))
+            self.prepare_stream(frames, batch, "longPolling")
+            index = self._next_frame[(frames, batch)].get(cursor, 0)
+            if index < frames:
+                await _first(conn.started.wait(), conn.aborted.wait())
+                if not conn.aborted.is_set():
+                    if keep:
+                        return self._chunks[("longPolling", frames, batch)][index]
+                    return http_response(200, tick_payload(index, batch), keep_alive=False)
+        # Nothing to send: hold the poll as a real server does (ConnectionTimeout).
+        try:
+            await asyncio.wait_for(conn.aborted.wait(), 110.0)
+        except asyncio.TimeoutError:
+            pass
+        return http_response(200, b'{"C":"%s","M":[]}' % cursor.encode(), keep_alive=keep)
 
     async def _websocket(
         self,
@@ -299,19 +480,15 @@ class BenchServer:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept
         )
-        scenario = self._scenario(path)
         token = query.get("connectionToken", "")
-        ws = _WS(writer, scenario)
+        ws = self._register("webSockets", writer, path, token)
         self._sockets.add(ws)
         self.ws_connections += 1
         raw = token == "raw"
-        if raw:
-            ws.started.set()
-        else:
-            self._by_token[token] = ws
-            writer.write(ws_frame(b'{"C":"d-98046728-B,0|C,0|D,1","S":1,"M":[]}'))
+        if not raw:
+            writer.write(ws_frame(INIT_FRAME))
         pump: asyncio.Task[None] | None = None
-        if scenario["name"] == "stream":
+        if ws.scenario["name"] == "stream":
             pump = asyncio.ensure_future(self._stream(ws))
         try:
             await self._read_frames(reader, ws, raw)
@@ -323,19 +500,21 @@ class BenchServer:
             if pump is not None:
                 pump.cancel()
 
-    async def _stream(self, ws: _WS) -> None:
-        frames = int(ws.scenario.get("frames", "1000"))
-        batch = int(ws.scenario.get("batch", "1"))
-        self.prepare_stream(frames, batch)
-        chunks = self._chunks[(frames, batch)]
-        await ws.started.wait()
+    async def _stream(self, conn: _Conn) -> None:
+        frames = int(conn.scenario.get("frames", "1000"))
+        batch = int(conn.scenario.get("batch", "1"))
+        self.prepare_stream(frames, batch, conn.transport)
+        chunks = self._chunks[(conn.transport, frames, batch)]
+        writer = conn.writer
+        assert writer is not None
+        await conn.started.wait()
         for chunk in chunks:
-            if ws.closed:
+            if conn.closed:
                 return
-            ws.writer.write(chunk)
-            await ws.writer.drain()
+            writer.write(chunk)
+            await writer.drain()
 
-    async def _read_frames(self, reader: asyncio.StreamReader, ws: _WS, raw: bool) -> None:
+    async def _read_frames(self, reader: asyncio.StreamReader, ws: _Conn, raw: bool) -> None:
         echo = ws.scenario["name"] == "echo"
         writer = ws.writer
         while True:
@@ -365,10 +544,19 @@ class BenchServer:
                 if raw:
                     writer.write(ws_frame(payload))
                 else:
-                    msg = jloads(payload)
-                    if isinstance(msg, dict) and "I" in msg:
-                        args = msg.get("A") or [None]
-                        writer.write(ws_frame(jdumps({"R": args[0], "I": str(msg["I"])})))
+                    answer = self._answer(payload, ws.scenario)
+                    if answer:
+                        writer.write(ws_frame(answer))
+
+
+async def _first(*waits: Any) -> None:
+    """Wait until the first of these awaitables is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:

@@ -117,8 +117,11 @@ async def floor_stream_main(reactor: Any, url: str, n: int) -> dict[str, Any]:
     return meter.result()
 
 
-async def txsignalr_stream_main(reactor: Any, url: str, n: int) -> dict[str, Any]:
-    """txsignalr: calls delivered to a ``hub.on("tick", handler)`` handler."""
+async def txsignalr_stream_main(
+    reactor: Any, url: str, n: int, transport: str = "webSockets"
+) -> dict[str, Any]:
+    """txsignalr over ``transport``: calls delivered to a ``hub.on("tick", handler)``
+    handler."""
     from txsignalr import HubConnection
 
     meter = _Meter(n)
@@ -131,12 +134,15 @@ async def txsignalr_stream_main(reactor: Any, url: str, n: int) -> dict[str, Any
         elif c == meter.n:
             meter.last()
 
-    conn = HubConnection(reactor, url)
+    conn = HubConnection(reactor, url, transports=[transport])
     conn.hub(HUB).on("tick", on_tick)
     await conn.start()
+    in_use = conn.transport
     await meter.done
     result = meter.result()
     await conn.stop()
+    # What the client says it used; the parent checks what the server saw.
+    result["transport_in_use"] = None if in_use is None else in_use.value
     return result
 
 

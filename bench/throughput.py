@@ -1,17 +1,23 @@
 """
 Receive throughput: hub client-method calls per second delivered to a handler.
 
-A server that is never the bottleneck (pre-encoded WebSocket frames written straight
-to the socket after the handshake, in the parent process) streams N persistent-response
-frames carrying ``c3.tick`` calls to a client in a child process:
+A server that is never the bottleneck (pre-encoded frames written straight to the
+socket, in the parent process) streams N persistent-response frames carrying
+``c3.tick`` calls to a client in a child process:
 
-* ``floor``: a bare autobahn client that decodes each frame's JSON and counts the
-  calls, nothing else: the physical limit of Twisted + autobahn + JSON here;
-* ``txsignalr``: ``HubConnection`` with ``hub("c3").on("tick", handler)``.
+* ``floor``: a bare autobahn WebSocket client that decodes each frame's JSON and
+  counts the calls, nothing else: the physical limit of Twisted + autobahn + JSON
+  here (always over WebSockets, whatever ``--transport`` says);
+* ``txsignalr``: ``HubConnection(..., transports=[TRANSPORT])`` with
+  ``hub("c3").on("tick", handler)``, over ``--transport``: ``webSockets`` (the
+  default), ``serverSentEvents`` (one ``data:`` event per frame) or ``longPolling``
+  (one frame per poll response).  A run on which the server saw the client connect
+  with another transport counts as failed.
 
 Each client runs ``--repeat`` times, interleaved; the median is reported.
 
     python bench/throughput.py [--smoke] [--n CALLS] [--batch CALLS_PER_FRAME]
+        [--transport webSockets|serverSentEvents|longPolling]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from _common import (
     BENCH_DIR,
+    TRANSPORTS,
     BenchServer,
     common_args,
     ratio,
@@ -42,6 +49,12 @@ def _args(argv: list[str] | None = None) -> Any:
         "--batch", type=int, default=1, help="calls per frame (the server batches up to 10)"
     )
     p.add_argument("--repeat", type=int, default=None, help="runs per client (median reported)")
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="webSockets",
+        help="the transport txsignalr receives over (default webSockets)",
+    )
     return p.parse_args(argv)
 
 
@@ -71,18 +84,27 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def measure(
-    clients: dict[str, list[str]], n: int, batch: int, repeat: int, timeout: float
+    clients: dict[str, list[str]],
+    n: int,
+    batch: int,
+    repeat: int,
+    timeout: float,
+    transports: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """
     Run every client ``repeat`` times against one server; ``clients`` maps a name to
     the command line (after the interpreter) of its child process, in which ``{url}``
     is replaced.  A client whose name ends in ``@python`` is not used: see ``peer.py``.
+    ``transports`` maps a client to the transport it must connect with (default
+    ``webSockets``); a run in which the server saw any other fails.
     """
+    expected = {name: "webSockets" for name in clients} | (transports or {})
     server = BenchServer()
     await server.start()
     frames = max(1, n // batch)
     calls = frames * batch
-    server.prepare_stream(frames, batch)
+    for transport in set(expected.values()):
+        server.prepare_stream(frames, batch, transport)
     url = server.url("stream", frames=frames, batch=batch)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
     try:
@@ -93,7 +115,16 @@ async def measure(
                     python, argv = argv[0][len("python=") :], argv[1:]
                 cmd = [a.replace("{url}", url).replace("{n}", str(calls)) for a in argv]
                 cpu0 = _cpu()
+                connects = len(server.connects)
                 result = await run_child(cmd, timeout, python=python)
+                seen = sorted(set(server.connects[connects:]))
+                result["transports_seen"] = seen
+                if seen != [expected[name]] and "error" not in result:
+                    result = {
+                        "error": f"asked to connect with {expected[name]}, but the server "
+                        f"saw {', '.join(seen) or 'no connect'}",
+                        "transports_seen": seen,
+                    }
                 # The server's own CPU over the whole child run (handshake included):
                 # well under the client's, so the server was never the bottleneck.
                 result["server_cpu_s"] = _cpu() - cpu0
@@ -103,9 +134,12 @@ async def measure(
     return {name: _summarise(r) for name, r in runs.items()}
 
 
-def default_clients() -> dict[str, list[str]]:
+def default_clients(transport: str = "webSockets") -> dict[str, list[str]]:
     me = str(BENCH_DIR / "throughput.py")
-    return {name: [me, "--child", name, "--url", "{url}", "--n", "{n}"] for name in CLIENTS}
+    return {
+        name: [me, "--child", name, "--url", "{url}", "--n", "{n}", "--transport", transport]
+        for name in CLIENTS
+    }
 
 
 def report(results: dict[str, dict[str, Any]], baseline: str = "floor") -> str:
@@ -135,7 +169,14 @@ async def parent(args: Any) -> int:
     n = args.n or (5_000 if args.smoke else 200_000)
     repeat = args.repeat or (1 if args.smoke else 3)
     timeout = 60.0 if args.smoke else 600.0
-    results = await measure(default_clients(), n, args.batch, repeat, timeout)
+    results = await measure(
+        default_clients(args.transport),
+        n,
+        args.batch,
+        repeat,
+        timeout,
+        transports={"txsignalr": args.transport},
+    )
     floor = results["floor"].get("calls_per_s")
     ours = results["txsignalr"].get("calls_per_s")
     summary = {
@@ -143,6 +184,7 @@ async def parent(args: Any) -> int:
         "batch": args.batch,
         "repeat": repeat,
         "smoke": args.smoke,
+        "transport": args.transport,
         "clients": results,
         "ratio_txsignalr_vs_floor": ratio(ours, floor),
         "target_ratio_vs_floor": 0.95,
@@ -150,7 +192,7 @@ async def parent(args: Any) -> int:
     path = write_results(NAME, summary, args.json)
     print(
         f"receive throughput: {summary['calls']:,} calls, {args.batch} per frame, "
-        f"median of {repeat}"
+        f"txsignalr over {args.transport} (floor over webSockets), median of {repeat}"
     )
     print(report(results))
     r = summary["ratio_txsignalr_vs_floor"]
@@ -162,8 +204,10 @@ async def parent(args: Any) -> int:
 def child(args: Any) -> None:
     from _twclients import child_main, floor_stream_main, txsignalr_stream_main
 
-    run = {"floor": floor_stream_main, "txsignalr": txsignalr_stream_main}[args.child]
-    child_main(run, args.url, args.n)
+    if args.child == "floor":
+        child_main(floor_stream_main, args.url, args.n)
+    else:
+        child_main(txsignalr_stream_main, args.url, args.n, args.transport)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from txsignalr._protocol import (
@@ -289,27 +289,140 @@ _json = st.recursive(
 )
 
 
+# Values for the SignalR keys: any JSON, or one the key calls for, so that both
+# well-formed and malformed frames come up often.
+_id = st.text(max_size=4) | st.integers(-(2**53), 2**53)
+_object = st.dictionaries(st.text(max_size=3), _json, max_size=3)
+_hub_message = {  # the keys of hub messages inside M
+    "H": _json | st.text(max_size=4),
+    "M": _json | st.text(max_size=4),
+    "A": _json | st.lists(_json, max_size=3),
+    "S": _json | _object,
+    "I": _json | _id,
+    "P": _json | st.fixed_dictionaries({}, optional={"I": _json | _id, "D": _json}),
+    "R": _json,
+}
+_message_shapes = (
+    st.fixed_dictionaries({}, optional=_hub_message)
+    | st.fixed_dictionaries(  # a client method call, its other keys any shape
+        {"H": st.text(max_size=4), "M": st.text(max_size=4)},
+        optional={k: v for k, v in _hub_message.items() if k not in "HMIP"},
+    )
+    | st.fixed_dictionaries({"P": st.fixed_dictionaries({"I": _id}, optional={"D": _json})})
+    | st.fixed_dictionaries({"I": _id}, optional={"R": _json, "S": _json | _object})
+)
+_frame_shapes = (
+    st.fixed_dictionaries(  # a persistent response
+        {},
+        optional={
+            "C": _json | st.text(max_size=6),
+            "M": _json | st.lists(_json | _message_shapes, max_size=4) | st.lists(_message_shapes),
+            "S": _json | st.just(1),
+            "T": _json | st.just(1),
+            "G": _json | st.text(max_size=6),
+            "L": _json | st.integers(0, 10_000),
+            "D": _json | st.just(1),
+            "E": _json,
+        },
+    )
+    | st.fixed_dictionaries(  # a hub result written straight to the channel
+        {"I": _json | _id},
+        optional={"R": _json, "S": _json | _object, "E": _json, "H": _json, "D": _json},
+    )
+    | st.fixed_dictionaries(  # a well-formed persistent response with messages
+        {"C": st.text(max_size=6), "M": st.lists(_json | _message_shapes, min_size=1, max_size=4)},
+        optional={"G": st.text(max_size=6), "S": st.just(1), "L": st.integers(0, 10_000)},
+    )
+    | st.dictionaries(st.sampled_from(list("CMSTGLDEIRHAP")), _json, max_size=6)
+)
+
+
+def _is_id(value: object) -> bool:
+    """An invocation id, as the protocol allows it: a string or an integer (not a bool)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _frame_errors(obj: dict[str, object]) -> list[str]:
+    """The ProtocolError messages ``obj`` calls for (empty: it is well-formed): the
+    parser's rules restated value by value, so a parser that refuses a good frame,
+    or lets a bad one through, fails the test."""
+    errors = []
+    if "I" in obj:  # a hub result written straight to the channel
+        if not _is_id(obj["I"]):
+            errors.append("invocation id 'I' is neither a string nor an integer")
+        if obj.get("S") is not None and not isinstance(obj["S"], dict):
+            errors.append("state 'S' is not a JSON object")
+        return errors
+    if obj.get("M") is not None and not isinstance(obj["M"], list):
+        errors.append("'M' is not an array")
+    if obj.get("C") is not None and not isinstance(obj["C"], str):
+        errors.append("cursor 'C' is not a string")
+    if obj.get("G") is not None and not isinstance(obj["G"], str):
+        errors.append("groups token 'G' is not a string")
+    if obj.get("L") is not None and (not isinstance(obj["L"], int) or isinstance(obj["L"], bool)):
+        errors.append("long poll delay 'L' is not an integer")
+    return errors
+
+
+def _message_kind(item: object) -> type:
+    """The message value an element of ``M`` calls for."""
+    if not isinstance(item, dict):
+        return RawMessage
+    if "P" in item:
+        progress = item["P"]
+        ok = isinstance(progress, dict) and "I" in progress and _is_id(progress["I"])
+        return Progress if ok else MalformedMessage
+    state_ok = item.get("S") is None or isinstance(item["S"], dict)
+    if "I" in item:
+        return HubResult if _is_id(item["I"]) and state_ok else MalformedMessage
+    if isinstance(item.get("H"), str) and isinstance(item.get("M"), str):
+        args_ok = item.get("A") is None or isinstance(item["A"], list)
+        return ClientInvocation if args_ok and state_ok else MalformedMessage
+    return RawMessage
+
+
 @_fuzz
-@given(st.dictionaries(st.sampled_from(list("CMSTGLDEIRHAP")), _json, max_size=6))
+@given(_frame_shapes)
 def test_parse_frame_fuzz_shapes(obj: dict[str, object]) -> None:
-    """Fuzz: any JSON object made of SignalR keys raises ProtocolError or parses into
-    the value its keys call for, with the cursor, groups token and every message kept."""
-    try:
-        frame = parse_frame(json.dumps(obj).encode())
-    except ProtocolError:
+    """Fuzz: a JSON object made of SignalR keys raises ProtocolError exactly when one of
+    its values breaks the protocol's rules (and then says which); every other one parses
+    into the value its keys call for, with the cursor, groups token and every message
+    kept, each as the kind of message it is."""
+    errors = _frame_errors(obj)
+    data = json.dumps(obj).encode()
+    event("malformed" if errors else "well-formed")
+    if errors:
+        with pytest.raises(ProtocolError) as info:
+            parse_frame(data)
+        assert info.value.message in errors
         return
+    frame = parse_frame(data)
     if not obj:
         assert frame is KEEPALIVE
     elif "I" in obj:
         assert isinstance(frame, HubResult)
         assert frame.invocation_id == str(obj["I"])
         assert frame.has_result == ("R" in obj)
+        assert frame.result == obj.get("R")
+        assert frame.state == obj.get("S")
+        assert frame.is_hub_exception == (obj.get("H") is True)
     else:
         assert isinstance(frame, PersistentResponse)
         assert frame.cursor == obj.get("C")
         assert frame.groups_token == obj.get("G")
-        assert len(frame.messages) == len(obj.get("M") or [])  # type: ignore[arg-type]
+        assert frame.long_poll_delay == obj.get("L")
         assert frame.initialized == (obj.get("S") == 1)
+        assert frame.reconnect == (obj.get("T") == 1)
+        assert frame.disconnect == (obj.get("D") == 1)
+        assert frame.error == (None if obj.get("E") is None else str(obj["E"]))
+        items = obj.get("M") or []
+        assert isinstance(items, list)
+        for item in items:
+            event(f"message: {_message_kind(item).__name__}")
+        assert [type(m) for m in frame.messages] == [_message_kind(m) for m in items]
+        for message, item in zip(frame.messages, items, strict=True):
+            if isinstance(message, (RawMessage, MalformedMessage)):
+                assert message.value == item
 
 
 # ------------------------------------------------------------------ encoding

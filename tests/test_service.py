@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from txsignalr import ConnectionClosed, HubError, NegotiationError
+from txsignalr import ConnectionClosed, HubConnection, HubError, NegotiationError, Transport
 from txsignalr.errors import InvalidURL
 from txsignalr.service import (
     ClientCall,
@@ -1017,11 +1017,64 @@ def test_redact() -> None:
 
 def test_settings_connect_builds_a_hub_connection() -> None:
     """The default factory builds a real HubConnection with the settings."""
-    from txsignalr._connection import HubConnection
-
     connection = ConnectionSettings(URL, headers={"X": "y"}).connect(Clock())
     assert isinstance(connection, HubConnection)
+    assert connection.transports == (
+        Transport.web_sockets,
+        Transport.server_sent_events,
+        Transport.long_polling,
+    )
     connection.stop()
+
+
+def test_settings_connect_passes_the_transports() -> None:
+    """The connection the default factory builds tries the settings' transports, in order."""
+    settings = ConnectionSettings(URL, transports=["longPolling", Transport.web_sockets])
+    connection = settings.connect(Clock())
+    assert isinstance(connection, HubConnection)
+    assert connection.transports == (Transport.long_polling, Transport.web_sockets)
+    assert connection.transport is None
+    connection.stop()
+
+
+def test_settings_transports_are_validated() -> None:
+    """transports are read as HubConnection reads them: any case, repeats dropped; an
+    unknown name or an empty list is refused when the settings are made."""
+    settings = ConnectionSettings(URL, transports=("SERVERSENTEVENTS", "serverSentEvents"))
+    assert settings.transports == (Transport.server_sent_events,)
+    with pytest.raises(ValueError, match="unknown transport 'sse'"):
+        ConnectionSettings(URL, transports=["sse"])
+    with pytest.raises(ValueError, match="at least one transport"):
+        ConnectionSettings(URL, transports=[])
+
+
+def test_settings_repr_shows_transports_by_wire_name() -> None:
+    """The repr names the transports as the protocol does."""
+    settings = ConnectionSettings(URL, transports=["longPolling", "webSockets"])
+    assert "transports=('longPolling', 'webSockets')" in repr(settings)
+
+
+def test_settings_connection_arguments_are_hub_connection_parameters() -> None:
+    """Every setting passed on to HubConnection is one of its keyword parameters, under
+    the same name, and carries the value given."""
+    import inspect
+
+    parameters = inspect.signature(HubConnection).parameters
+    settings = ConnectionSettings(
+        URL, hubs=["h"], headers={"X": "y"}, query={"k": "v"}, transports=["longPolling"]
+    )
+    arguments = settings.connection_arguments()
+    assert set(arguments) == {"headers", "cookies", "query", "tls", "transports"}
+    for name in arguments:
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert arguments["headers"] == {"X": "y"}
+    assert arguments["transports"] == (Transport.long_polling,)
+
+
+def test_max_attempts_is_readable() -> None:
+    """max_attempts reads back as given; None (never give up) by default."""
+    assert SubscriptionService(Clock(), ConnectionSettings(URL)).max_attempts is None
+    assert SubscriptionService(Clock(), ConnectionSettings(URL), max_attempts=3).max_attempts == 3
 
 
 def test_failure_passthrough_for_unexpected_errors() -> None:

@@ -18,8 +18,9 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 
-from txsignalr import encode_deflate_base64, tap
-from txsignalr.service import ClientCall, Subscription, SubscriptionService
+from txsignalr import HubConnection, Transport, encode_deflate_base64, tap
+from txsignalr._protocol import ALL_TRANSPORTS
+from txsignalr.service import ClientCall, ConnectionSettings, Subscription, SubscriptionService
 
 URL = "https://example.com/signalr"
 
@@ -109,6 +110,7 @@ def test_full_command_line(tmp_path: Path) -> None:
         "--stale-after", "30",
         "--max-attempts", "5",
         "--invoke-timeout", "7.5",
+        "--transport", "longPolling",
     )  # fmt: skip
     assert options["url"] == URL
     assert options["hubs"] == ["extra"]
@@ -125,6 +127,7 @@ def test_full_command_line(tmp_path: Path) -> None:
     assert options["stale-after"] == 30.0
     assert options["max-attempts"] == 5
     assert options["invoke-timeout"] == 7.5
+    assert options["transports"] == (Transport.long_polling,)
     subs = options.subscriptions()
     assert [(s.hub, s.method, s.args, s.stale_after, s.watch) for s in subs] == [
         ("c3", "Subscribe", (["market_summaries", "tick"],), 30.0, ("marketSummaries", "tick")),
@@ -133,6 +136,9 @@ def test_full_command_line(tmp_path: Path) -> None:
     settings = options.settings(URL)
     assert settings.hubs == ("extra",)
     assert dict(settings.headers) == {"Authorization": "Bearer abc:def"}
+    assert dict(settings.cookies) == {"session": "s=1"}
+    assert dict(settings.query) == {"key": "v"}
+    assert settings.transports == (Transport.long_polling,)
 
 
 def test_defaults() -> None:
@@ -144,6 +150,47 @@ def test_defaults() -> None:
     assert options["max-attempts"] is None
     assert options["on"] == []
     assert options.subscriptions() == []
+    assert options["transports"] == ALL_TRANSPORTS
+    assert options.settings(URL).transports == (
+        Transport.web_sockets,
+        Transport.server_sent_events,
+        Transport.long_polling,
+    )
+
+
+def test_transports_keep_the_order_given() -> None:
+    """Repeated --transport options are a preference order, most preferred first, and
+    replace the default order; names match ignoring case, as in HubConnection."""
+    options = parse(
+        "--url", URL, "--hub", "c3",
+        "--transport", "serverSentEvents", "--transport", "LONGPOLLING",
+        "--transport", "webSockets",
+    )  # fmt: skip
+    expected = (Transport.server_sent_events, Transport.long_polling, Transport.web_sockets)
+    assert options["transports"] == expected
+    assert options.settings(URL).transports == expected
+    assert parse("--demo", "--transport", "longPolling").settings(URL).transports == (
+        Transport.long_polling,
+    )
+
+
+def test_every_connection_setting_has_its_option() -> None:
+    """Each ConnectionSettings field declared with a twistd option is set by that option,
+    listed in --help, and given to the settings under its field name."""
+    options_by_field = ConnectionSettings.options()
+    assert options_by_field == {
+        "hubs": "hub",
+        "headers": "header",
+        "cookies": "cookie",
+        "query": "query",
+        "transports": "transport",
+    }
+    text = str(tap.Options())
+    for option in options_by_field.values():
+        assert callable(getattr(tap.Options, f"opt_{option}"))
+        assert f"--{option}=" in text
+    defaults = parse("--url", URL, "--hub", "c3").settings(URL)
+    assert defaults == ConnectionSettings(URL, hubs=["c3"])
 
 
 def test_on_is_deduplicated_ignoring_case() -> None:
@@ -258,6 +305,16 @@ def test_demo_with_own_subscription_and_port() -> None:
         (["--url", URL, "--subscribe", "c3.Sub:[NaN]"], "JSON-ARGS is not JSON"),
         (["--url", URL, "--subscribe", 'c3.Sub:[{"a": Infinity}]'], "JSON-ARGS is not JSON"),
         (["--url", URL, "--subscribe", "c3.Sub:[-Infinity]"], "JSON-ARGS is not JSON"),
+        (
+            ["--url", URL, "--hub", "c3", "--transport", "sse"],
+            "--transport 'sse': unknown transport "
+            "(known: webSockets, serverSentEvents, longPolling)",
+        ),
+        (["--url", URL, "--hub", "c3", "--transport", ""], "--transport '': unknown transport"),
+        (
+            ["--url", URL, "--hub", "c3", "--transport", "webSockets", "--transport", "WebSockets"],
+            "--transport webSockets given twice",
+        ),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
@@ -303,7 +360,8 @@ def test_help_lists_options() -> None:
     """--help text documents the repeatable options."""
     text = str(tap.Options())
     for option in ("--url", "--hub", "--subscribe", "--on", "--header", "--cookie", "--query",
-                   "--output", "--decode", "--stale-after", "--demo", "--demo-port"):  # fmt: skip
+                   "--output", "--decode", "--stale-after", "--demo", "--demo-port",
+                   "--transport"):  # fmt: skip
         assert option in text
 
 
@@ -334,7 +392,23 @@ def test_make_service_builds_a_subscription_service(tmp_path: Path) -> None:
         ("c3", "Subscribe", (["tick"],))
     ]
     assert [(h.hub, h.method) for h in service.handlers] == [("c3", "tick")]
-    assert service._max_attempts == 4
+    assert service.max_attempts == 4
+    assert service.settings.transports == ALL_TRANSPORTS
+
+
+def test_make_service_connects_with_the_transports_asked_for() -> None:
+    """The connection the service builds (its default factory: the settings) gets the
+    --transport order."""
+    options = parse(
+        "--url", URL, "--hub", "c3",
+        "--transport", "longPolling", "--transport", "serverSentEvents",
+    )  # fmt: skip
+    [_, service] = _children(tap.makeService(options, reactor=MemoryReactorClock()))
+    service.startService()
+    connection = service.connection
+    assert isinstance(connection, HubConnection)
+    assert connection.transports == (Transport.long_polling, Transport.server_sent_events)
+    service.stopService()
 
 
 def test_make_service_default_handlers_catch_everything() -> None:

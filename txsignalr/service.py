@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
-from txsignalr._protocol import redact_url
+from txsignalr._protocol import ALL_TRANSPORTS, Transport, redact_url, transport_order
 from txsignalr.errors import ConnectionClosed, InvalidURL, SignalRError
 
 __all__ = [
@@ -272,6 +272,28 @@ class Handler:
     callback: Callable[[ClientCall], object] = attrs.field(repr=False)
 
 
+def _setting(option: str | None, *, hub_connection: bool = True) -> dict[str, Any]:
+    """
+    The metadata that declares a :class:`ConnectionSettings` field once for every
+    place that needs it.
+
+    :param option: the ``twistd signalr`` option that sets the field (without ``--``),
+        or ``None`` when no option does; :mod:`txsignalr.tap` takes its defaults and
+        the keyword arguments of :meth:`ConnectionSettings` from these.
+    :param hub_connection: whether :meth:`ConnectionSettings.connect` passes the field
+        to :class:`txsignalr.HubConnection` as the keyword argument of the same name.
+    """
+    return {_OPTION: option, _HUB_CONNECTION: hub_connection}
+
+
+_OPTION = "txsignalr.option"
+_HUB_CONNECTION = "txsignalr.hub_connection"
+
+
+def _transport_names(transports: tuple[Transport, ...]) -> str:
+    return repr(tuple(t.value for t in transports))
+
+
 @attrs.frozen
 class ConnectionSettings:
     """
@@ -284,14 +306,77 @@ class ConnectionSettings:
     :ivar cookies: cookies for every request.
     :ivar query: extra query parameters for every request.
     :ivar tls: the TLS policy for ``https``/``wss`` (see ``txsignalr.tls_policy``).
+    :ivar transports: the transports to try, most preferred first: wire names
+        (``"webSockets"``, ``"serverSentEvents"``, ``"longPolling"``, any case) or
+        :class:`~txsignalr.Transport` values, kept as :class:`~txsignalr.Transport`
+        values without repeats; all three by default, in that order.  An unknown name
+        or an empty list raises :class:`ValueError`.
     """
 
-    url: str = attrs.field(repr=redact_url)
-    hubs: tuple[str, ...] = attrs.field(default=(), converter=_names)
-    headers: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
-    cookies: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
-    query: Mapping[str, str] = attrs.field(factory=dict, repr=_redacted_mapping)
-    tls: IPolicyForHTTPS | None = None
+    url: str = attrs.field(repr=redact_url, metadata=_setting(None, hub_connection=False))
+    hubs: tuple[str, ...] = attrs.field(
+        default=(), converter=_names, metadata=_setting("hub", hub_connection=False)
+    )
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, repr=_redacted_mapping, metadata=_setting("header")
+    )
+    cookies: Mapping[str, str] = attrs.field(
+        factory=dict, repr=_redacted_mapping, metadata=_setting("cookie")
+    )
+    query: Mapping[str, str] = attrs.field(
+        factory=dict, repr=_redacted_mapping, metadata=_setting("query")
+    )
+    tls: IPolicyForHTTPS | None = attrs.field(default=None, metadata=_setting(None))
+    transports: tuple[Transport, ...] = attrs.field(
+        default=ALL_TRANSPORTS,
+        converter=transport_order,
+        repr=_transport_names,
+        metadata=_setting("transport"),
+    )
+
+    @classmethod
+    def options(cls) -> dict[str, str]:
+        """
+        The fields that ``twistd signalr`` options set.
+
+        :returns: field name -> option name (without ``--``), in field order.
+        """
+        return {
+            f.name: f.metadata[_OPTION]
+            for f in attrs.fields(cls)
+            if f.metadata.get(_OPTION) is not None
+        }
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """
+        The defaults of the fields that ``twistd signalr`` options set.
+
+        :returns: field name -> a fresh default value, for each of :meth:`options`.
+        """
+        defaults: dict[str, Any] = {}
+        for f in attrs.fields(cls):
+            if f.metadata.get(_OPTION) is None:
+                continue
+            default = f.default
+            # attrs.Factory is a class, though its stubs declare it as a function.
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()
+            defaults[f.name] = default
+        return defaults
+
+    def connection_arguments(self) -> dict[str, Any]:
+        """
+        The keyword arguments :meth:`connect` gives :class:`txsignalr.HubConnection`
+        (besides the reactor and :attr:`url`).
+
+        :returns: argument name -> value; the values are secret where the fields are.
+        """
+        return {
+            f.name: getattr(self, f.name)
+            for f in attrs.fields(type(self))
+            if f.metadata.get(_HUB_CONNECTION)
+        }
 
     def connect(self, reactor: IReactorTime) -> ConnectionLike:
         """
@@ -303,14 +388,7 @@ class ConnectionSettings:
         """
         from txsignalr._connection import HubConnection
 
-        connection: ConnectionLike = HubConnection(
-            reactor,
-            self.url,
-            headers=dict(self.headers),
-            cookies=dict(self.cookies),
-            query=dict(self.query),
-            tls=self.tls,
-        )
+        connection: ConnectionLike = HubConnection(reactor, self.url, **self.connection_arguments())
         return connection
 
 
@@ -447,6 +525,12 @@ class SubscriptionService(Service):
     def connection(self) -> ConnectionLike | None:
         """The current connection, or ``None`` between connections."""
         return self._connection
+
+    @property
+    def max_attempts(self) -> int | None:
+        """How many consecutive failed attempts make the service give up (``None``:
+        it never does)."""
+        return self._max_attempts
 
     @property
     def subscribed(self) -> bool:

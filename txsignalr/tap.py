@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from txsignalr._protocol import Endpoints
+from txsignalr._protocol import Endpoints, Transport, transport_order
 from txsignalr.errors import InvalidURL, ProtocolError
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.service import (
@@ -120,12 +120,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["url"] = None
-        self["hubs"] = []
+        # --hub, --header, --cookie, --query, --transport: declared with ConnectionSettings
+        self.update(ConnectionSettings.option_defaults())
+        self._chose_transports = False
         self["subscriptions"] = []
         self["on"] = []
-        self["headers"] = {}
-        self["cookies"] = {}
-        self["query"] = {}
         self["output"] = "-"
         self["decode"] = None
         self["stale-after"] = None
@@ -157,7 +156,7 @@ class Options(usage.Options):
         """Connect to this hub (repeatable; hubs named by --subscribe/--on are added)."""
         if not hub.strip() or any(c.isspace() or c == "." for c in hub):
             raise usage.UsageError(f"--hub {hub!r}: expected a hub name")
-        self["hubs"].append(hub)
+        self["hubs"] = [*self["hubs"], hub]
 
     def opt_subscribe(self, spec: str) -> None:
         """HUB.METHOD[:JSON-ARGS] to invoke on every connection (repeatable); JSON-ARGS is the JSON array of arguments, e.g. c3.Subscribe:'[["tick"]]'."""  # noqa: E501
@@ -212,6 +211,21 @@ class Options(usage.Options):
         if name in self["query"]:
             raise usage.UsageError(f"--query {name!r} given twice")
         self["query"][name] = value
+
+    def opt_transport(self, name: str) -> None:
+        """Transport to use: webSockets, serverSentEvents or longPolling (repeatable, most preferred first; default: all three in that order)."""  # noqa: E501
+        known = ", ".join(t.value for t in Transport)
+        try:
+            [transport] = transport_order([name])
+        except ValueError:
+            raise usage.UsageError(
+                f"--transport {name!r}: unknown transport (known: {known})"
+            ) from None
+        chosen: tuple[Transport, ...] = self["transports"] if self._chose_transports else ()
+        if transport in chosen:
+            raise usage.UsageError(f"--transport {transport.value} given twice")
+        self["transports"] = (*chosen, transport)
+        self._chose_transports = True
 
     def opt_output(self, path: str) -> None:
         """Where to write JSON lines: a file to append to, or - for standard output (the default; needs twistd -n, and without -l, twistd's log lines, which start with a timestamp, share it with the bare JSON lines)."""  # noqa: E501
@@ -321,11 +335,7 @@ class Options(usage.Options):
     def settings(self, url: str) -> ConnectionSettings:
         """The connection settings for ``url`` (the --url, or the demo server's)."""
         return ConnectionSettings(
-            url=url,
-            hubs=self["hubs"],
-            headers=self["headers"],
-            cookies=self["cookies"],
-            query=self["query"],
+            url, **{name: self[name] for name in ConnectionSettings.options()}
         )
 
 
