@@ -1272,8 +1272,29 @@ def test_stop_cancels_outstanding_sends() -> None:
 
 
 def test_long_polling_reconnect_window_ignores_keepalive_idle() -> None:
-    """Long polling has no keep-alives: a quiet feed is not 'inactive too long'."""
+    """Long polling has no keep-alives: silence shorter than a poll's life is fine."""
     h = _connected_over("longPolling")
     h.clock.advance(120)  # far past DisconnectTimeout + KeepAliveTimeout of silence
     h.transport.lose("poll failed")
     assert h.conn.state is ConnectionState.reconnecting
+
+
+def test_long_polling_that_falsely_reopens_still_gives_up() -> None:
+    """A /reconnect poll that 'opens' but never answers cannot keep the connection
+    alive for ever: past DisconnectTimeout + ConnectionTimeout + 10 s of silence the
+    next attempt closes it, failing the calls still pending."""
+    h = _connected_over("longPolling")
+    d = h.c3.invoke("Echo", 1)
+    closed = h.conn.when_closed()
+    for _ in range(20):
+        if h.conn.state is ConnectionState.disconnected:
+            break
+        h.transport.lose("poll timed out")
+        h.clock.advance(2.0)  # the reconnect delay: a new /reconnect poll
+        h.transport.open_ok()  # it counts as open, but nothing ever arrives
+        h.clock.advance(20.0)
+    f = failure_of(closed)
+    assert f.check(ConnectionClosed)
+    assert "reconnect window of 150 s" in str(f.value)
+    assert failure_of(d).check(ConnectionClosed)
+    assert h.clock.getDelayedCalls() == []

@@ -66,3 +66,17 @@ def test_oversized_event_is_refused() -> None:
     parser.feed(b"data: " + b"x" * 60)
     with pytest.raises(MessageTooLarge):
         parser.feed(b"x" * 60)
+
+
+def test_empty_chunk_keeps_a_pending_cr() -> None:
+    """An empty read between CR and LF does not turn CRLF into two line ends."""
+    parser = EventStreamParser()
+    assert feed_all(parser, [b"data: a\r", b"", b"\ndata: b\r\n\r\n"]) == [b"a\nb"]
+
+
+def test_an_event_in_many_chunks_is_reassembled() -> None:
+    """A long event split into many small chunks comes out whole (scanned once)."""
+    body = b"x" * 100_000
+    stream = b"data: " + body + b"\n\n"
+    chunks = [stream[i : i + 1000] for i in range(0, len(stream), 1000)]
+    assert feed_all(EventStreamParser(), chunks) == [body]

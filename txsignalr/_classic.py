@@ -24,7 +24,7 @@ from txsignalr._protocol import (
     parse_negotiate,
 )
 from txsignalr._transport import TransportRequest
-from txsignalr.errors import NegotiationError
+from txsignalr.errors import NegotiationError, ProtocolError
 
 __all__ = ["ClassicSession"]
 
@@ -200,9 +200,12 @@ class ClassicSession:
             the SSE ``initialized`` marker.
         :raises ProtocolError: when the data is not a classic frame.
         """
-        obj = decode_frame(data) if data != b"initialized" else None
-        if obj is None:
-            return None
+        try:
+            obj = decode_frame(data)
+        except ProtocolError:
+            if data == b"initialized":
+                return None  # the SSE stream's first event
+            raise
         if (
             connected
             and type(obj) is dict

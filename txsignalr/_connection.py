@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
-from txsignalr._classic import ClassicSession
+from txsignalr._classic import POLL_MARGIN, ClassicSession
 from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._invocations import Invocations, Pending
@@ -167,11 +167,9 @@ class HubConnection:
             reactor, reconnect_delay, self._attempt_reconnect, self._give_up
         )
         self._seconds = reactor.seconds
-        self._still_current = self._is_current  # bound once, for the receive path
         self._dispatch_other = self._dispatch
 
         self._state = ConnectionState.disconnected
-        self._dispatching: ITransport | None = None
         self._buffer: list[ServerMessage] = []
         self._start_task: Deferred[None] | None = None
         self._stop_task: Deferred[None] | None = None
@@ -424,9 +422,6 @@ class HubConnection:
         t = self._link.in_use
         return "no transport" if t is None else t.value
 
-    def _is_current(self) -> bool:
-        return self._link.transport is self._dispatching
-
     def transport_opened(self, transport: ITransport) -> None:
         if transport is not self._link.transport:
             return
@@ -451,8 +446,7 @@ class HubConnection:
             self._report_error(e)
             return
         if type(received) is list:
-            self._dispatching = transport
-            self._router.dispatch_plain(received, self._still_current, self._dispatch_other)
+            self._router.dispatch_plain(received, self._link, transport, self._dispatch_other)
         elif received is not None:
             self._frame(received)
 
@@ -655,22 +649,28 @@ class HubConnection:
         Microsoft's clients stop instead of reconnecting when nothing was received for
         DisconnectTimeout + KeepAliveTimeout (the "reconnect window"): the server has
         forgotten the connection by then.  This also ends a loop of reconnects that
-        open and close again without a frame.  Only applies with keep-alives on.
+        open and close again without a frame.  With keep-alives off it does not apply;
+        over long polling, which has none, a healthy poll is answered at least every
+        ConnectionTimeout, so the window is DisconnectTimeout + the poll timeout.
         """
         negotiated = self._session.negotiated
-        if negotiated is None or not negotiated.keep_alive_timeout:
+        if negotiated is None:
             return False
         if self._link.in_use is Transport.long_polling:
-            return False  # long polling has no keep-alives to measure activity by
-        window = negotiated.disconnect_timeout + negotiated.keep_alive_timeout
+            window = negotiated.disconnect_timeout + negotiated.connection_timeout + POLL_MARGIN
+            parts = "DisconnectTimeout + ConnectionTimeout + 10 s"
+        elif negotiated.keep_alive_timeout:
+            window = negotiated.disconnect_timeout + negotiated.keep_alive_timeout
+            parts = "DisconnectTimeout + KeepAliveTimeout"
+        else:
+            return False
         idle = self._watch.idle()
         if idle <= window:
             return False
         self._close_for_good(
             ConnectionClosed(
                 f"nothing received for {idle:.1f} s, more than the reconnect window of "
-                f"{window:g} s (DisconnectTimeout + KeepAliveTimeout): the server has "
-                "forgotten this connection"
+                f"{window:g} s ({parts}): the server has forgotten this connection"
             )
         )
         return True

@@ -11,17 +11,57 @@ from collections.abc import Mapping
 from http.cookiejar import CookieJar
 from typing import Any, Protocol
 
-import treq
 from treq.client import HTTPClient
+from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
 from txsignalr.errors import SignalRError
 
-__all__ = ["HTTPClientLike", "HttpSession"]
+__all__ = ["HTTPClientLike", "HttpSession", "read_body"]
+
+
+class _BodyReader(protocol.Protocol):
+    """Collects a response body; stopping it closes the connection under it."""
+
+    def __init__(self, finished: Deferred[bytes]) -> None:
+        self._finished = finished
+        self._chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(reason)
+
+
+def read_body(response: IResponse) -> Deferred[bytes]:
+    """
+    Read a whole response body.  Unlike ``treq.content``, cancelling the Deferred (or
+    its timeout firing) closes the connection, so an abandoned long poll does not keep
+    its socket open or go back to the pool.
+    """
+    reader: _BodyReader | None = None
+
+    def cancel(d: Deferred[bytes]) -> None:
+        transport = None if reader is None else reader.transport
+        if transport is not None:
+            transport.stopProducing()  # type: ignore[attr-defined]
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    reader = _BodyReader(finished)
+    response.deliverBody(reader)
+    return finished
 
 
 class HTTPClientLike(Protocol):
@@ -147,8 +187,10 @@ class HttpSession:
         :raises SignalRError: when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
-        response = await self.open(method, url, what, data=data, headers=headers, timeout=limit)
-        body: bytes = await self._bounded(treq.content(response), limit, what)
+        response = await self.open(
+            method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
+        )
+        body: bytes = await self._bounded(read_body(response), limit, what)
         return response.code, body
 
     def handshake_headers(self, http_url: str) -> dict[str, str]:

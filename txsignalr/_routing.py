@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 __all__ = ["HubProxy", "Router"]
 
 Handler = Callable[..., object]
+
+
+class _Receiving(Protocol):
+    """What the fast path checks: the transport the connection receives from."""
+
+    @property
+    def transport(self) -> object: ...
 
 
 class HubProxy:
@@ -179,7 +186,8 @@ class Router:
     def dispatch_plain(
         self,
         messages: list[Any],
-        still_current: Callable[[], bool],
+        link: _Receiving,
+        transport: object,
         other: Callable[[Any], None],
     ) -> None:
         """
@@ -187,8 +195,9 @@ class Router:
         hot path).  Elements that are not plain ``{"H","M","A"}`` calls go to ``other``
         as message values.
 
-        :param still_current: whether the connection is still receiving; checked after
-            every call that had handlers (a handler may stop the connection).
+        :param link: its ``transport`` is checked after every call that had handlers:
+            dispatch stops when it is no longer ``transport`` (a handler stopped or
+            dropped the connection).
         """
         routes = self._routes
         for item in messages:
@@ -203,11 +212,11 @@ class Router:
                         handlers = self.route(hub, method)
                     if handlers:
                         self.call_handlers(handlers, args, hub, method)
-                        if not still_current():
+                        if link.transport is not transport:
                             return
                     continue
             other(message_from_json(item))
-            if not still_current():
+            if link.transport is not transport:
                 return
 
     def client_call(self, call: ClientInvocation) -> None:

@@ -35,33 +35,38 @@ class EventStreamParser:
 
     def __init__(self, max_size: int = DEFAULT_MAX_EVENT) -> None:
         self._max = max_size
-        self._buffer = b""
+        #: the start of a line whose end has not arrived yet, as the chunks came
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self._data: list[bytes] = []
         self._size = 0
         self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """
-        Add bytes from the stream.
+        Add bytes from the stream.  Only the new bytes are scanned, so an event that
+        arrives in many chunks costs time in proportion to its size.
 
         :returns: the data of each event completed by them, in order.
         :raises MessageTooLarge: when an event or a line grows past ``max_size``.
         """
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        self._skip_lf = False
-        buffer = self._buffer + chunk if self._buffer else chunk
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         events: list[bytes] = []
         start = 0
-        end = len(buffer)
+        end = len(chunk)
         while start < end:
-            lf = buffer.find(b"\n", start)
-            cr = buffer.find(b"\r", start, lf if lf >= 0 else end)
+            lf = chunk.find(b"\n", start)
+            cr = chunk.find(b"\r", start, lf if lf >= 0 else end)
             if cr >= 0:
                 stop = cr
                 nxt = cr + 1
                 if nxt < end:
-                    if buffer[nxt : nxt + 1] == b"\n":
+                    if chunk[nxt] == 0x0A:
                         nxt += 1
                 else:
                     self._skip_lf = True  # a CR at the end of a chunk: LF may follow
@@ -70,13 +75,19 @@ class EventStreamParser:
                 nxt = lf + 1
             else:
                 break
-            self._line(buffer[start:stop], events)
+            line = chunk[start:stop]
+            if self._partial:
+                self._partial.append(line)
+                line = b"".join(self._partial)
+                self._partial = []
+                self._partial_size = 0
+            self._line(line, events)
             start = nxt
-        self._buffer = buffer[start:]
-        if len(self._buffer) + self._size > self._max:
-            raise MessageTooLarge(
-                f"an event-stream event is over the {self._max} byte limit"
-            )
+        if start < end:
+            self._partial.append(chunk[start:])
+            self._partial_size += end - start
+            if self._partial_size + self._size > self._max:
+                raise MessageTooLarge(f"an event-stream event is over the {self._max} byte limit")
         return events
 
     def _line(self, line: bytes, events: list[bytes]) -> None:
@@ -157,10 +168,15 @@ class ServerSentEventsTransport(HttpTransport):
                 )
             )
             return
+        # Open first: the body may be handed over at once, and its events belong to
+        # an open channel (a reconnect must be "connected" before they arrive).
+        self._sink.transport_opened(self)
+        if self._done:
+            _drop(response)
+            return
         stream = _StreamProtocol(self)
         self._stream = stream
         response.deliverBody(stream)
-        self._sink.transport_opened(self)
 
     def _failed(self, failure: Failure) -> None:
         self._opening = None
