@@ -1783,3 +1783,21 @@ async def test_send_is_http_only_and_needs_a_live_connection() -> None:
         await within(client.channel_closed, 5)
         ex, body = await fetch("POST", client.url("send"), form.encode())
         assert (ex.code, body) == (500, b"")
+
+
+@pytest_twisted.ensureDeferred
+@bounded()
+async def test_group_joined_between_polls_is_announced_to_a_poll_without_token() -> None:
+    """A join made while no poll is held sends G on the next poll, even from a client
+    that has no groups token yet (it used to be dropped: the client never learnt it)."""
+    async with running(keepalive=None) as server:
+        neg = await negotiate(server, "chat")
+        q = transport_query(neg["ConnectionToken"], "longPolling", "chat")
+        _ex, body = await fetch("POST", f"{server.url}/connect?{q}", b"")
+        cursor = json.loads(body)["C"]
+        server.add_to_group(neg["ConnectionId"], "chat", "vip")  # no poll is held now
+        await sleep(0.05)
+        _ex, body = await fetch("POST", f"{server.url}/poll?{q}&messageId={quote(cursor)}")
+        frame = json.loads(body)
+        assert "G" in frame, frame
+        assert server.groups_in_token(frame["G"], neg["ConnectionId"]) == ["hg-chat.vip"]

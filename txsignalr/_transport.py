@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from txsignalr._http import HttpSession
-from txsignalr._protocol import Transport
+from txsignalr._protocol import Transport, redact_url
 from txsignalr.errors import ConnectionClosed, SignalRError
 
 __all__ = [
@@ -45,8 +45,8 @@ class TransportRequest:
     """
 
     transport: Transport
-    url: str
-    send_url: str | None = None
+    url: str = attrs.field(repr=redact_url)
+    send_url: str | None = attrs.field(default=None, repr=lambda u: redact_url(u or ""))
     send_body: Callable[[bytes], tuple[bytes, str]] | None = None
     poll: Callable[[], tuple[str, float] | None] | None = None
     poll_timeout: float | None = None

@@ -271,13 +271,16 @@ class ConnectionRegistry:
             conn.groups_dirty = False
             conn.positions = self.bus.positions_for(conn.topics(), cursor)
             return token_groups, cursor
-        if ctx.kind == "poll" and ctx.groups_token is None:
-            token_groups = set(conn.groups)  # a client without a token yet
         # The server's groups are authoritative: it may have changed them while the
         # client was away, or the G frame of a change may have been lost with the
         # socket.  A group missing from the client's cursor was joined after that
         # cursor: replay it from the join, not from "now".
-        conn.groups_dirty = conn.groups != token_groups
+        if ctx.kind == "poll" and ctx.groups_token is None:
+            # A client without a token yet: a change made between two polls is still
+            # owed to it (the flag), but an empty token is no reason to send one.
+            token_groups = set(conn.groups)
+        else:
+            conn.groups_dirty = conn.groups_dirty or conn.groups != token_groups
         if ctx.kind == "poll" and cursor is None:
             resume = dict(conn.positions)
         else:
