@@ -282,6 +282,7 @@ def test_secrets_are_not_in_reprs() -> None:
             "ASP.NET SignalR (classic 2.x)",
         ),
         (200, b'{"ProtocolVersion":"2.1"}', "classic"),
+        (200, b'{"ConnectionToken":"x","ConnectionId":"y"}', "classic"),
         (
             200,
             b'{"negotiateVersion":1,"connectionId":"c","availableTransports":[]}',
@@ -945,6 +946,8 @@ def test_session_refuses_an_unusable_redirect() -> None:
     session = CoreSession("http://h/hub")
     with pytest.raises(NegotiationError, match="unusable URL"):
         session.negotiated_answer(200, b'{"url":"ftp://elsewhere/hub"}')
+    with pytest.raises(NegotiationError, match="unusable URL"):
+        session.negotiated_answer(200, b'{"url":"http://elsewhere/hub?id=1"}')
     assert session.negotiate_url() == "http://h/hub/negotiate?negotiateVersion=1"
 
 
@@ -982,3 +985,11 @@ def test_transcript_reader_sees_the_wire() -> None:
     assert chunks[0] == b"{}\x1e"
     assert b"invoking 'Fail'" in chunks[3]
     assert loads(chunks[3][:-1])["error"] == ASPNET_FAIL
+
+
+def test_session_expects_the_handshake_from_the_start() -> None:
+    """A new session looks for the handshake answer first, even before connect_request."""
+    session = CoreSession("http://h/hub")
+    assert not session.handshake_done
+    with pytest.raises(ProtocolError, match="Expected a handshake response"):
+        session.receive(b'{"type":6}\x1e')

@@ -895,7 +895,7 @@ class CoreSession:
         self._negotiations = 0
         self.access_token: str | None = None
         self.negotiated: CoreNegotiateResponse | None = None
-        self._handshake: HandshakeParser | None = None
+        self._handshake: HandshakeParser | None = HandshakeParser()
         self._splitter = RecordSeparatorSplitter(max_message_size)
         self._polls = itertools.count(1)
 
@@ -930,7 +930,7 @@ class CoreSession:
             if self._negotiations >= MAX_NEGOTIATIONS:
                 raise NegotiationError("Negotiate redirection limit exceeded.")
             try:
-                _split_base(answer.url)
+                _with_query(answer.url, None)
             except InvalidURL as e:
                 raise NegotiationError(f"negotiate redirected to an unusable URL: {e}") from None
             self._url = answer.url
