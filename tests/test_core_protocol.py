@@ -1,6 +1,7 @@
 """
-The ASP.NET Core protocol core (txsignalr._core_protocol), without I/O: negotiate,
-handshake, ``0x1E`` framing, JSON hub messages and CoreSession.
+The ASP.NET Core protocol core without I/O: negotiate (txsignalr._core_negotiate), the
+handshake, ``0x1E`` framing and JSON hub messages (_core_protocol), and CoreSession
+(_core_session).
 
 Golden vectors come from core.md §2, §4, §6.1 and §8, and from real-server transcripts
 (Microsoft ASP.NET Core 2.2.2 answers negotiate v0, philippseith/signalr 0.7.0 answers
@@ -28,7 +29,6 @@ from txsignalr._core_protocol import (
     Close,
     Completion,
     CoreNegotiateResponse,
-    CoreSession,
     HandshakeParser,
     HandshakeResponse,
     Invocation,
@@ -52,6 +52,7 @@ from txsignalr._core_protocol import (
     parse_message,
     parse_record,
 )
+from txsignalr._core_session import CoreSession
 from txsignalr._protocol import Transport, loads
 from txsignalr.errors import (
     HandshakeError,
