@@ -994,3 +994,11 @@ def test_session_expects_the_handshake_from_the_start() -> None:
     assert not session.handshake_done
     with pytest.raises(ProtocolError, match="Expected a handshake response"):
         session.receive(b'{"type":6}\x1e')
+
+
+def test_session_refuses_unasked_stateful_reconnect() -> None:
+    """A server that turns on stateful reconnect unasked fails negotiate (as the TS client)."""
+    session = CoreSession("http://h/hub")
+    with pytest.raises(NegotiationError, match="Stateful Reconnect"):
+        session.negotiated_answer(200, DOTNET8)
+    assert session.negotiated is None

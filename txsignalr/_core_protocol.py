@@ -28,7 +28,7 @@ from txsignalr._core_negotiate import (
     negotiate_url,
     parse_core_negotiate,
 )
-from txsignalr._protocol import _JSONError, dumps, loads
+from txsignalr._protocol import _JSONError, decode_frame, dumps, loads
 from txsignalr.errors import HandshakeError, MessageTooLarge, ProtocolError
 
 __all__ = [
@@ -464,12 +464,12 @@ def parse_message(obj: Any) -> HubMessage | None:
 
 
 def parse_record(record: bytes) -> HubMessage | None:
-    """Decode one record (without its ``0x1E``) and parse it (see :func:`parse_message`)."""
-    try:
-        obj = loads(record)
-    except _JSONError:
-        raise ProtocolError("a hub message is not valid JSON", _text(record)) from None
-    return parse_message(obj)
+    """
+    Decode one record (without its ``0x1E``) and parse it (see :func:`parse_message`).
+
+    :raises ProtocolError: when it is not JSON, or not a valid hub message.
+    """
+    return parse_message(decode_frame(record))
 
 
 # ------------------------------------------------------------------ encoding

@@ -135,6 +135,11 @@ class CoreSession:
                 self.access_token = answer.access_token
             return answer
         assert type(answer) is CoreNegotiateResponse
+        if answer.use_stateful_reconnect:
+            # This session never asks for it (handshake version 1), as the TS client.
+            raise NegotiationError(
+                "Client didn't negotiate Stateful Reconnect but the server did.", status, body
+            )
         self.negotiated = answer
         return answer
 
