@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "ConnectionClosed",
+    "HandshakeError",
     "HubError",
     "InvalidStateError",
     "InvalidURL",
@@ -65,6 +66,19 @@ class StartError(_HTTPAnswerError):
     did not answer ``started``.  ``status`` and ``body`` are those of a failed
     ``/start`` or WebSocket upgrade, if any.
     """
+
+
+class HandshakeError(SignalRError):
+    """
+    An ASP.NET Core server refused the handshake (``{"error":…}``): say, an unknown hub
+    protocol or version.
+
+    :ivar error: the server's error text.
+    """
+
+    def __init__(self, error: str):
+        super().__init__(f"the server refused the handshake: {error}")
+        self.error = error
 
 
 class ProtocolError(SignalRError):

@@ -1,0 +1,298 @@
+"""
+The ASP.NET Core family session (JSON hub protocol), without I/O: one connection's
+negotiate state (redirects included), its transport requests, the handshake and the
+receive path; the counterpart of :class:`txsignalr._classic.ClassicSession`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import abc
+from collections.abc import Mapping
+from typing import Any, Final
+
+from txsignalr._core_negotiate import (
+    CORE_TRANSPORT_NAMES,
+    CoreNegotiateResponse,
+    Redirect,
+    _http_connect_url,
+    _with_query,
+    negotiate_url,
+    parse_core_negotiate,
+)
+from txsignalr._core_protocol import (
+    _NO_RESULT,
+    CLOSE_RECORD,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    PING_RECORD,
+    HandshakeParser,
+    HandshakeResponse,
+    HubMessage,
+    RecordSeparatorSplitter,
+    encode_cancel_invocation,
+    encode_completion,
+    encode_invocation,
+    encode_stream_invocation,
+    encode_stream_item,
+    handshake_request,
+    parse_record,
+)
+from txsignalr._protocol import Transport, redact_url, websocket_url
+from txsignalr._transport import TransportRequest
+from txsignalr.errors import InvalidURL, NegotiationError
+
+__all__ = ["MAX_NEGOTIATIONS", "POLL_TIMEOUT", "CoreSession"]
+
+#: Negotiations one start may take, redirects included, before it fails (TS client).
+MAX_NEGOTIATIONS: Final = 100
+
+#: Seconds a held long poll may take before it counts as lost: the server's PollTimeout
+#: (90 s) plus a margin, as the TS client's 100 s.
+POLL_TIMEOUT: Final = 100.0
+
+_SEND_CONTENT_TYPE: Final = "text/plain;charset=UTF-8"
+
+
+def _text_body(payload: bytes) -> tuple[bytes, str]:
+    """The POST body of a Core send: the records themselves, as text."""
+    return payload, _SEND_CONTENT_TYPE
+
+
+class CoreSession:
+    """
+    One ASP.NET Core connection's protocol state (JSON hub protocol).
+
+    Negotiate (following redirects), the transport URLs, the handshake and the
+    receive path: first the handshake answer, then ``0x1E`` records.
+
+    :param url: the user's hub URL.
+    :param query: the user's extra query parameters (not carried over a redirect).
+    :param keepalive_interval: seconds without sending after which a Ping is due.
+    :param server_timeout: seconds without receiving after which the link counts as lost.
+    :param max_message_size: the most bytes one received record may hold.
+    """
+
+    #: Seconds the server may take to answer the handshake.
+    handshake_timeout = 15.0
+
+    def __init__(
+        self,
+        url: str,
+        query: Mapping[str, str] | abc.Sequence[tuple[str, str]] | None = None,
+        *,
+        keepalive_interval: float = 15.0,
+        server_timeout: float = 30.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._start_url = _with_query(url, query)  # validates: InvalidURL now
+        self.keepalive_interval = keepalive_interval
+        self.server_timeout = server_timeout
+        self._max = max_message_size
+        self._url = self._start_url
+        self._negotiations = 0
+        self.access_token: str | None = None
+        self.negotiated: CoreNegotiateResponse | None = None
+        self._handshake: HandshakeParser | None = HandshakeParser()
+        self._splitter = RecordSeparatorSplitter(max_message_size)
+        self._polls = itertools.count(1)
+
+    def __repr__(self) -> str:
+        state = "negotiated" if self.negotiated is not None else "new"
+        return f"<CoreSession {redact_url(self._url)} {state}>"
+
+    # -- negotiate
+
+    def negotiate_url(self) -> str:
+        """The next negotiate URL: the user's URL, or the last redirect's."""
+        return negotiate_url(self._url)
+
+    def restart(self) -> None:
+        """Start over from the user's URL (a full reconnect); redirects are forgotten."""
+        self._url = self._start_url
+        self._negotiations = 0
+        self.access_token = None
+        self.negotiated = None
+
+    def negotiated_answer(self, status: int, body: bytes) -> CoreNegotiateResponse | Redirect:
+        """
+        Read a negotiate answer.  A :class:`Redirect` moves the session to its URL (and
+        its access token, if any): negotiate again at :meth:`negotiate_url`.
+
+        :raises NegotiationError: when the answer cannot be used, or after too many
+            redirects.
+        """
+        answer = parse_core_negotiate(status, body)
+        self._negotiations += 1
+        if type(answer) is Redirect:
+            if self._negotiations >= MAX_NEGOTIATIONS:
+                raise NegotiationError("Negotiate redirection limit exceeded.")
+            try:
+                _with_query(answer.url, None)
+            except InvalidURL as e:
+                raise NegotiationError(f"negotiate redirected to an unusable URL: {e}") from None
+            self._url = answer.url
+            if answer.access_token is not None:
+                self.access_token = answer.access_token
+            return answer
+        assert type(answer) is CoreNegotiateResponse
+        if answer.use_stateful_reconnect:
+            # This session never asks for it (handshake version 1), as the TS client.
+            raise NegotiationError(
+                "Client didn't negotiate Stateful Reconnect but the server did.", status, body
+            )
+        self.negotiated = answer
+        return answer
+
+    @property
+    def connection_id(self) -> str | None:
+        """The public connection id, once negotiated."""
+        return None if self.negotiated is None else self.negotiated.connection_id
+
+    def skip_reason(self, transport: Transport) -> str | None:
+        """Why the negotiate answer rules ``transport`` out for JSON, or ``None``."""
+        negotiated = self.negotiated
+        if negotiated is None:
+            return "not negotiated"
+        entry = negotiated.transport(transport)
+        if entry is None:
+            return f"the server does not offer {CORE_TRANSPORT_NAMES[transport]}"
+        if "Text" not in entry.transfer_formats:
+            return f"the server's {entry.name} does not carry the Text transfer format"
+        return None
+
+    def transports(self) -> tuple[Transport, ...]:
+        """The transports to try, in the server's order (known, JSON-capable ones)."""
+        if self.negotiated is None:
+            return ()
+        out = []
+        for entry in self.negotiated.available_transports:
+            transport = entry.transport
+            if transport is not None and self.skip_reason(transport) is None:
+                out.append(transport)
+        return tuple(out)
+
+    def uses_keepalive(self, transport: Transport) -> bool:
+        """Whether Pings and the server timeout apply (not over long polling)."""
+        return transport is not Transport.long_polling
+
+    # -- transport requests
+
+    def _connect_http_url(self) -> str:
+        if self.negotiated is None:
+            raise RuntimeError("no connection token: negotiate first")
+        return _http_connect_url(self._url, self.negotiated.connection_token)
+
+    def connect_url(self, transport: Transport) -> str:
+        """The URL that opens ``transport`` (``ws(s)://`` for WebSockets)."""
+        url = self._connect_http_url()
+        return websocket_url(url) if transport is Transport.web_sockets else url
+
+    def delete_url(self) -> str:
+        """Where long polling sends its ``DELETE`` on stop."""
+        return self._connect_http_url()
+
+    def connect_request(self, transport: Transport) -> TransportRequest:
+        """What opens ``transport``; the receive path then waits for the handshake."""
+        url = self._connect_http_url()
+        self._handshake = HandshakeParser()
+        self._splitter = RecordSeparatorSplitter(self._max)
+        if transport is Transport.web_sockets:
+            return TransportRequest(transport, url)
+        if transport is Transport.server_sent_events:
+            return TransportRequest(transport, url, url, _text_body)
+        return TransportRequest(transport, url, url, _text_body, self._next_poll, POLL_TIMEOUT)
+
+    def _next_poll(self) -> tuple[str, float] | None:
+        if self.negotiated is None:
+            return None
+        return f"{self._connect_http_url()}&_={next(self._polls)}", 0.0
+
+    def forget(self) -> None:
+        """End the session: the token is dropped, long polling stops."""
+        self.negotiated = None
+
+    # -- handshake and receive
+
+    def handshake(self) -> bytes:
+        """The handshake record to send once the transport is open."""
+        return handshake_request("json", 1)
+
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake answer has arrived."""
+        return self._handshake is None
+
+    def receive(self, data: bytes) -> list[HubMessage | HandshakeResponse]:
+        """
+        Parse one received chunk (WebSocket message, SSE event, poll body).
+
+        Until the handshake answer has arrived it is looked for first; a
+        :class:`HandshakeResponse` then heads the list, followed by the messages that
+        came in the same chunk.  Unknown message types are left out.
+
+        :raises HandshakeError: when the server refused the handshake.
+        :raises ProtocolError: for data that is not the Core JSON protocol.
+        :raises MessageTooLarge: for a record over ``max_message_size``.
+        """
+        out: list[HubMessage | HandshakeResponse] = []
+        handshake = self._handshake
+        if handshake is not None:
+            found = handshake.feed(data)
+            if found is None:
+                return out
+            self._handshake = None
+            response, data = found
+            out.append(response)
+            if not data:
+                return out
+        for record in self._splitter.feed(data):
+            message = parse_record(record)
+            if message is not None:
+                out.append(message)
+        return out
+
+    # -- sending
+
+    def ping(self) -> bytes:
+        """The Ping record."""
+        return PING_RECORD
+
+    def close(self) -> bytes:
+        """The Close record sent on stop."""
+        return CLOSE_RECORD
+
+    def encode_invocation(
+        self,
+        target: str,
+        arguments: abc.Sequence[Any],
+        invocation_id: str | None,
+        stream_ids: abc.Sequence[str] = (),
+    ) -> bytes:
+        """
+        :raises TypeError: when an argument is not JSON-serialisable.
+        """
+        return encode_invocation(target, arguments, invocation_id, stream_ids)
+
+    def encode_stream_invocation(
+        self,
+        target: str,
+        arguments: abc.Sequence[Any],
+        invocation_id: str,
+        stream_ids: abc.Sequence[str] = (),
+    ) -> bytes:
+        """:raises TypeError: when an argument is not JSON-serialisable."""
+        return encode_stream_invocation(target, arguments, invocation_id, stream_ids)
+
+    def encode_stream_item(self, stream_id: str, item: Any) -> bytes:
+        """An item of an upload stream."""
+        return encode_stream_item(stream_id, item)
+
+    def encode_completion(
+        self, invocation_id: str, result: Any = _NO_RESULT, error: str | None = None
+    ) -> bytes:
+        """The end of an upload stream, or the answer to a client-result invocation."""
+        return encode_completion(invocation_id, result, error)
+
+    def encode_cancel(self, invocation_id: str) -> bytes:
+        """Stop a server-to-client stream."""
+        return encode_cancel_invocation(invocation_id)
