@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections import abc
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlunsplit
 
 import attrs
 
-from txsignalr._protocol import Transport, _JSONError, loads, redact_url, websocket_url
+from txsignalr._protocol import (
+    Transport,
+    _JSONError,
+    loads,
+    redact_url,
+    split_url,
+    websocket_url,
+)
 from txsignalr.errors import InvalidURL, NegotiationError
 
 __all__ = [
@@ -40,32 +47,11 @@ _TRANSPORT_BY_NAME: Final = {name: t for t, name in CORE_TRANSPORT_NAMES.items()
 # ------------------------------------------------------------------ negotiate
 
 
-def _split_base(base_url: str) -> tuple[str, str, str, str]:
-    """``(scheme, netloc, path, query)`` of an http(s) base URL, ws(s) mapped to http(s)."""
-    if not isinstance(base_url, str):
-        raise InvalidURL(f"connection URL must be a string, not {type(base_url).__name__}")
-    try:
-        parts = urlsplit(base_url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as e:
-        raise InvalidURL(f"invalid connection URL {redact_url(base_url)!r}: {e}") from None
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
-    if scheme not in ("http", "https"):
-        raise InvalidURL(
-            f"connection URL must start with http:// or https://: {redact_url(base_url)!r}"
-        )
-    if not parts.hostname:
-        raise InvalidURL(f"connection URL has no host: {redact_url(base_url)!r}")
-    if parts.fragment:
-        raise InvalidURL(f"connection URL must not have a fragment: {redact_url(base_url)!r}")
-    return scheme, parts.netloc, parts.path, parts.query
-
-
 def _with_query(
     base_url: str, query: Mapping[str, str] | abc.Sequence[tuple[str, str]] | None
 ) -> str:
     """The base URL (http(s)) with the user's extra query parameters appended."""
-    scheme, netloc, path, existing = _split_base(base_url)
+    scheme, netloc, path, existing = split_url(base_url)
     pairs = [] if query is None else list(query.items() if isinstance(query, Mapping) else query)
     for key, _ in [*parse_qsl(existing, keep_blank_values=True), *pairs]:
         if key == "id":
@@ -90,7 +76,7 @@ def negotiate_url(
     :param stateful_reconnect: ask for stateful reconnect (``useStatefulReconnect=true``).
     :raises InvalidURL: for a URL that is not absolute http(s), or a reserved ``id``.
     """
-    scheme, netloc, path, existing = _split_base(_with_query(base_url, query))
+    scheme, netloc, path, existing = split_url(_with_query(base_url, query))
     path = path + ("negotiate" if path.endswith("/") else "/negotiate")
     keys = {k for k, _ in parse_qsl(existing, keep_blank_values=True)}
     parts = [existing] if existing else []

@@ -53,6 +53,7 @@ __all__ = [
     "parse_negotiate",
     "parse_response",
     "redact_url",
+    "split_url",
     "transport_order",
     "websocket_url",
 ]
@@ -630,25 +631,9 @@ class Endpoints:
         :raises InvalidURL: when the URL is not an absolute http(s) URL, or a query
             parameter reuses a name SignalR reserves.
         """
-        if not isinstance(url, str):
-            raise InvalidURL(f"connection URL must be a string, not {type(url).__name__}")
-        try:
-            parts = urlsplit(url.strip())
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError as e:
-            raise InvalidURL(f"invalid connection URL {redact_url(url)!r}: {e}") from None
-        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
-        if scheme not in ("http", "https"):
-            raise InvalidURL(
-                f"connection URL must start with http:// or https://: {redact_url(url)!r}"
-            )
-        if not parts.hostname:
-            raise InvalidURL(f"connection URL has no host: {redact_url(url)!r}")
-        if parts.fragment:
-            raise InvalidURL(f"connection URL must not have a fragment: {redact_url(url)!r}")
-        path = parts.path.rstrip("/")
-        base = urlunsplit((scheme, parts.netloc, path, "", ""))
-        pairs: list[tuple[str, str]] = parse_qsl(parts.query, keep_blank_values=True)
+        scheme, netloc, path, url_query = split_url(url)
+        base = urlunsplit((scheme, netloc, path.rstrip("/"), "", ""))
+        pairs: list[tuple[str, str]] = parse_qsl(url_query, keep_blank_values=True)
         if query is not None:
             items = query.items() if isinstance(query, Mapping) else query
             pairs.extend((str(k), str(v)) for k, v in items)
@@ -765,6 +750,31 @@ _RESERVED: Final = frozenset(
         "callback",
     }
 )
+
+
+def split_url(url: str) -> tuple[str, str, str, str]:
+    """
+    Check a connection URL (both families) and split it.
+
+    :returns: ``(scheme, netloc, path, query)``, with ``ws``/``wss`` mapped to
+        ``http``/``https``.
+    :raises InvalidURL: when it is not an absolute http(s) URL without a fragment.
+    """
+    if not isinstance(url, str):
+        raise InvalidURL(f"connection URL must be a string, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise InvalidURL(f"invalid connection URL {redact_url(url)!r}: {e}") from None
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("http", "https"):
+        raise InvalidURL(f"connection URL must start with http:// or https://: {redact_url(url)!r}")
+    if not parts.hostname:
+        raise InvalidURL(f"connection URL has no host: {redact_url(url)!r}")
+    if parts.fragment:
+        raise InvalidURL(f"connection URL must not have a fragment: {redact_url(url)!r}")
+    return scheme, parts.netloc, parts.path, parts.query
 
 
 def websocket_url(http_url: str) -> str:
