@@ -32,7 +32,7 @@ from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._invocations import Invocations, Pending
 from txsignalr._keepalive import KeepAliveWatch
-from txsignalr._link import DEFAULT_TRANSPORT_FACTORIES, Link
+from txsignalr._link import DEFAULT_TRANSPORT_FACTORIES, ClassicLink
 from txsignalr._protocol import (
     ALL_TRANSPORTS,
     ClientInvocation,
@@ -76,6 +76,7 @@ class ConnectionState(str, enum.Enum):
 _RECONNECTING_TEXT = "Connection started reconnecting before invocation result was received."
 _DISCONNECTED_TEXT = "Connection was disconnected before invocation result was received."
 _PERMANENT_RECONNECT_STATUSES = frozenset({400, 401, 403, 404})
+
 
 class HubConnection:
     """
@@ -159,7 +160,9 @@ class HubConnection:
         self._on_error = Observers(log, "error")
         factories = dict(DEFAULT_TRANSPORT_FACTORIES)
         factories.update(transport_factories or {})
-        self._link = Link(reactor, self._session, self._http, factories, self, log, abort_timeout)
+        self._link = ClassicLink(
+            reactor, self._session, self._http, factories, self, log, abort_timeout
+        )
         self._router = Router(log, self._on_error)
         self._invocations = Invocations(reactor, self._progress_failed)
         self._watch = KeepAliveWatch(reactor, self._slow, self._keepalive_lost)

@@ -7,7 +7,7 @@ channel in use and the sends in flight.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -29,7 +29,7 @@ from txsignalr.errors import (
     StartError,
 )
 
-__all__ = ["DEFAULT_TRANSPORT_FACTORIES", "Link"]
+__all__ = ["DEFAULT_TRANSPORT_FACTORIES", "ClassicLink", "Link", "OpeningSession"]
 
 #: The transports txsignalr has, by wire name.
 DEFAULT_TRANSPORT_FACTORIES: Mapping[Transport, TransportFactory] = {
@@ -53,8 +53,25 @@ class _AttemptFailed(Exception):
         self.status = status
 
 
+class OpeningSession(Protocol):
+    """What :class:`Link` needs of a family session to open its transports."""
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds an attempt may take until the channel is ready."""
+
+    def skip_reason(self, transport: Transport) -> str | None:
+        """Why ``transport`` is not worth trying, or ``None``."""
+
+    def connect_request(self, transport: Transport) -> TransportRequest:
+        """What opens ``transport``."""
+
+
 class Link:
     """
+    The receive channel, the transport fallback and the sends of one connection, for
+    either family.
+
     :param reactor: for the transports and the deadlines.
     :param session: the family session (URLs, token).
     :param http: the connection's HTTP side.
@@ -67,7 +84,7 @@ class Link:
     def __init__(
         self,
         reactor: IReactorTime,
-        session: ClassicSession,
+        session: OpeningSession,
         http: HttpSession,
         factories: Mapping[Transport, TransportFactory],
         sink: TransportSink,
@@ -112,23 +129,7 @@ class Link:
 
     # -- starting
 
-    async def negotiate(self, hub_names: Iterable[str]) -> NegotiateResponse:
-        """
-        :raises NegotiationError: when negotiate fails or its answer cannot be used.
-        """
-        try:
-            status, body = await self._http.request(
-                "GET", self._session.negotiate_url(hub_names), "negotiate"
-            )
-        except SignalRError as e:
-            raise NegotiationError(str(e)) from e
-        negotiated = self._session.negotiated_answer(status, body)
-        self._log.debug("negotiated {negotiated!r}", negotiated=negotiated)
-        return negotiated
-
-    async def open_first(
-        self, order: Iterable[Transport], attempting: Callable[[], None]
-    ) -> None:
+    async def open_first(self, order: Iterable[Transport], attempting: Callable[[], None]) -> None:
         """
         Try the transports in order until one delivers the init frame (reported with
         :meth:`init_arrived`); a failed attempt is stopped silently, without ``/abort``.
@@ -172,8 +173,7 @@ class Link:
             self.drop()
             if isinstance(e, TimeoutError):
                 raise _AttemptFailed(
-                    f"no init frame from the server within {deadline:g} s "
-                    "(TransportConnectTimeout)"
+                    f"no init frame from the server within {deadline:g} s (TransportConnectTimeout)"
                 ) from None
             raise _AttemptFailed(e.reason, e.status) from None
         finally:
@@ -191,6 +191,62 @@ class Link:
         if waiter is not None and not waiter.called:
             waiter.errback(reason)
 
+    # -- sending
+
+    def send(self, payload: bytes) -> Deferred[bytes]:
+        """
+        Send through the current transport.  What is still in flight when
+        :meth:`cancel_sends` runs is cancelled.
+        """
+        assert self.transport is not None
+        sent = self.transport.send(payload)
+        if not sent.called:
+            self._sends.add(sent)
+
+            def settled(result: object) -> object:
+                self._sends.discard(sent)
+                return result
+
+            sent.addBoth(settled)
+        return sent
+
+    def cancel_sends(self) -> None:
+        """Cancel every send still in flight."""
+        sends, self._sends = self._sends, set()
+        for d in sends:
+            d.cancel()
+
+
+class ClassicLink(Link):
+    """The link of a classic connection: negotiate, ``/start`` and ``/abort`` too."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        session: ClassicSession,
+        http: HttpSession,
+        factories: Mapping[Transport, TransportFactory],
+        sink: TransportSink,
+        log: Logger,
+        abort_timeout: float,
+    ) -> None:
+        super().__init__(reactor, session, http, factories, sink, log, abort_timeout)
+        self._classic = session
+
+    async def negotiate(self, hub_names: Iterable[str]) -> NegotiateResponse:
+        """
+        :raises NegotiationError: when negotiate fails or its answer cannot be used.
+        """
+        try:
+            status, body = await self._http.request(
+                "GET", self._classic.negotiate_url(hub_names), "negotiate"
+            )
+        except SignalRError as e:
+            raise NegotiationError(str(e)) from e
+        negotiated = self._classic.negotiated_answer(status, body)
+        self._log.debug("negotiated {negotiated!r}", negotiated=negotiated)
+        return negotiated
+
     async def send_start(self) -> None:
         """
         ``/start``, once the init frame arrived.  Cancelling (stop()) cancels the
@@ -201,7 +257,7 @@ class Link:
         transport = self.in_use
         assert transport is not None
         request = Deferred.fromCoroutine(
-            self._http.request("GET", self._session.start_url(transport), "start")
+            self._http.request("GET", self._classic.start_url(transport), "start")
         )
         waiter: Deferred[tuple[int, bytes]] = Deferred(lambda _: request.cancel())
         self._waiter = waiter
@@ -238,7 +294,7 @@ class Link:
     def fire_abort(self, token: str) -> Deferred[None]:
         """POST /abort; the Deferred fires when answered or failed (never errbacks)."""
         transport = self.in_use or Transport.web_sockets
-        url = self._session.abort_url(transport, token)
+        url = self._classic.abort_url(transport, token)
         d = Deferred.fromCoroutine(
             self._http.request("POST", url, "abort", min(self._http.timeout, self._abort_timeout))
         )
@@ -251,28 +307,3 @@ class Link:
             self._log.warn("/abort failed: {error}", error=f.getErrorMessage())
 
         return d.addCallbacks(done, failed)
-
-    # -- sending
-
-    def send(self, payload: bytes) -> Deferred[bytes]:
-        """
-        Send through the current transport.  What is still in flight when
-        :meth:`cancel_sends` runs is cancelled.
-        """
-        assert self.transport is not None
-        sent = self.transport.send(payload)
-        if not sent.called:
-            self._sends.add(sent)
-
-            def settled(result: object) -> object:
-                self._sends.discard(sent)
-                return result
-
-            sent.addBoth(settled)
-        return sent
-
-    def cancel_sends(self) -> None:
-        """Cancel every send still in flight."""
-        sends, self._sends = self._sends, set()
-        for d in sends:
-            d.cancel()
