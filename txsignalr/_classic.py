@@ -23,7 +23,7 @@ from txsignalr._protocol import (
     frame_from_json,
     parse_negotiate,
 )
-from txsignalr._transport import TransportRequest
+from txsignalr._transport import DEFAULT_MAX_RECEIVE_SIZE, TransportRequest
 from txsignalr.errors import NegotiationError, ProtocolError
 
 __all__ = ["ClassicSession"]
@@ -45,12 +45,18 @@ class ClassicSession:
 
     :param url: the user's connection URL.
     :param query: the user's extra query parameters.
+    :param max_receive_size: the most bytes one received message may hold.
     """
 
     def __init__(
-        self, url: str, query: Mapping[str, str] | Sequence[tuple[str, str]] | None
+        self,
+        url: str,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        max_receive_size: int = DEFAULT_MAX_RECEIVE_SIZE,
     ) -> None:
         self._url = url
+        #: the most bytes one received message may hold
+        self.max_receive_size = max_receive_size
         self._query = query
         # Validate now so a bad URL fails at construction with InvalidURL.
         self.endpoints = Endpoints.from_url(url, [], query)
@@ -126,15 +132,22 @@ class ClassicSession:
         return self.token
 
     def _request(self, transport: Transport, url: str) -> TransportRequest:
+        size = self.max_receive_size
         if transport is Transport.web_sockets:
-            return TransportRequest(transport, url)
+            return TransportRequest(transport, url, max_size=size)
         send_url = self.endpoints.send(transport, self._token())
         if transport is Transport.server_sent_events:
-            return TransportRequest(transport, url, send_url, _form_body)
+            return TransportRequest(transport, url, send_url, _form_body, max_size=size)
         negotiated = self.negotiated
         timeout = 110.0 if negotiated is None else negotiated.connection_timeout
         return TransportRequest(
-            transport, url, send_url, _form_body, self._next_poll, timeout + POLL_MARGIN
+            transport,
+            url,
+            send_url,
+            _form_body,
+            self._next_poll,
+            timeout + POLL_MARGIN,
+            max_size=size,
         )
 
     def connect_request(self, transport: Transport) -> TransportRequest:

@@ -21,7 +21,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
-from txsignalr.errors import SignalRError
+from txsignalr.errors import MessageTooLarge, SignalRError
 
 __all__ = ["HTTPClientLike", "HttpSession", "read_body"]
 
@@ -29,12 +29,27 @@ __all__ = ["HTTPClientLike", "HttpSession", "read_body"]
 class _BodyReader(protocol.Protocol):
     """Collects a response body; stopping it closes the connection under it."""
 
-    def __init__(self, finished: Deferred[bytes]) -> None:
+    def __init__(self, finished: Deferred[bytes], max_size: int | None = None) -> None:
         self._finished = finished
         self._chunks: list[bytes] = []
+        self._max = max_size
+        self._size = 0
 
     def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
         self._chunks.append(data)
+        if self._max is not None:
+            self._size += len(data)
+            if self._size > self._max:
+                self._chunks = []
+                if self.transport is not None:
+                    self.transport.stopProducing()  # type: ignore[attr-defined]
+                self._finished.errback(
+                    MessageTooLarge(
+                        f"a response body is over the {self._max} byte limit (max_receive_size)"
+                    )
+                )
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if self._finished.called:
@@ -45,11 +60,14 @@ class _BodyReader(protocol.Protocol):
             self._finished.errback(reason)
 
 
-def read_body(response: IResponse) -> Deferred[bytes]:
+def read_body(response: IResponse, max_size: int | None = None) -> Deferred[bytes]:
     """
     Read a whole response body.  Unlike ``treq.content``, cancelling the Deferred (or
     its timeout firing) closes the connection, so an abandoned long poll does not keep
     its socket open or go back to the pool.
+
+    :param max_size: the most bytes the body may hold; a larger one closes the
+        connection and fails with :class:`~txsignalr.MessageTooLarge`.
     """
     reader: _BodyReader | None = None
 
@@ -59,7 +77,7 @@ def read_body(response: IResponse) -> Deferred[bytes]:
             transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
-    reader = _BodyReader(finished)
+    reader = _BodyReader(finished, max_size)
     response.deliverBody(reader)
     return finished
 
@@ -125,7 +143,7 @@ class HttpSession:
             d.addTimeout(limit, self._reactor)
         try:
             return await d
-        except CancelledError:
+        except (CancelledError, SignalRError):
             raise
         except TimeoutError:
             raise SignalRError(f"{what} request timed out after {limit:g} s") from None
@@ -179,9 +197,12 @@ class HttpSession:
         *,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        max_size: int | None = None,
     ) -> tuple[int, bytes]:
         """
         Send a request and read its whole body.
+
+        :param max_size: the most bytes the body may hold.
 
         :returns: the status and the body.
         :raises SignalRError: when the request fails or times out.
@@ -190,7 +211,7 @@ class HttpSession:
         response = await self.open(
             method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
         )
-        body: bytes = await self._bounded(read_body(response), limit, what)
+        body: bytes = await self._bounded(read_body(response, max_size), limit, what)
         return response.code, body
 
     def handshake_headers(self, http_url: str) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """
-The long-polling transport: one POST opens the channel, then POST after POST, each held
-by the server until it has something to say; sends are POSTs of their own.
+The long-polling transport: one request opens the channel, then poll after poll (POSTs
+for classic, GETs for ASP.NET Core), each held by the server until it has something to
+say; sends are POSTs of their own.
 """
 
 from __future__ import annotations
@@ -59,9 +60,21 @@ class LongPollingTransport(HttpTransport):
             self._sink.transport_opened(self)
 
     def _send_poll(self, url: str, what: str) -> None:
+        request = self._request
+        if request.poll_method == "POST":
+            data: bytes | None = b""
+            headers: dict[str, str] | None = _FORM
+        else:
+            data = headers = None
         d = Deferred.fromCoroutine(
             self._http.request(
-                "POST", url, what, self._request.poll_timeout, data=b"", headers=_FORM
+                request.poll_method,
+                url,
+                what,
+                request.poll_timeout,
+                data=data,
+                headers=headers,
+                max_size=request.max_size,
             )
         )
         self._poll = d
@@ -72,6 +85,12 @@ class LongPollingTransport(HttpTransport):
         if self._done:
             return
         status, body = answer
+        if status == 204:
+            # ASP.NET Core: the server ended the connection.
+            self._lose(
+                ConnectionClosed("the server closed the connection (poll answered HTTP 204)")
+            )
+            return
         if status != 200:
             self._lose(
                 ConnectionClosed(f"the poll was refused with HTTP {status}", status=status)

@@ -138,7 +138,7 @@ class ServerSentEventsTransport(HttpTransport):
         sink: TransportSink,
     ) -> None:
         super().__init__(reactor, request, http, sink)
-        self._parser = EventStreamParser()
+        self._parser = EventStreamParser(request.max_size)
         self._opening: Deferred[IResponse] | None = None
         self._stream: _StreamProtocol | None = None
 

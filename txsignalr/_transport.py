@@ -20,12 +20,17 @@ from txsignalr._protocol import Transport, redact_url
 from txsignalr.errors import ConnectionClosed, SignalRError
 
 __all__ = [
+    "DEFAULT_MAX_RECEIVE_SIZE",
     "HttpTransport",
     "ITransport",
     "TransportFactory",
     "TransportRequest",
     "TransportSink",
 ]
+
+#: The most bytes one received message may hold by default, for both families:
+#: room for an exchange's order-book snapshot, not for a runaway server.
+DEFAULT_MAX_RECEIVE_SIZE = 16 * 1024 * 1024
 
 
 @attrs.frozen
@@ -42,6 +47,11 @@ class TransportRequest:
         seconds to wait before sending it, or ``None`` once the session has ended.
     :ivar poll_timeout: long polling: seconds after which a poll that has not been
         answered counts as lost.
+    :ivar poll_method: long polling: the method of a poll (classic POSTs, ASP.NET Core
+        GETs).
+    :ivar max_size: the most bytes one received message (WebSocket message, event,
+        poll body) may hold; a larger one loses the channel with
+        :class:`~txsignalr.MessageTooLarge` as the cause.
     """
 
     transport: Transport
@@ -50,6 +60,8 @@ class TransportRequest:
     send_body: Callable[[bytes], tuple[bytes, str]] | None = None
     poll: Callable[[], tuple[str, float] | None] | None = None
     poll_timeout: float | None = None
+    poll_method: str = "POST"
+    max_size: int = DEFAULT_MAX_RECEIVE_SIZE
 
 
 class TransportSink(Protocol):

@@ -25,7 +25,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from txsignalr._http import HttpSession
 from txsignalr._protocol import websocket_url
 from txsignalr._transport import TransportRequest, TransportSink
-from txsignalr.errors import ConnectionClosed
+from txsignalr.errors import ConnectionClosed, MessageTooLarge
 
 __all__ = ["QuietAutobahnLog", "WebSocketTransport"]
 
@@ -119,6 +119,7 @@ class WebSocketTransport:
     ) -> None:
         self._reactor = reactor
         self._url = websocket_url(request.url)
+        self._max_size = request.max_size
         self._headers = http.handshake_headers(request.url)
         self._tls: IPolicyForHTTPS | None = http.tls
         self._sink = sink
@@ -146,6 +147,8 @@ class WebSocketTransport:
             # UTF-8 twice: the JSON decoder rejects invalid UTF-8 anyway.
             utf8validateIncoming=False,
             tcpNoDelay=True,
+            maxMessagePayloadSize=self._max_size,
+            maxFramePayloadSize=self._max_size,
         )
         endpoint: Any = HostnameEndpoint(self._reactor, host, port)
         if secure:
@@ -197,6 +200,12 @@ class WebSocketTransport:
                     f"WebSocket upgrade refused with HTTP {status.group(1)}",
                     status=int(status.group(1)),
                 )
+            elif "exceeds payload limit" in text or code == 1009:
+                too_large = MessageTooLarge(
+                    f"a WebSocket message from the server is over the {self._max_size} byte "
+                    "limit (max_receive_size)"
+                )
+                closed = ConnectionClosed(str(too_large), too_large)
             elif was_clean:
                 closed = ConnectionClosed(f"WebSocket closed by the server (code {code})")
             else:
