@@ -848,11 +848,12 @@ def test_session_handshake_refused() -> None:
 
 
 def test_session_bad_records() -> None:
-    """Malformed and oversized records after the handshake raise."""
+    """A malformed record is reported in place, the rest still read; oversized raise."""
     session = negotiated_session("go070-WebSockets-json.txt", WS)
     session.receive(b"{}\x1e")
-    with pytest.raises(ProtocolError):
-        session.receive(b'{"type":1,"arguments":[]}\x1e')
+    bad, ping = session.receive(b'{"type":1,"arguments":[]}\x1e{"type":6}\x1e')
+    assert isinstance(bad, ProtocolError)
+    assert ping == PING
     small = CoreSession("http://h/hub", max_message_size=16)
     small.negotiated_answer(200, GO_V1)
     small.connect_request(WS)

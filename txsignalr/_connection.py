@@ -11,7 +11,6 @@ time goes through the injected reactor, so the whole machine runs under ``task.C
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from http.cookiejar import CookieJar
 from typing import Any, TypeVar
@@ -28,6 +27,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._classic import POLL_MARGIN, ClassicSession
+from txsignalr._core_connection import DEFAULT_CORE_RETRY_DELAYS, CoreEngine, core_policy
+from txsignalr._core_negotiate import ClassicAnswer, CoreNegotiateResponse, parse_core_negotiate
 from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._invocations import Invocations, Pending
@@ -49,11 +50,14 @@ from txsignalr._protocol import (
 )
 from txsignalr._reconnect import ReconnectLoop, RetryPolicy
 from txsignalr._routing import HubProxy, Router
-from txsignalr._transport import ITransport, TransportFactory
+from txsignalr._state import ConnectionState
+from txsignalr._streams import HubStream
+from txsignalr._transport import DEFAULT_MAX_RECEIVE_SIZE, ITransport, TransportFactory
 from txsignalr.errors import (
     ConnectionClosed,
     InvalidStateError,
     MessageTooLarge,
+    NegotiationError,
     ProtocolError,
     SignalRError,
     StartError,
@@ -64,24 +68,47 @@ __all__ = ["ConnectionState", "HubConnection", "HubProxy"]
 _T = TypeVar("_T")
 
 
-class ConnectionState(str, enum.Enum):
-    """The states of a :class:`HubConnection`."""
-
-    connecting = "connecting"
-    connected = "connected"
-    reconnecting = "reconnecting"
-    disconnected = "disconnected"
-
-
 _RECONNECTING_TEXT = "Connection started reconnecting before invocation result was received."
 _DISCONNECTED_TEXT = "Connection was disconnected before invocation result was received."
 _PERMANENT_RECONNECT_STATUSES = frozenset({400, 401, 403, 404})
 
 
+_PROTOCOLS = ("auto", "classic", "core")
+_DEFAULT = object()
+
+
+def _hub_name_from_url(url: str) -> str:
+    """An ASP.NET Core connection's name in logs: the last part of its path."""
+    path = url.split("?", 1)[0].rstrip("/")
+    return path.rsplit("/", 1)[-1] or "hub"
+
+
+def _classic_policy(delay: Any, protocol: str) -> RetryPolicy:
+    """A Core-style ``reconnect_delay`` as the classic reconnect loop takes it."""
+    if delay is None:
+        if protocol == "core":
+            return 2.0
+        raise ValueError(
+            "reconnect_delay=None (no reconnecting) is for protocol='core'; a classic "
+            "connection reconnects within the server's DisconnectTimeout"
+        )
+    if callable(delay) or isinstance(delay, (int, float)):
+        return delay  # type: ignore[no-any-return]
+    delays = tuple(float(d) for d in delay)
+    if not delays:
+        raise ValueError("reconnect_delay is an empty sequence")
+    return lambda attempt: delays[min(attempt, len(delays) - 1)]
+
+
 class HubConnection:
     """
-    A connection to a classic ASP.NET SignalR 2.x server (clientProtocol 1.5) over
-    WebSockets, Server-Sent Events or long polling.
+    A connection to an ASP.NET Core SignalR server (JSON hub protocol) or a classic
+    ASP.NET SignalR 2.x server (clientProtocol 1.5), over WebSockets, Server-Sent Events
+    or long polling.
+
+    Both families have :meth:`on`, :meth:`invoke` and :meth:`send` (a classic
+    connection needs ``hub=`` for them); Core has :meth:`stream` and client results
+    too; classic has :meth:`hub` for connections to several hubs.
 
     :param reactor: the reactor; all network and time go through it.
     :param url: the SignalR endpoint, e.g. ``https://host/signalr``; its query string
@@ -95,19 +122,39 @@ class HubConnection:
     :param http_client: a :class:`treq.client.HTTPClient` to use instead of the
         connection's own (for tests, e.g. ``treq.testing.StubTreq``).
     :param invoke_timeout: default seconds to wait for a hub result (None: no limit).
-    :param reconnect_delay: seconds between reconnect attempts (2, as Microsoft's
-        clients), or a retry policy ``policy(attempt) -> seconds`` such as
+    :param reconnect_delay: classic: seconds between reconnect attempts (2, as
+        Microsoft's clients), or a retry policy ``policy(attempt) -> seconds`` such as
         :func:`twisted.application.internet.backoffPolicy`; attempts stop when the
-        server's DisconnectTimeout has passed.
+        server's DisconnectTimeout has passed.  Core: seconds before every attempt, a
+        sequence of seconds (one per attempt, then it gives up), a policy
+        ``policy(attempt) -> seconds | None`` (``None`` gives up) or ``None`` for no
+        reconnecting; the default is Microsoft's 0, 2, 10 and 30 s, then closed.
     :param http_timeout: seconds allowed for each HTTP request.
-    :param max_message_size: invocations larger than this many bytes are refused
-        (the server drops the socket on messages over 64 KiB by default); None: no limit.
+    :param max_message_size: classic: invocations larger than this many bytes are
+        refused (the server drops the socket on messages over 64 KiB by default); None:
+        no limit.
+    :param max_receive_size: the most bytes one received message may hold, both
+        families (16 MiB); a larger one is a :class:`~txsignalr.MessageTooLarge`.
     :param abort_timeout: seconds :meth:`stop` waits for the server to answer ``/abort``.
     :param transports: the transports to try, most preferred first, by wire name or
         :class:`~txsignalr.Transport` value; all three by default.
     :param transport_factories: replaces how a transport is built, by transport
         (``factory(reactor, request, http, sink)``; see :mod:`txsignalr._transport`);
         for tests and custom transports.
+    :param protocol: ``"auto"`` (the family is found from the negotiate answer: one
+        ASP.NET Core negotiate, and a classic one when a classic server answered),
+        ``"core"`` or ``"classic"``.
+    :param hub: classic: the hub that :meth:`on`, :meth:`invoke` and :meth:`send`
+        address; ignored by Core, whose URL names the hub.
+    :param access_token_factory: Core: ``factory() -> str`` (or a Deferred or
+        coroutine of one), called before every negotiate; the token is sent as
+        ``Authorization: Bearer`` on every request and the WebSocket upgrade.
+    :param keepalive_interval: Core: seconds between the client's pings when nothing
+        else was sent (None: no pings).
+    :param server_timeout: Core: seconds without any message from the server after
+        which the link counts as lost (None: never).
+    :param skip_negotiation: Core: connect straight to the WebSocket (only with
+        ``transports=["webSockets"]``), as ``skipNegotiation`` of Microsoft's client.
     """
 
     log = Logger()
@@ -123,17 +170,34 @@ class HubConnection:
         tls: IPolicyForHTTPS | None = None,
         http_client: HTTPClientLike | None = None,
         invoke_timeout: float | None = None,
-        reconnect_delay: RetryPolicy = 2.0,
+        reconnect_delay: Any = _DEFAULT,
         http_timeout: float = 30.0,
         max_message_size: int | None = 64 * 1024,
         abort_timeout: float = 5.0,
         transports: Sequence[str | Transport] = ALL_TRANSPORTS,
         transport_factories: Mapping[Transport, TransportFactory] | None = None,
+        protocol: str = "auto",
+        hub: str | None = None,
+        access_token_factory: Callable[[], Any] | None = None,
+        keepalive_interval: float | None = 15.0,
+        server_timeout: float | None = 30.0,
+        skip_negotiation: bool = False,
+        max_receive_size: int = DEFAULT_MAX_RECEIVE_SIZE,
     ) -> None:
+        if protocol not in _PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(_PROTOCOLS)}, not {protocol!r}")
+        self._state = ConnectionState.disconnected
         self._reactor = reactor
         self._url = url
         self._transports = transport_order(transports)
-        self._session = ClassicSession(url, query)
+        if skip_negotiation and self._transports != (Transport.web_sockets,):
+            raise ValueError(
+                "skip_negotiation works only with WebSockets: pass transports=['webSockets']"
+            )
+        self._protocol = protocol
+        #: the family in use: fixed by ``protocol``, else found by the first start()
+        self._family: str | None = None if protocol == "auto" else protocol
+        self._session = ClassicSession(url, query, max_receive_size)
         header_map: dict[str, str] = dict(headers or {})
         for name, value in header_map.items():
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
@@ -164,15 +228,52 @@ class HubConnection:
             reactor, self._session, self._http, factories, self, log, abort_timeout
         )
         self._router = Router(log, self._on_error)
+        # What on()/invoke()/send() address: the classic hub named by hub=, or the
+        # Core connection's own handlers (a router of their own, never negotiated
+        # as a classic hub).
+        if hub is not None:
+            self._main = HubProxy(self, self._router, hub)
+            self._router.add(self._main)
+            main_router = self._router
+        else:
+            main_router = Router(log, self._on_error)
+            self._main = HubProxy(self, main_router, _hub_name_from_url(url))
+            main_router.add(self._main)
+        self._hub_name = hub
+        if reconnect_delay is _DEFAULT:
+            classic_delay: RetryPolicy = 2.0
+            core_delay: Any = DEFAULT_CORE_RETRY_DELAYS
+        else:
+            classic_delay = _classic_policy(reconnect_delay, protocol)
+            core_delay = reconnect_delay
+        self._core = CoreEngine(
+            self,
+            reactor,
+            url,
+            query,
+            self._http,
+            factories,
+            log,
+            main_router,
+            self._main.name,
+            transports=self._transports,
+            access_token_factory=access_token_factory,
+            keepalive_interval=keepalive_interval,
+            server_timeout=server_timeout,
+            reconnect_policy=core_policy(core_delay),
+            max_receive_size=max_receive_size,
+            invoke_timeout=invoke_timeout,
+            skip_negotiation=skip_negotiation,
+            stop_timeout=abort_timeout,
+        )
         self._invocations = Invocations(reactor, self._progress_failed)
         self._watch = KeepAliveWatch(reactor, self._slow, self._keepalive_lost)
         self._reconnect = ReconnectLoop(
-            reactor, reconnect_delay, self._attempt_reconnect, self._give_up
+            reactor, classic_delay, self._attempt_reconnect, self._give_up
         )
         self._seconds = reactor.seconds
         self._dispatch_other = self._dispatch
 
-        self._state = ConnectionState.disconnected
         self._buffer: list[ServerMessage] = []
         self._start_task: Deferred[None] | None = None
         self._stop_task: Deferred[None] | None = None
@@ -196,14 +297,29 @@ class HubConnection:
         return self._state
 
     @property
+    def protocol(self) -> str | None:
+        """
+        The family in use, ``"core"`` or ``"classic"``: as asked, or as found by
+        :meth:`start` with ``protocol="auto"`` (``None`` until then).
+        """
+        return self._family
+
+    @property
     def connection_id(self) -> str | None:
         """The server's id for this connection (``Context.ConnectionId``), once negotiated."""
+        if self._family == "core":
+            return self._core.connection_id
         negotiated = self._session.negotiated
         return None if negotiated is None else negotiated.connection_id
 
     @property
-    def negotiated(self) -> NegotiateResponse | None:
-        """What the server answered to negotiate (timeouts, protocol version)."""
+    def negotiated(self) -> NegotiateResponse | CoreNegotiateResponse | None:
+        """
+        What the server answered to negotiate: classic timeouts and protocol version,
+        or the Core connection id and transports.
+        """
+        if self._family == "core":
+            return self._core.negotiated
         return self._session.negotiated
 
     @property
@@ -216,6 +332,8 @@ class HubConnection:
         """The transport in use while connected or reconnecting, else ``None``."""
         if self._state in (ConnectionState.connecting, ConnectionState.disconnected):
             return None
+        if self._family == "core":
+            return self._core.link.in_use
         return self._link.in_use
 
     @property
@@ -233,9 +351,18 @@ class HubConnection:
 
     def hub(self, name: str) -> HubProxy:
         """
-        The proxy for hub ``name`` (names match case-insensitively; asking twice gives
-        the same proxy).  Create proxies before :meth:`start`.
+        Classic: the proxy for hub ``name`` (names match case-insensitively; asking
+        twice gives the same proxy).  Create proxies before :meth:`start`.
+
+        :raises InvalidStateError: on an ASP.NET Core connection, whose URL names its
+            one hub: use :meth:`on`, :meth:`invoke` and :meth:`send` there.
         """
+        if self._family == "core":
+            raise InvalidStateError(
+                "hub() is for classic ASP.NET SignalR connections; an ASP.NET Core "
+                "connection's URL names its hub: use conn.on(), conn.invoke(), "
+                "conn.send() and conn.stream()"
+            )
         proxy = self._router.proxy_for(name)
         if proxy is None:
             if self._state is not ConnectionState.disconnected:
@@ -247,6 +374,73 @@ class HubConnection:
             proxy = HubProxy(self, self._router, name)
             self._router.add(proxy)
         return proxy
+
+    def _proxy_for_calls(self, what: str) -> HubProxy:
+        if self._family == "classic" and self._hub_name is None:
+            raise InvalidStateError(
+                f"{what}() on a classic ASP.NET SignalR connection needs the hub: pass "
+                "hub='name' to HubConnection, or use conn.hub('name')"
+            )
+        return self._main
+
+    def on(self, method: str, callback: Callable[..., object]) -> Callable[[], None]:
+        """
+        Call ``callback(*args)`` whenever the server calls client method ``method``
+        (names match case-insensitively).  A callback may return a Deferred or a
+        coroutine.  Core: when the server waits for a result (client results), the
+        one handler's return value, or what its Deferred or coroutine gives, is sent
+        back; an exception is sent as the error; with no handler the server is told
+        "Client didn't provide a result."
+
+        :returns: a function that removes this handler.
+        """
+        return self._proxy_for_calls("on").on(method, callback)
+
+    def off(self, method: str, callback: Callable[..., object] | None = None) -> None:
+        """Remove one handler of ``method``, or all of them when ``callback`` is None."""
+        self._proxy_for_calls("off").off(method, callback)
+
+    def invoke(self, method: str, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Invoke hub method ``method``.  Core: an argument that is an async iterable is
+        sent as a client-to-server stream, item by item, ended by its own end.
+
+        :param timeout: seconds to wait for the result (``invoke_timeout`` when None).
+        :returns: a Deferred of the method's result.  It fails with
+            :class:`~txsignalr.HubError` when the method raised,
+            :class:`~txsignalr.ConnectionClosed` when the connection is lost first,
+            :class:`~txsignalr.InvalidStateError` when not connected, Twisted's
+            ``TimeoutError`` on timeout and :class:`TypeError` for arguments that are
+            not JSON-serialisable.
+        """
+        return self._proxy_for_calls("invoke").invoke(method, *args, timeout=timeout)
+
+    def send(self, method: str, *args: Any) -> Deferred[None]:
+        """
+        Invoke hub method ``method`` without waiting for its result.
+
+        :returns: a Deferred that fires once the invocation was written (Core) or
+            sent (classic, whose server answers anyway; the answer is dropped).
+        """
+        proxy = self._proxy_for_calls("send")
+        if self._family == "core":
+            return self._core.send(method, args)
+        d = self._invoke(proxy, method, args, None, None, sent_only=True)
+        return d.addCallback(lambda _: None)
+
+    def stream(self, method: str, *args: Any) -> HubStream:
+        """
+        Core: call a streaming hub method (``StreamInvocation``); read the items with
+        ``async for item in stream`` or ``stream.each(callback)``, stop it with
+        ``stream.cancel()``.  A stream that cannot start fails when read.
+        """
+        if self._family != "core":
+            error = InvalidStateError(
+                "stream() needs an ASP.NET Core connection"
+                + (" (not started yet: the family is not known)" if self._family is None else "")
+            )
+            return HubStream.failed(method, error)
+        return self._core.stream(method, args)
 
     def on_state_change(
         self, callback: Callable[[ConnectionState, ConnectionState], object]
@@ -332,7 +526,7 @@ class HubConnection:
         self._stopping = False
         self._last_close = None
         self._set_state(ConnectionState.connecting)
-        task = Deferred.fromCoroutine(self._run_start())
+        task = Deferred.fromCoroutine(self._start_family())
         self._start_task = task
 
         def done(result: _T) -> _T:
@@ -362,7 +556,9 @@ class HubConnection:
         return task
 
     def ping(self) -> Deferred[bool]:
-        """``GET /ping``: fires ``True`` when the server answers ``pong``."""
+        """Classic: ``GET /ping``: fires ``True`` when the server answers ``pong``."""
+        if self._family == "core":
+            return fail(InvalidStateError("ping() is for classic servers; Core has no /ping"))
 
         async def run() -> bool:
             status, body = await self._http.request("GET", self._session.ping_url(), "ping")
@@ -373,6 +569,70 @@ class HubConnection:
         return Deferred.fromCoroutine(run())
 
     # ------------------------------------------------------------------ start
+
+    async def _start_family(self) -> None:
+        first: tuple[int, bytes] | None = None
+        if self._family is None:
+            if any(p is not self._main for p in self._router.proxies.values()):
+                # hub() is classic's alone: no need to ask.
+                self._found("classic")
+            else:
+                first = await self._detect()
+        if self._family == "core":
+            extra = [p.name for p in self._router.proxies.values() if p is not self._main]
+            if extra:
+                error = InvalidStateError(
+                    f"the server is ASP.NET Core SignalR, whose URL names one hub, but hub "
+                    f"proxies were made with hub(): {', '.join(map(repr, extra))}; use "
+                    "conn.on()/conn.invoke() on the hub's own URL"
+                )
+                self._fail_early(error)
+                raise error
+            await self._core.run_start(first)
+        else:
+            await self._run_start()
+
+    def _fail_early(self, error: Exception) -> None:
+        """start() failed before anything was opened."""
+        reason = ConnectionClosed(f"start() failed: {error}", error)
+        for d in self._end_common(reason):
+            d.errback(reason)
+        self._http.close_idle()
+
+    async def _detect(self) -> tuple[int, bytes] | None:
+        """
+        protocol="auto": one ASP.NET Core negotiate.  A Core answer is kept for the
+        Core start (no second round trip); a classic server's answer, or a refusal
+        that only a classic server gives (400 or 405), means classic.
+        """
+        core = self._core
+        try:
+            await core._authorize()
+            url = core.session.negotiate_url()
+            status, body = await self._http.request("POST", url, "negotiate")
+        except Exception as e:
+            if self._stopping:
+                raise ConnectionClosed("stop() was called before start() completed") from None
+            error = e if isinstance(e, NegotiationError) else NegotiationError(str(e))
+            self._fail_early(error)
+            if isinstance(e, CancelledError):
+                raise
+            raise error from e
+        try:
+            parse_core_negotiate(status, body)
+        except ClassicAnswer:
+            self._found("classic")
+            return None
+        except NegotiationError:
+            if status in (400, 405):
+                self._found("classic")
+                return None
+        self._found("core")
+        return status, body
+
+    def _found(self, family: str) -> None:
+        self._family = family
+        self.log.info("the server speaks {family}", family=family)
 
     async def _run_start(self) -> None:
         link = self._link
@@ -547,7 +807,10 @@ class HubConnection:
         args: Sequence[Any],
         on_progress: Callable[[Any], object] | None,
         timeout: float | None,
+        sent_only: bool = False,
     ) -> Deferred[Any]:
+        if self._family == "core":
+            return self._core.invoke(method, args, timeout)
         if self._state is not ConnectionState.connected or self._link.transport is None:
             return fail(
                 InvalidStateError(f"cannot invoke {proxy.name}.{method} while {self._state.value}")
@@ -569,6 +832,10 @@ class HubConnection:
                     "messages over 64 KiB unless configured otherwise)"
                 )
             )
+        if sent_only:
+            written = self._link.send(payload)
+            written.addCallback(self._send_answer)
+            return written
         if timeout is None:
             timeout = self._invoke_timeout
         deferred = self._invocations.add(
@@ -734,6 +1001,15 @@ class HubConnection:
         start_task = self._start_task
         if start_task is not None:
             start_task.cancel()
+        if self._family == "core":
+            self._last_close = None
+            closed_waiters = await self._core.stop()
+            await self._http.close_idle()
+            self.log.info("stopped")
+            for d in closed_waiters:
+                d.callback(None)
+            self._on_closed.fire(None)
+            return
         token = self._session.forget()
         transport = self._link.detach()
         self._last_close = None
@@ -765,6 +1041,15 @@ class HubConnection:
         self._reconnect.stop()
         self._invocations.fail_all(_DISCONNECTED_TEXT, reason)
         self._link.cancel_sends()
+        return self._end_common(reason)
+
+    def _end_common(self, reason: ConnectionClosed | None) -> list[Deferred[None]]:
+        """
+        The family-neutral end of a session: fail the when_connected() waiters and
+        become disconnected.
+
+        :returns: the when_closed() waiters.
+        """
         waiters, self._connected_waiters = self._connected_waiters, []
         for w in waiters:
             w.errback(reason or ConnectionClosed("stop() was called"))

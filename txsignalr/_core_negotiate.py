@@ -194,6 +194,10 @@ def _transports(value: Any, status: int, body: bytes) -> tuple[AvailableTranspor
     return tuple(out)
 
 
+class ClassicAnswer(NegotiationError):
+    """A classic ASP.NET SignalR server answered an ASP.NET Core negotiate."""
+
+
 def parse_core_negotiate(status: int, body: bytes) -> CoreNegotiateResponse | Redirect:
     """
     Read an ASP.NET Core negotiate answer.
@@ -224,7 +228,7 @@ def parse_core_negotiate(status: int, body: bytes) -> CoreNegotiateResponse | Re
     if error is not None:
         raise NegotiationError(f"the server refused the negotiation: {error}", status, body)
     if "ProtocolVersion" in obj or "ConnectionToken" in obj:
-        raise NegotiationError(
+        raise ClassicAnswer(
             "Detected a connection attempt to an ASP.NET SignalR (classic 2.x) server; "
             "the ASP.NET Core protocol cannot talk to it",
             status,

@@ -39,7 +39,7 @@ from txsignalr._core_protocol import (
 )
 from txsignalr._protocol import Transport, redact_url, websocket_url
 from txsignalr._transport import TransportRequest
-from txsignalr.errors import InvalidURL, NegotiationError
+from txsignalr.errors import InvalidURL, NegotiationError, ProtocolError
 
 __all__ = ["MAX_NEGOTIATIONS", "POLL_TIMEOUT", "CoreSession"]
 
@@ -95,6 +95,9 @@ class CoreSession:
         self._handshake: HandshakeParser | None = HandshakeParser()
         self._splitter = RecordSeparatorSplitter(max_message_size)
         self._polls = itertools.count(1)
+        self._skipped = False
+        #: seconds a transport may take to open
+        self.connect_timeout = 15.0
 
     def __repr__(self) -> str:
         state = "negotiated" if self.negotiated is not None else "new"
@@ -112,6 +115,15 @@ class CoreSession:
         self._negotiations = 0
         self.access_token = None
         self.negotiated = None
+        self._skipped = False
+
+    def skip_negotiation(self) -> None:
+        """
+        Connect without negotiate (``skipNegotiation``): WebSockets only, straight to
+        the hub URL, without a connection id.
+        """
+        self.restart()
+        self._skipped = True
 
     def negotiated_answer(self, status: int, body: bytes) -> CoreNegotiateResponse | Redirect:
         """
@@ -150,6 +162,10 @@ class CoreSession:
 
     def skip_reason(self, transport: Transport) -> str | None:
         """Why the negotiate answer rules ``transport`` out for JSON, or ``None``."""
+        if self._skipped:
+            if transport is Transport.web_sockets:
+                return None
+            return "negotiation was skipped, which only WebSockets allow"
         negotiated = self.negotiated
         if negotiated is None:
             return "not negotiated"
@@ -178,6 +194,8 @@ class CoreSession:
     # -- transport requests
 
     def _connect_http_url(self) -> str:
+        if self._skipped:
+            return self._url
         if self.negotiated is None:
             raise RuntimeError("no connection token: negotiate first")
         return _http_connect_url(self._url, self.negotiated.connection_token)
@@ -196,11 +214,21 @@ class CoreSession:
         url = self._connect_http_url()
         self._handshake = HandshakeParser()
         self._splitter = RecordSeparatorSplitter(self._max)
+        size = self._max
         if transport is Transport.web_sockets:
-            return TransportRequest(transport, url)
+            return TransportRequest(transport, url, max_size=size)
         if transport is Transport.server_sent_events:
-            return TransportRequest(transport, url, url, _text_body)
-        return TransportRequest(transport, url, url, _text_body, self._next_poll, POLL_TIMEOUT)
+            return TransportRequest(transport, url, url, _text_body, max_size=size)
+        return TransportRequest(
+            transport,
+            url,
+            url,
+            _text_body,
+            self._next_poll,
+            POLL_TIMEOUT,
+            poll_method="GET",
+            max_size=size,
+        )
 
     def _next_poll(self) -> tuple[str, float] | None:
         if self.negotiated is None:
@@ -222,19 +250,21 @@ class CoreSession:
         """Whether the handshake answer has arrived."""
         return self._handshake is None
 
-    def receive(self, data: bytes) -> list[HubMessage | HandshakeResponse]:
+    def receive(self, data: bytes) -> list[HubMessage | HandshakeResponse | ProtocolError]:
         """
         Parse one received chunk (WebSocket message, SSE event, poll body).
 
         Until the handshake answer has arrived it is looked for first; a
         :class:`HandshakeResponse` then heads the list, followed by the messages that
-        came in the same chunk.  Unknown message types are left out.
+        came in the same chunk.  Unknown message types are left out; a record that is
+        not a valid message is a :class:`~txsignalr.ProtocolError` in the list, and the
+        records after it are still read.
 
         :raises HandshakeError: when the server refused the handshake.
-        :raises ProtocolError: for data that is not the Core JSON protocol.
+        :raises ProtocolError: when the handshake answer is not one.
         :raises MessageTooLarge: for a record over ``max_message_size``.
         """
-        out: list[HubMessage | HandshakeResponse] = []
+        out: list[HubMessage | HandshakeResponse | ProtocolError] = []
         handshake = self._handshake
         if handshake is not None:
             found = handshake.feed(data)
@@ -246,7 +276,11 @@ class CoreSession:
             if not data:
                 return out
         for record in self._splitter.feed(data):
-            message = parse_record(record)
+            try:
+                message = parse_record(record)
+            except ProtocolError as e:
+                out.append(e)
+                continue
             if message is not None:
                 out.append(message)
         return out

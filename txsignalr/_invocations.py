@@ -40,9 +40,7 @@ class Invocations:
         block when an ``on_progress`` callback raised.
     """
 
-    def __init__(
-        self, clock: IReactorTime, progress_failed: Callable[[Pending], None]
-    ) -> None:
+    def __init__(self, clock: IReactorTime, progress_failed: Callable[[Pending], None]) -> None:
         self._clock = clock
         self._pending: dict[str, Pending] = {}
         self._ids = itertools.count()

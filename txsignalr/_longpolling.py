@@ -92,9 +92,7 @@ class LongPollingTransport(HttpTransport):
             )
             return
         if status != 200:
-            self._lose(
-                ConnectionClosed(f"the poll was refused with HTTP {status}", status=status)
-            )
+            self._lose(ConnectionClosed(f"the poll was refused with HTTP {status}", status=status))
             return
         if not self._opened:
             self._cancel_grace()

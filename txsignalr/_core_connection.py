@@ -1,0 +1,875 @@
+"""
+The ASP.NET Core family under :class:`~txsignalr.HubConnection`: negotiate (redirects
+and bearer tokens), the transports in fallback order, the handshake, the receive path,
+invocations and streams both ways, client results, pings and the server timeout, and
+reconnecting by policy with a fresh negotiate each time (as Microsoft's TypeScript
+client's ``HubConnection`` and ``HttpConnection``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    ensureDeferred,
+    fail,
+    maybeDeferred,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsignalr._core_negotiate import CoreNegotiateResponse, Redirect
+from txsignalr._core_protocol import (
+    Close,
+    Completion,
+    HandshakeResponse,
+    Invocation,
+    Ping,
+    StreamItem,
+)
+from txsignalr._core_session import CoreSession
+from txsignalr._http import HttpSession
+from txsignalr._keepalive import KeepAliveWatch
+from txsignalr._link import Link
+from txsignalr._protocol import Transport, redact_url
+from txsignalr._routing import Handler, Router
+from txsignalr._state import ConnectionState
+from txsignalr._streams import HubStream
+from txsignalr._transport import ITransport, TransportFactory
+from txsignalr.errors import (
+    ConnectionClosed,
+    HandshakeError,
+    HubError,
+    InvalidStateError,
+    MessageTooLarge,
+    NegotiationError,
+    ProtocolError,
+    SignalRError,
+    StartError,
+)
+
+if TYPE_CHECKING:
+    from txsignalr._connection import HubConnection
+
+__all__ = ["DEFAULT_CORE_RETRY_DELAYS", "CoreEngine", "CorePolicy", "core_policy"]
+
+#: Microsoft's default ``withAutomaticReconnect()`` delays: then it gives up.
+DEFAULT_CORE_RETRY_DELAYS = (0.0, 2.0, 10.0, 30.0)
+
+#: ``policy(attempt) -> seconds`` before attempt number ``attempt`` (0 first), or
+#: ``None`` to give up.
+CorePolicy = Callable[[int], "float | None"]
+
+_CANCELED_TEXT = "Invocation canceled due to the underlying connection being closed."
+_NO_RESULT_TEXT = "Client didn't provide a result."
+_MULTIPLE_RESULTS_TEXT = "Client provided multiple results."
+_TIMEOUT_TEXT = "Server timeout elapsed without receiving a message from the server."
+
+
+def core_policy(delay: Any) -> CorePolicy | None:
+    """
+    The reconnect policy for ``reconnect_delay``: ``None`` (no reconnecting), seconds
+    (always that delay), a sequence of seconds (one per attempt, then give up) or a
+    ``policy(attempt) -> seconds | None``.
+    """
+    if delay is None:
+        return None
+    if callable(delay):
+        policy: CorePolicy = delay
+        return policy
+    if isinstance(delay, (int, float)):
+        seconds = float(delay)
+        if seconds < 0:
+            raise ValueError("reconnect_delay must not be negative")
+        return lambda attempt: seconds
+    delays = tuple(float(d) for d in delay)
+    if any(d < 0 for d in delays):
+        raise ValueError("reconnect_delay must not hold negative delays")
+    return lambda attempt: delays[attempt] if attempt < len(delays) else None
+
+
+class _Uploads:
+    """The client-to-server streams in flight: cancelled when the session ends."""
+
+    def __init__(self) -> None:
+        self.tasks: set[Deferred[None]] = set()
+
+    def add(self, task: Deferred[None]) -> None:
+        if task.called:
+            return
+        self.tasks.add(task)
+        task.addBoth(self._done, task)
+
+    def _done(self, result: object, task: Deferred[None]) -> None:
+        self.tasks.discard(task)
+        if isinstance(result, Failure):
+            result.trap(CancelledError, SignalRError)
+
+    def cancel(self) -> None:
+        tasks, self.tasks = self.tasks, set()
+        for task in tasks:
+            task.cancel()
+
+
+class CoreEngine:
+    """
+    One ASP.NET Core hub connection's machinery; :class:`HubConnection` owns the state,
+    the events and the waiters and calls in here when its family is Core.
+
+    :param owner: the connection (state, events, waiters).
+    :param router: where client-method handlers are found, under ``hub``.
+    :param hub: the router's name for this connection's handlers.
+    """
+
+    def __init__(
+        self,
+        owner: HubConnection,
+        reactor: IReactorTime,
+        url: str,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+        http: HttpSession,
+        factories: Mapping[Transport, TransportFactory],
+        log: Logger,
+        router: Router,
+        hub: str,
+        *,
+        transports: tuple[Transport, ...],
+        access_token_factory: Callable[[], Any] | None,
+        keepalive_interval: float | None,
+        server_timeout: float | None,
+        reconnect_policy: CorePolicy | None,
+        max_receive_size: int,
+        invoke_timeout: float | None,
+        skip_negotiation: bool,
+        stop_timeout: float,
+    ) -> None:
+        self._owner = owner
+        self._reactor = reactor
+        self._seconds = reactor.seconds
+        self._http = http
+        self._log = log
+        self._router = router
+        self._hub = hub
+        self._transports = transports
+        self._token_factory = access_token_factory
+        self._keepalive_interval = keepalive_interval
+        self._server_timeout = server_timeout
+        self._policy = reconnect_policy
+        self._invoke_timeout = invoke_timeout
+        self._skip = skip_negotiation
+        self._stop_timeout = stop_timeout
+        self.session = CoreSession(
+            url,
+            query,
+            keepalive_interval=keepalive_interval or 0.0,
+            server_timeout=server_timeout or 0.0,
+            max_message_size=max_receive_size,
+        )
+        self.link = Link(reactor, self.session, http, factories, self, log, stop_timeout)
+        self._watch = KeepAliveWatch(reactor, self._slow, self._timed_out)
+        self._ids = itertools.count()
+        self._calls: dict[str, tuple[str, Deferred[Any] | HubStream]] = {}
+        self._uploads = _Uploads()
+        self._handshake: Deferred[None] | None = None
+        self._buffer: list[Any] = []
+        self._queue: list[tuple[bytes, Deferred[None]]] = []
+        self._in_flight: Deferred[bytes] | None = None
+        self._last_sent = 0.0
+        self._ping_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._attempt_task: Deferred[None] | None = None
+        self._attempts = 0
+        self._last_reason: ConnectionClosed | None = None
+        self._bearer_set = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def negotiated(self) -> CoreNegotiateResponse | None:
+        return self.session.negotiated
+
+    @property
+    def connection_id(self) -> str | None:
+        return self.session.connection_id
+
+    def _connected(self) -> bool:
+        return self._owner.state is ConnectionState.connected
+
+    # ------------------------------------------------------------------ connecting
+
+    async def _authorize(self) -> None:
+        factory = self._token_factory
+        if factory is None:
+            return
+        try:
+            token = factory()
+            if inspect.isawaitable(token):
+                token = await ensureDeferred(token)  # type: ignore[arg-type]
+        except Exception as e:
+            raise NegotiationError(f"access_token_factory failed: {type(e).__name__}: {e}") from e
+        if token:
+            self._set_bearer(str(token))
+
+    def _set_bearer(self, token: str) -> None:
+        if "\r" in token or "\n" in token:
+            raise NegotiationError("the access token contains a line break")
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        self._bearer_set = True
+
+    async def connect(self, first: tuple[int, bytes] | None = None) -> None:
+        """
+        Negotiate (following redirects), open the first transport that works and do
+        the handshake.
+
+        :param first: a negotiate answer already received (by family detection).
+        """
+        session = self.session
+        self._buffer = []
+        if first is None:
+            await self._authorize()
+        if self._skip:
+            session.skip_negotiation()
+        else:
+            session.restart()
+            while True:
+                if first is not None:
+                    status, body = first
+                    first = None
+                else:
+                    url = session.negotiate_url()
+                    try:
+                        status, body = await self._http.request("POST", url, "negotiate")
+                    except SignalRError as e:
+                        raise NegotiationError(str(e)) from e
+                answer = session.negotiated_answer(status, body)
+                if type(answer) is Redirect:
+                    self._log.info("negotiate redirected to {url}", url=redact_url(answer.url))
+                    if answer.access_token is not None:
+                        self._set_bearer(answer.access_token)
+                    continue
+                self._log.debug("negotiated {negotiated!r}", negotiated=answer)
+                break
+        order = self._transports
+        if not self._skip and self.session.negotiated is not None:
+            # The server's list decides what exists; the user's order what comes first.
+            offered = set(session.transports())
+            order = tuple(t for t in order if t in offered) + tuple(
+                t for t in order if t not in offered
+            )
+        await self.link.open_first(order, self._buffer.clear)
+        await self._do_handshake()
+
+    async def _do_handshake(self) -> None:
+        waiter: Deferred[None] = Deferred()
+        self._handshake = waiter
+        limit = self.session.handshake_timeout
+        waiter.addTimeout(limit, self._reactor)
+        self._last_sent = self._seconds()
+        self._watch.last_received = self._seconds()
+
+        def not_sent(f: Failure) -> None:
+            self._handshake_failed(ConnectionClosed(f"handshake not sent: {f.getErrorMessage()}"))
+
+        try:
+            self._write(self.session.handshake()).addErrback(not_sent)
+            await waiter
+        except TimeoutError:
+            raise HandshakeError(
+                f"no handshake answer from the server within {limit:g} s"
+            ) from None
+        except ConnectionClosed as e:
+            raise HandshakeError(f"the connection closed during the handshake: {e.reason}") from e
+        finally:
+            self._handshake = None
+
+    def _handshake_failed(self, error: SignalRError) -> None:
+        waiter = self._handshake
+        if waiter is not None and not waiter.called:
+            waiter.errback(error)
+
+    async def run_start(self, first: tuple[int, bytes] | None) -> None:
+        """start(): connect, then become connected; a failure ends the session."""
+        owner = self._owner
+        try:
+            await self.connect(first)
+        except Exception as e:
+            if owner._stopping:
+                raise ConnectionClosed("stop() was called before start() completed") from None
+            self._teardown()
+            reason = ConnectionClosed(f"start() failed: {e}", e)
+            waiters = owner._end_common(reason)
+            await self._http.close_idle()
+            for d in waiters:
+                d.errback(reason)
+            if isinstance(e, (SignalRError, CancelledError)):
+                raise
+            raise StartError(f"start failed: {e!r}") from e
+        owner._set_state(ConnectionState.connected)
+        self._log.info(
+            "connected to {url} over {transport} (ASP.NET Core, connection {connection_id})",
+            url=redact_url(owner._url),
+            transport=self._transport_name(),
+            connection_id=self.connection_id,
+        )
+        self._became_connected()
+
+    def _became_connected(self) -> None:
+        self._start_keepalive()
+        buffered, self._buffer = self._buffer, []
+        for message in buffered:
+            if not self._connected():
+                break
+            self._dispatch(message)
+
+    def _transport_name(self) -> str:
+        t = self.link.in_use
+        return "no transport" if t is None else t.value
+
+    # ------------------------------------------------------------------ transport sink
+
+    def transport_opened(self, transport: ITransport) -> None:
+        if transport is self.link.transport:
+            self.link.init_arrived()
+
+    def data_received(self, transport: ITransport, data: bytes) -> None:
+        if transport is not self.link.transport:
+            return
+        self._watch.last_received = self._seconds()
+        try:
+            messages = self.session.receive(data)
+        except HandshakeError as e:
+            self._handshake_failed(e)
+            return
+        except MessageTooLarge as e:
+            if self._handshake is not None:
+                self._handshake_failed(e)
+            else:
+                self._report(e)
+                self._close_for_good(ConnectionClosed(str(e), e))
+            return
+        except ProtocolError as e:
+            self._handshake_failed(e)
+            return
+        connected = self._connected()
+        for message in messages:
+            if type(message) is HandshakeResponse:
+                waiter = self._handshake
+                if waiter is not None and not waiter.called:
+                    waiter.callback(None)
+                continue
+            if not connected:
+                self._buffer.append(message)
+                continue
+            self._dispatch(message)
+            if transport is not self.link.transport:
+                return
+
+    def transport_lost(self, transport: ITransport, reason: ConnectionClosed) -> None:
+        if transport is not self.link.transport:
+            return
+        self.link.detach()
+        if self._handshake is not None:
+            self._handshake_failed(reason)
+            return
+        if self._connected():
+            self._begin_reconnecting(reason)
+        else:
+            self.link.start_failed(reason)
+
+    # ------------------------------------------------------------------ receive path
+
+    def _dispatch(self, message: Any) -> None:
+        kind = type(message)
+        if kind is Invocation:
+            self._client_call(message)
+        elif kind is StreamItem:
+            entry = self._calls.get(message.invocation_id)
+            if entry is not None and type(entry[1]) is HubStream:
+                entry[1]._item(message.item)
+        elif kind is Completion:
+            self._completion(message)
+        elif kind is Ping:
+            pass
+        elif kind is Close:
+            self._server_closed(message)
+        elif isinstance(message, ProtocolError):
+            self._report(message)
+        else:
+            self._log.debug("ignored {kind}", kind=kind.__name__)
+
+    def _completion(self, message: Completion) -> None:
+        entry = self._calls.pop(message.invocation_id, None)
+        if entry is None:
+            # Some servers send a second Completion for a failed call: ignore it.
+            self._log.debug("completion for unknown invocation {id}", id=message.invocation_id)
+            return
+        method, call = entry
+        error = message.error
+        if type(call) is HubStream:
+            call._finish(None if error is None else Failure(HubError(error, method=method)))
+            return
+        assert isinstance(call, Deferred)
+        if error is not None:
+            call.errback(HubError(error, method=method))
+        else:
+            call.callback(message.result)
+
+    def _client_call(self, message: Invocation) -> None:
+        handlers = self._router.route(self._hub, message.target)
+        invocation_id = message.invocation_id
+        if invocation_id is None:
+            if handlers:
+                self._router.call_handlers(handlers, message.arguments, self._hub, message.target)
+            else:
+                self._log.warn("no handler for client method {method!r}", method=message.target)
+            return
+        if not handlers:
+            self._log.warn(
+                "no handler for client method {method!r}; the server waits for its result",
+                method=message.target,
+            )
+            self._answer(invocation_id, error=_NO_RESULT_TEXT)
+            return
+        if len(handlers) > 1:
+            for handler in handlers[:-1]:
+                self._router.call_handlers([handler], message.arguments, self._hub, message.target)
+            self._log.error(
+                "several handlers for {method!r} return a result: sending an error",
+                method=message.target,
+            )
+            self._answer(invocation_id, error=_MULTIPLE_RESULTS_TEXT)
+            return
+        self._run_for_result(handlers[0], message, invocation_id)
+
+    def _run_for_result(self, handler: Handler, message: Invocation, invocation_id: str) -> None:
+        def call() -> Any:
+            outcome = handler(*message.arguments)
+            if inspect.iscoroutine(outcome):
+                return ensureDeferred(outcome)
+            return outcome
+
+        d: Deferred[Any] = maybeDeferred(call)
+        link_transport = self.link.transport
+
+        def answered(result: Any) -> None:
+            if self.link.transport is not link_transport:
+                self._log.info(
+                    "client result for {id} dropped: the connection changed", id=invocation_id
+                )
+                return
+            self._answer(invocation_id, result=result)
+
+        def failed(f: Failure) -> None:
+            self._router.handler_failed(f, self._hub, message.target)
+            if self.link.transport is link_transport:
+                self._answer(invocation_id, error=f.getErrorMessage())
+
+        d.addCallbacks(answered, failed)
+
+    def _answer(self, invocation_id: str, result: Any = None, error: str | None = None) -> None:
+        try:
+            if error is None:
+                payload = self.session.encode_completion(invocation_id, result)
+            else:
+                payload = self.session.encode_completion(invocation_id, error=error)
+        except TypeError as e:
+            payload = self.session.encode_completion(
+                invocation_id, error=f"the client's result is not JSON-serialisable: {e}"
+            )
+        self._send(payload).addErrback(self._log_send_failure, "client result")
+
+    def _log_send_failure(self, f: Failure, what: str) -> None:
+        self._log.info("{what} not sent: {error}", what=what, error=f.getErrorMessage())
+
+    def _server_closed(self, message: Close) -> None:
+        if message.error is not None:
+            reason = ConnectionClosed(f"Server returned an error on close: {message.error}")
+        else:
+            reason = ConnectionClosed("the server closed the connection")
+        self.link.drop()
+        if message.allow_reconnect:
+            self._begin_reconnecting(reason)
+        else:
+            self._close_for_good(reason)
+
+    def _report(self, error: SignalRError) -> None:
+        self._log.error("{error}", error=str(error))
+        self._owner._on_error.fire(error)
+
+    # ------------------------------------------------------------------ sending
+
+    def _write(self, payload: bytes) -> Deferred[None]:
+        """Send now (the handshake); no queue, no state check."""
+        self._last_sent = self._seconds()
+        d = self.link.send(payload)
+        return d.addCallback(lambda _: None)
+
+    def _send(self, payload: bytes) -> Deferred[None]:
+        """
+        Send while connected.  Over HTTP transports one POST is in flight at a time and
+        what queues meanwhile goes in the next one, so the server reads messages in
+        the order they were sent.
+        """
+        link = self.link
+        if link.transport is None or not self._connected():
+            return fail(ConnectionClosed("not connected"))
+        self._last_sent = self._seconds()
+        if link.in_use is Transport.web_sockets:
+            return link.send(payload).addCallback(lambda _: None)
+        d: Deferred[None] = Deferred()
+        self._queue.append((payload, d))
+        if self._in_flight is None:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        if self.link.transport is None:
+            for _, d in batch:
+                d.errback(ConnectionClosed("not connected"))
+            return
+        sent = self.link.send(b"".join(p for p, _ in batch))
+        self._in_flight = sent
+
+        def done(result: object) -> None:
+            self._in_flight = None
+            for _, d in batch:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            self._flush()
+
+        sent.addBoth(done)
+
+    def _fail_queue(self, reason: ConnectionClosed) -> None:
+        queue, self._queue = self._queue, []
+        for _, d in queue:
+            d.errback(reason)
+
+    def _split_streams(self, args: Sequence[Any]) -> tuple[list[Any], list[tuple[str, Any]]]:
+        plain: list[Any] = []
+        uploads: list[tuple[str, Any]] = []
+        for arg in args:
+            if hasattr(arg, "__aiter__"):
+                uploads.append((str(next(self._ids)), arg))
+            else:
+                plain.append(arg)
+        return plain, uploads
+
+    def _encode_call(
+        self, method: str, args: Sequence[Any], invocation_id: str | None, stream: bool = False
+    ) -> tuple[bytes, list[tuple[str, Any]]]:
+        plain, uploads = self._split_streams(args)
+        ids = [sid for sid, _ in uploads]
+        try:
+            if stream:
+                assert invocation_id is not None
+                payload = self.session.encode_stream_invocation(method, plain, invocation_id, ids)
+            else:
+                payload = self.session.encode_invocation(method, plain, invocation_id, ids)
+        except TypeError as e:
+            raise TypeError(f"arguments of {method} are not JSON-serialisable: {e}") from None
+        return payload, uploads
+
+    def _not_connected(self, what: str) -> InvalidStateError:
+        return InvalidStateError(f"cannot {what} while {self._owner.state.value}")
+
+    def invoke(self, method: str, args: Sequence[Any], timeout: float | None) -> Deferred[Any]:
+        if not self._connected() or self.link.transport is None:
+            return fail(self._not_connected(f"invoke {method}"))
+        invocation_id = str(next(self._ids))
+        try:
+            payload, uploads = self._encode_call(method, args, invocation_id)
+        except TypeError as e:
+            return fail(e)
+
+        def cancel(d: Deferred[Any]) -> None:
+            self._calls.pop(invocation_id, None)
+
+        deferred: Deferred[Any] = Deferred(cancel)
+        self._calls[invocation_id] = (method, deferred)
+        if timeout is None:
+            timeout = self._invoke_timeout
+        if timeout is not None:
+            deferred.addTimeout(timeout, self._reactor)
+        self._send(payload).addErrback(self._call_send_failed, invocation_id)
+        self._start_uploads(uploads)
+        return deferred
+
+    def send(self, method: str, args: Sequence[Any]) -> Deferred[None]:
+        if not self._connected() or self.link.transport is None:
+            return fail(self._not_connected(f"send {method}"))
+        try:
+            payload, uploads = self._encode_call(method, args, None)
+        except TypeError as e:
+            return fail(e)
+        d = self._send(payload)
+        self._start_uploads(uploads)
+        return d
+
+    def stream(self, method: str, args: Sequence[Any]) -> HubStream:
+        if not self._connected() or self.link.transport is None:
+            return HubStream.failed(method, self._not_connected(f"stream {method}"))
+        invocation_id = str(next(self._ids))
+        try:
+            payload, uploads = self._encode_call(method, args, invocation_id, stream=True)
+        except TypeError as e:
+            return HubStream.failed(method, e)
+        stream = HubStream(method, invocation_id, self._cancel_stream)
+        self._calls[invocation_id] = (method, stream)
+        self._send(payload).addErrback(self._call_send_failed, invocation_id)
+        self._start_uploads(uploads)
+        return stream
+
+    def _cancel_stream(self, stream: HubStream) -> None:
+        if self._calls.pop(stream.invocation_id, None) is None:
+            return
+        if self._connected():
+            self._send(self.session.encode_cancel(stream.invocation_id)).addErrback(
+                self._log_send_failure, "CancelInvocation"
+            )
+
+    def _call_send_failed(self, failure: Failure, invocation_id: str) -> None:
+        entry = self._calls.pop(invocation_id, None)
+        if entry is None:
+            return
+        error = failure.value
+        if not isinstance(error, SignalRError):
+            error = SignalRError(f"send failed: {failure.getErrorMessage()}")
+        call = entry[1]
+        if type(call) is HubStream:
+            call._finish(Failure(error))
+        else:
+            assert isinstance(call, Deferred)
+            call.errback(error)
+
+    def _start_uploads(self, uploads: list[tuple[str, Any]]) -> None:
+        for stream_id, source in uploads:
+            self._uploads.add(Deferred.fromCoroutine(self._upload(stream_id, source)))
+
+    async def _upload(self, stream_id: str, source: Any) -> None:
+        session = self.session
+        transport = self.link.transport
+        error: str | None = None
+        try:
+            async for item in source:
+                if self.link.transport is not transport:
+                    return
+                await self._send(session.encode_stream_item(stream_id, item))
+        except (CancelledError, ConnectionClosed):
+            return
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+        if self.link.transport is transport:
+            await self._send(session.encode_completion(stream_id, error=error))
+
+    # ------------------------------------------------------------------ keep-alive
+
+    def _start_keepalive(self) -> None:
+        self._stop_keepalive()
+        if not self.session.uses_keepalive(self.link.in_use or Transport.web_sockets):
+            return
+        self._watch.start(self._server_timeout)
+        if self._keepalive_interval:
+            self._arm_ping()
+
+    def _stop_keepalive(self) -> None:
+        self._watch.stop()
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+
+    def _arm_ping(self) -> None:
+        interval = self._keepalive_interval
+        assert interval
+        delay = max(self._last_sent + interval - self._seconds(), 0.0)
+        self._ping_call = self._reactor.callLater(delay, self._ping_due)
+
+    def _ping_due(self) -> None:
+        self._ping_call = None
+        interval = self._keepalive_interval
+        if not interval or not self._connected():
+            return
+        if self._seconds() - self._last_sent >= interval:
+            self._send(self.session.ping()).addErrback(self._log_send_failure, "ping")
+        self._arm_ping()
+
+    def _slow(self, idle: float) -> None:
+        self._log.info("connection slow: nothing received for {idle:.1f} s", idle=idle)
+        self._owner._on_slow.fire()
+
+    def _timed_out(self, idle: float) -> None:
+        if not self._connected():
+            return
+        self._log.warn(
+            "nothing received for {idle:.1f} s (server_timeout {timeout:g} s)",
+            idle=idle,
+            timeout=self._server_timeout,
+        )
+        self.link.drop()
+        self._begin_reconnecting(ConnectionClosed(_TIMEOUT_TEXT))
+
+    # ------------------------------------------------------------------ reconnect
+
+    def _end_calls(self, reason: ConnectionClosed | None) -> None:
+        """Fail every pending call and stream, stop uploads and queued sends."""
+        error = ConnectionClosed(_CANCELED_TEXT, reason)
+        calls, self._calls = self._calls, {}
+        for _, call in calls.values():
+            if type(call) is HubStream:
+                call._finish(Failure(error))
+            else:
+                assert isinstance(call, Deferred)
+                call.errback(error)
+        self._uploads.cancel()
+        self._fail_queue(error)
+        self.link.cancel_sends()
+
+    def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
+        self._stop_keepalive()
+        self._end_calls(reason)
+        if self._policy is None:
+            self._close_for_good(reason)
+            return
+        owner = self._owner
+        owner._set_state(ConnectionState.reconnecting)
+        if owner.state is not ConnectionState.reconnecting:
+            return
+        self._log.warn("connection lost ({reason}); reconnecting", reason=reason.reason)
+        owner._on_reconnecting.fire(reason)
+        if owner.state is not ConnectionState.reconnecting:
+            return
+        self._attempts = 0
+        self._last_reason = reason
+        self._schedule_attempt()
+
+    def _schedule_attempt(self) -> None:
+        assert self._policy is not None
+        try:
+            delay = self._policy(self._attempts)
+        except Exception as e:
+            delay = None
+            self._log.error("the reconnect policy raised {error!r}: giving up", error=e)
+        last = self._last_reason
+        if delay is None:
+            text = last.reason if last is not None else "connection lost"
+            self._close_for_good(
+                ConnectionClosed(
+                    f"reconnecting gave up after {self._attempts} attempt(s); last: {text}",
+                    last,
+                )
+            )
+            return
+        self._attempts += 1
+        self._retry_call = self._reactor.callLater(max(delay, 0.0), self._attempt)
+
+    def _attempt(self) -> None:
+        self._retry_call = None
+        task = Deferred.fromCoroutine(self.connect())
+        self._attempt_task = task
+        task.addCallbacks(self._attempt_succeeded, self._attempt_failed)
+
+    def _attempt_succeeded(self, _: None) -> None:
+        self._attempt_task = None
+        owner = self._owner
+        if owner.state is not ConnectionState.reconnecting:
+            self.link.drop()
+            return
+        owner._set_state(ConnectionState.connected)
+        self._log.info(
+            "reconnected over {transport} (connection {connection_id})",
+            transport=self._transport_name(),
+            connection_id=self.connection_id,
+        )
+        self._became_connected()
+        if self._connected():
+            owner._on_reconnected.fire()
+
+    def _attempt_failed(self, failure: Failure) -> None:
+        self._attempt_task = None
+        self.link.drop()
+        if failure.check(CancelledError) or self._owner.state is not ConnectionState.reconnecting:
+            return
+        error = failure.value
+        text = str(error) if isinstance(error, Exception) else failure.getErrorMessage()
+        self._log.info("reconnect attempt failed: {error}", error=text)
+        self._last_reason = ConnectionClosed(f"reconnect attempt failed: {text}", error)
+        self._schedule_attempt()
+
+    # ------------------------------------------------------------------ ending
+
+    def _teardown(self, reason: ConnectionClosed | None = None) -> None:
+        """Stop every timer, the link and every pending call."""
+        self._stop_keepalive()
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        task, self._attempt_task = self._attempt_task, None
+        if task is not None:
+            task.cancel()
+        self.link.drop()
+        self._end_calls(reason)
+        self._buffer = []
+
+    def _close_for_good(self, reason: ConnectionClosed) -> None:
+        owner = self._owner
+        if owner.state is ConnectionState.disconnected:
+            return
+        self._log.error("connection closed: {reason}", reason=reason.reason)
+        # A start() still waiting (handshake) learns why.
+        self._handshake_failed(reason)
+        self.link.start_failed(reason)
+        self._teardown(reason)
+        owner._last_close = reason
+        waiters = owner._end_common(reason)
+        self._http.close_idle()
+        for d in waiters:
+            d.errback(reason)
+        owner._on_closed.fire(reason)
+
+    async def stop(self) -> list[Deferred[None]]:
+        """
+        Say Close, end the transport (long polling: ``DELETE``), fail what is pending.
+
+        :returns: the when_closed() waiters, for the owner to fire.
+        """
+        link = self.link
+        transport = link.transport
+        in_use = link.in_use
+        was_connected = self._connected() and transport is not None
+        link.detach()
+        delete_url = None
+        if in_use is Transport.long_polling and self.session.negotiated is not None:
+            delete_url = self.session.delete_url()
+        self._teardown(None)
+        waiters = self._owner._end_common(None)
+        if was_connected and transport is not None:
+            sent = transport.send(self.session.close())
+            sent.addTimeout(self._stop_timeout, self._reactor)
+            try:
+                await sent
+            except Exception as e:
+                self._log.info("Close message not sent: {error}", error=str(e))
+        if delete_url is not None:
+            try:
+                status, _ = await self._http.request(
+                    "DELETE", delete_url, "stop", min(self._http.timeout, self._stop_timeout)
+                )
+                if status not in (200, 202, 204):
+                    self._log.info("DELETE answered HTTP {status}", status=status)
+            except SignalRError as e:
+                self._log.info("DELETE failed: {error}", error=str(e))
+        if transport is not None:
+            await transport.close()
+        self.session.forget()
+        return waiters
