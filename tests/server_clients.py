@@ -477,7 +477,12 @@ class CoreClient:
                     buffer[0] = b""
 
             ex.on_data = feed
-            ex.body.addBoth(lambda r: None if self.closed.called else self.closed.callback(r))
+
+            def ended(result: Any) -> None:
+                if not self.closed.called:
+                    self.closed.callback("ended" if isinstance(result, bytes) else "lost")
+
+            ex.body.addBoth(ended)
             await within(ex.headers_received, 5)
             assert ex.code == 200, ex.code
         else:
@@ -509,7 +514,7 @@ class CoreClient:
         def failed(f: Failure) -> None:
             self._polling = False
             if not self.closed.called:
-                self.closed.callback(f)
+                self.closed.callback("lost")
 
         ex.body.addCallbacks(done, failed)
 
