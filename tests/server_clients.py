@@ -491,6 +491,17 @@ class CoreClient:
             self._polling = True
             self._next_poll()
 
+    async def open_without_id(self) -> None:
+        """A WebSocket to the bare hub URL (``skipNegotiation``)."""
+        factory = WebSocketClientFactory(self.base.replace("http://", "ws://"))
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        factory.protocol = _CoreWs
+        factory.sink = lambda payload, binary: self._chunk(payload)
+        factory.opened = defer.Deferred()
+        factory.closed = self.closed
+        connectWS(factory)
+        self._ws = await within(factory.opened, 5)
+
     def _set_code(self, code: Any) -> Any:
         self.close_code = code
         return code

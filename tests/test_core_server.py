@@ -381,3 +381,50 @@ async def test_websocket_post_is_405_delete_400(server: SignalRServer) -> None:
     ex, body = await fetch("DELETE", client.url)
     assert ex.code == 400
     client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_negotiation_websocket(server: SignalRServer) -> None:
+    """A WebSocket to the hub URL without id= (skipNegotiation) gets a fresh connection."""
+    client = CoreClient(server.core_url("echo"), "WebSockets")
+    client.neg = {}
+    await client.open_without_id()
+    await client.send(HANDSHAKE)
+    assert await client.record() == {}
+    await client.invoke("Whoami", invocation_id="1")
+    answer = await client.record()
+    assert answer["result"] in server.core_connections
+    assert server.events("negotiate")[-1]["skipped"] is True
+    client.drop()
+
+
+@transports
+@pytest_twisted.ensureDeferred
+async def test_demo_chat_hub_over_core(server: SignalRServer, transport: str) -> None:
+    """The demo ChatHub serves Core clients too: Send broadcasts addMessage."""
+    client = CoreClient(server.core_url("chat"), transport)
+    assert await client.connect() == {}
+    await client.invoke("Send", "me", "hello", invocation_id="1")
+    assert await client.record() == {
+        "type": 1,
+        "target": "addMessage",
+        "arguments": ["me", "hello"],
+    }
+    assert await client.record() == {"type": 3, "invocationId": "1"}
+    invoke = server.events("invoke")[-1]
+    assert (invoke["family"], invoke["target"], invoke["hub"]) == ("core", "Send", "chat")
+    client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_transport_request_refused(server: SignalRServer) -> None:
+    """A second WebSocket is 409; another transport for the same id is 400."""
+    client = CoreClient(server.core_url("echo"), "WebSockets")
+    await client.connect()
+    ex, body = await fetch("GET", client.url, None, {"Accept": "text/event-stream"})
+    assert (ex.code, body) == (400, b"Cannot change transports mid-connection")
+    again = CoreClient(server.core_url("echo"), "WebSockets")
+    again.token = client.token
+    with pytest.raises(ConnectionError):
+        await again.open()
+    client.drop()
