@@ -521,3 +521,50 @@ async def test_long_poll_timeout_and_disconnect_on_clock() -> None:
         assert ex.code == 404
     finally:
         await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_timeout_and_unused_negotiate_on_clock() -> None:
+    """No handshake within 15 s: 'Handshake was canceled.'; an unused negotiate expires."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()])  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = CoreClient(s.core_url("echo"), "WebSockets")
+        await client.negotiate()
+        await client.open()
+        unused = CoreClient(s.core_url("echo"), "WebSockets")
+        await unused.negotiate()
+        clock.advance(15.5)
+        assert await client.record() == {"error": "Handshake was canceled."}
+        assert await within(client.closed, 5) == 1000
+        ex, body = await fetch("GET", unused.url)
+        assert (ex.code, body) == (404, b"No Connection with that ID")
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_detailed_errors() -> None:
+    """detailed_errors adds the exception type and text, and the argument count message."""
+    s = SignalRServer(running_reactor(), [EchoHub()], detailed_errors=True)
+    await s.listen()
+    try:
+        client = await connected(s, "WebSockets")
+        await client.invoke("Crash", invocation_id="1")
+        assert await client.record() == {
+            "type": 3,
+            "invocationId": "1",
+            "error": "An unexpected error occurred invoking 'Crash' on the server. "
+            "RuntimeError: boom",
+        }
+        await client.invoke("Add", 1, invocation_id="2")
+        assert await client.record() == {
+            "type": 3,
+            "invocationId": "2",
+            "error": "Failed to invoke 'Add' due to an error on the server. "
+            "InvalidDataException: Invocation provides 1 argument(s) but target expects 2.",
+        }
+        client.drop()
+    finally:
+        await s.stop()
