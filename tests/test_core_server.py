@@ -428,3 +428,27 @@ async def test_second_transport_request_refused(server: SignalRServer) -> None:
     with pytest.raises(ConnectionError):
         await again.open()
     client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_c3_hub_over_core() -> None:
+    """The demo c3 hub over Core: Subscribe joins groups, ticks arrive as invocations."""
+    from txsignalr.testing import C3Hub
+
+    s = SignalRServer(running_reactor(), [C3Hub(interval=0.05), ChatHub()])
+    await s.listen()
+    try:
+        client = CoreClient(s.core_url("c3"), "WebSockets")
+        assert await client.connect() == {}
+        await client.invoke("Subscribe", ["tick"], invocation_id="1")
+        assert await client.record() == {
+            "type": 3,
+            "invocationId": "1",
+            "result": [{"Success": True, "ErrorCode": None}],
+        }
+        tick = await client.record()
+        assert tick["type"] == 1 and tick["target"] == "tick"
+        assert set(tick["arguments"][0]) == {"Seq", "Ts"}
+        client.drop()
+    finally:
+        await s.stop()
