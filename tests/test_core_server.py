@@ -80,7 +80,7 @@ class EchoHub(Hub):
         return total
 
     async def AskClient(self, call: HubCall, question: str) -> Any:
-        answer = await call.caller.invoke_with_result("getMessage", question)  # type: ignore[attr-defined]
+        answer = await call.caller.invoke_with_result("getMessage", question)
         return f"client said {answer}"
 
 

@@ -17,8 +17,7 @@ from server_clients import CORE_TRANSPORTS, HANDSHAKE, CoreClient, core_negotiat
 from test_core_server import EchoHub
 from twisted.internet import defer, task
 
-from txsignalr.testing import ChatHub, SignalRServer
-from txsignalr.testing._core_hubs import ClientResultError
+from txsignalr.testing import ChatHub, ClientResultError, SignalRServer
 
 transports = pytest.mark.parametrize("transport", CORE_TRANSPORTS)
 
@@ -568,3 +567,24 @@ async def test_detailed_errors() -> None:
         client.drop()
     finally:
         await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_connection_id_is_not_a_token(server: SignalRServer) -> None:
+    """With negotiate v1 only the connectionToken opens the connection, not the id."""
+    client = CoreClient(server.core_url("echo"), "LongPolling")
+    await client.negotiate()
+    ex, body = await fetch("GET", server.core_url("echo") + "?id=" + client.neg["connectionId"])
+    assert (ex.code, body) == (404, b"No Connection with that ID")
+    ex, body = await fetch("GET", client.url)
+    assert (ex.code, body) == (200, b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_classic_caller_has_no_client_results() -> None:
+    """Over classic SignalR, call.caller.invoke_with_result fails with ClientResultError."""
+    from txsignalr.testing import HubCall
+
+    call = HubCall(SignalRServer(running_reactor(), [EchoHub()]), EchoHub(), "c", "1", {})
+    with pytest.raises(ClientResultError):
+        await call.caller.invoke_with_result("x")
