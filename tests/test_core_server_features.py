@@ -588,3 +588,49 @@ async def test_classic_caller_has_no_client_results() -> None:
     call = HubCall(SignalRServer(running_reactor(), [EchoHub()]), EchoHub(), "c", "1", {})
     with pytest.raises(ClientResultError):
         await call.caller.invoke_with_result("x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_events(server: SignalRServer) -> None:
+    """Core events carry family, hub, connection id and transport."""
+    client = await connected(server, "ServerSentEvents")
+    connection_id = cid(server, client)
+    await client.invoke("Echo", 1, invocation_id="1")
+    await client.record()
+    await client.stop()
+    await wait_until(lambda: server.events("disconnected") != [], "disconnected")
+    kinds = [k for k, info in server.log if info.get("family") == "core"]
+    assert kinds == [
+        "negotiate",
+        "transport",
+        "connect",
+        "handshake",
+        "connected",
+        "invoke",
+        "client_close",
+        "disconnected",
+    ]
+    handshake = server.events("handshake")[0]
+    assert handshake["ok"] and (handshake["protocol"], handshake["version"]) == ("json", 1)
+    invoke = server.events("invoke")[0]
+    assert invoke["connection_id"] == connection_id
+    assert invoke["transport"] == "ServerSentEvents"
+    assert (invoke["target"], invoke["arguments"], invoke["invocation_id"]) == ("Echo", [1], "1")
+    assert server.events("disconnected")[0]["clean"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_refused_issues_no_token(server: SignalRServer) -> None:
+    """refuse_negotiate answers the redirect negotiate too, without issuing a token."""
+    server.refuse_negotiate(403, b"no")
+    ex, body = await core_negotiate(server.redirect_url("echo"))
+    assert (ex.code, body) == (403, b"no")
+    assert server.redirect_tokens == set()
+
+
+def test_core_path_must_not_collide() -> None:
+    """core_path cannot be the classic path or a reserved redirect path."""
+    with pytest.raises(ValueError):
+        SignalRServer(running_reactor(), [EchoHub()], core_path="/signalr")
+    with pytest.raises(ValueError):
+        SignalRServer(running_reactor(), [EchoHub()], core_path="/client/")

@@ -195,14 +195,15 @@ class CoreEndpoints:
         return respond(request, 200, body, b"application/json")
 
     def _redirect(self, request: Request, info: RequestInfo, hub: Hub) -> bytes:
+        refusal = self._refusals.negotiate_refusal
+        if refusal is not None:
+            self._event("redirect", hub=hub.name, url=None, access_token=None, query=info.query)
+            status, body, content_type = refusal
+            return respond(request, status, body, content_type)
         token = new_id()
         self.redirect_tokens.add(token)
         url = f"{self._base_url()}{SERVICE_PATH}/?hub={hub.name.lower()}"
         self._event("redirect", hub=hub.name, url=url, access_token=token, query=info.query)
-        refusal = self._refusals.negotiate_refusal
-        if refusal is not None:
-            status, body, content_type = refusal
-            return respond(request, status, body, content_type)
         return respond(request, 200, redirect_body(url, token), b"application/json")
 
     # -- connection requests ----------------------------------------------------------
