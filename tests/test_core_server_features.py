@@ -634,3 +634,42 @@ def test_core_path_must_not_collide() -> None:
         SignalRServer(running_reactor(), [EchoHub()], core_path="/signalr")
     with pytest.raises(ValueError):
         SignalRServer(running_reactor(), [EchoHub()], core_path="/client/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_superseded_and_batched(server: SignalRServer) -> None:
+    """A newer poll answers the held one 204; records queued between polls come together."""
+    from server_clients import request
+
+    _ex, neg = await core_negotiate(server.core_url("echo"))
+    url = server.core_url("echo") + "?id=" + neg["connectionToken"]
+    await fetch("GET", url)
+    await fetch("POST", url, HANDSHAKE)
+    _ex, body = await fetch("GET", url)
+    assert body == b"{}\x1e"
+    first = request("GET", url)
+    await sleep(0.05)
+    second = request("GET", url)
+    assert await within(first.body, 5) == b""
+    assert first.code == 204
+    echo = b'{"type":1,"invocationId":"%d","target":"Echo","arguments":[%d]}\x1e'
+    await fetch("POST", url, echo % (1, 1))
+    assert await within(second.body, 5) == b'{"type":3,"invocationId":"1","result":1}\x1e'
+    await fetch("POST", url, echo % (2, 2) + echo % (3, 3))
+    _ex, body = await fetch("GET", url)
+    assert body == (
+        b'{"type":3,"invocationId":"2","result":2}\x1e{"type":3,"invocationId":"3","result":3}\x1e'
+    )
+    await fetch("DELETE", url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_client_gone_ends_connection(server: SignalRServer) -> None:
+    """When the event stream's TCP connection goes away, the Core connection ends."""
+    client = await connected(server, "ServerSentEvents")
+    connection_id = cid(server, client)
+    client.drop()
+    await wait_until(lambda: connection_id not in server.core_connections, "ended")
+    assert server.events("disconnected")[-1]["reason"] == "transport lost"
+    ex, _ = await fetch("POST", client.url, b'{"type":6}\x1e')
+    assert ex.code == 404
