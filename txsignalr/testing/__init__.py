@@ -31,7 +31,7 @@ style redirect (:meth:`SignalRServer.redirect_url`) and bearer tokens.
 
 from txsignalr.testing._context import HubContext
 from txsignalr.testing._core_hubs import CoreHubCall, UploadStream
-from txsignalr.testing._demo import C3Hub, ChatHub
+from txsignalr.testing._demo import C3Hub, ChatHub, EchoHub
 from txsignalr.testing._hubs import ClientResultError, Hub, HubCall, HubException
 from txsignalr.testing._server import SignalRServer
 
@@ -40,6 +40,7 @@ __all__ = [
     "ChatHub",
     "ClientResultError",
     "CoreHubCall",
+    "EchoHub",
     "Hub",
     "HubCall",
     "HubContext",
