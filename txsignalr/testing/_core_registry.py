@@ -131,7 +131,6 @@ class CoreConnection:
         self._keepalive_call: IDelayedCall | None = None
         self._timeout_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
-        self._timeout_armed = False
 
     @property
     def settings(self) -> CoreSettings:
@@ -243,7 +242,6 @@ class CoreConnection:
         if self.settings.client_timeout is not None and self.transport != "LongPolling":
             # ASP.NET Core 2.2: the client timeout starts with the first message after
             # the handshake, and any received data restarts it.
-            self._timeout_armed = True
             self.timers.cancel(self._timeout_call)
             self._timeout_call = self.timers.call_later(
                 self.settings.client_timeout, self._timed_out
