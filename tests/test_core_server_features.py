@@ -696,3 +696,25 @@ async def test_cors_option() -> None:
         assert ex.header("access-control-allow-credentials") == ["true"]
     finally:
         await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_timeout_with_close_message_on_clock() -> None:
+    """core_timeout_close=True sends Close with allowReconnect before closing."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()], core_timeout_close=True)  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = await connected(s, "WebSockets")
+        await client.send(b'{"type":6}\x1e')
+        await sleep(0.05)
+        s.core_keepalive = None
+        clock.advance(30.5)
+        assert await client.record() == {
+            "type": 7,
+            "error": "Connection closed with an error.",
+            "allowReconnect": True,
+        }
+        assert await within(client.closed, 5) == 1000
+    finally:
+        await s.stop()

@@ -90,6 +90,7 @@ class CoreSettings(Protocol):
 
     core_keepalive: float | None
     client_timeout: float | None
+    core_timeout_close: bool
     core_max_message_size: int
     core_handshake_timeout: float
     core_disconnect_timeout: float
@@ -303,6 +304,13 @@ class CoreConnection:
         if self.closed:
             return
         self._event("timeout", after=self.settings.client_timeout)
+        if self.settings.core_timeout_close:
+            # Newer servers abort with AbortAllowReconnect: a Close with an error first.
+            detail = (
+                "OperationCanceledException: Client hasn't sent a message/ping within the "
+                "configured ClientTimeoutInterval."
+            )
+            self.send(close_record(self._closed_error(detail), allow_reconnect=True))
         # ASP.NET Core 2.2 closes the transport without a Close message.
         self.registry.end(self, clean=False, reason="client timeout", send_close=False)
 

@@ -93,7 +93,10 @@ class SignalRServer:
         closed (``ClientTimeoutInterval``, 30 s), ``None`` for never.  As ASP.NET Core
         2.2 does it: the timer starts with the first message after the handshake, and
         the WebSocket is closed with 1000 (SSE: the response ends) without a Close
-        message.  Not on long polling.
+        message (see ``core_timeout_close``).  Not on long polling.
+    :param core_timeout_close: on a client timeout, first send
+        ``{"type":7,"error":"Connection closed with an error.","allowReconnect":true}``
+        as newer servers do (their ``AbortAllowReconnect``).
     :param core_poll_timeout: how long a long poll is held before it answers 200 empty
         (``LongPollingOptions.PollTimeout``, 90 s).
     :param core_disconnect_timeout: a negotiated connection without a transport, or a
@@ -129,6 +132,7 @@ class SignalRServer:
         core_path: str = "/hubs",
         core_keepalive: float | None = 15.0,
         client_timeout: float | None = 30.0,
+        core_timeout_close: bool = False,
         core_poll_timeout: float = 90.0,
         core_disconnect_timeout: float = 15.0,
         core_handshake_timeout: float = 15.0,
@@ -179,6 +183,7 @@ class SignalRServer:
             raise ValueError(f"core_path {core_path!r} collides with another server path")
         self.core_keepalive = core_keepalive
         self.client_timeout = client_timeout
+        self.core_timeout_close = core_timeout_close
         self.core_poll_timeout = core_poll_timeout
         self.core_disconnect_timeout = core_disconnect_timeout
         self.core_handshake_timeout = core_handshake_timeout
