@@ -1,9 +1,11 @@
 """
-The in-process classic ASP.NET SignalR 2.x server: :class:`SignalRServer`, the public
-façade over the layers that do the work: the server transports (:mod:`._transport_ws`,
-:mod:`._transport_http`), the connection registry (:mod:`._registry`), the classic HTTP
-endpoints (:mod:`._endpoints`), timers, the event log and the sans-I/O pieces
-(:mod:`._wire`, :mod:`._bus`, :mod:`._tokens`, :mod:`._hubs`).
+The in-process SignalR server: :class:`SignalRServer`, the public façade over the layers
+that do the work, one family beside the other: classic ASP.NET SignalR 2.x (server
+transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection registry
+:mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
+:mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
+:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_hubs`,
+:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
@@ -52,8 +54,9 @@ _DISCONNECT_THRESHOLD = 5.0  # WebSocketTransport / TransportDisconnectBase
 
 class SignalRServer:
     """
-    An in-process classic ASP.NET SignalR 2.x hub server (WebSockets, Server-Sent Events
-    and long polling).
+    An in-process SignalR hub server: classic ASP.NET SignalR 2.x at :attr:`url` and
+    ASP.NET Core SignalR at :meth:`core_url` (WebSockets, Server-Sent Events and long
+    polling for both).
 
     :param reactor: provides ``IReactorTime`` (all timers) and ``IReactorTCP``
         (for :meth:`listen`).
