@@ -17,8 +17,7 @@ from server_clients import CORE_TRANSPORTS, HANDSHAKE, CoreClient, core_negotiat
 from test_core_server import EchoHub
 from twisted.internet import defer, task
 
-from txsignalr.testing import ChatHub, SignalRServer
-from txsignalr.testing._core_hubs import ClientResultError
+from txsignalr.testing import ChatHub, ClientResultError, SignalRServer
 
 transports = pytest.mark.parametrize("transport", CORE_TRANSPORTS)
 
@@ -566,5 +565,156 @@ async def test_detailed_errors() -> None:
             "InvalidDataException: Invocation provides 1 argument(s) but target expects 2.",
         }
         client.drop()
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_connection_id_is_not_a_token(server: SignalRServer) -> None:
+    """With negotiate v1 only the connectionToken opens the connection, not the id."""
+    client = CoreClient(server.core_url("echo"), "LongPolling")
+    await client.negotiate()
+    ex, body = await fetch("GET", server.core_url("echo") + "?id=" + client.neg["connectionId"])
+    assert (ex.code, body) == (404, b"No Connection with that ID")
+    ex, body = await fetch("GET", client.url)
+    assert (ex.code, body) == (200, b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_classic_caller_has_no_client_results() -> None:
+    """Over classic SignalR, call.caller.invoke_with_result fails with ClientResultError."""
+    from txsignalr.testing import HubCall
+
+    call = HubCall(SignalRServer(running_reactor(), [EchoHub()]), EchoHub(), "c", "1", {})
+    with pytest.raises(ClientResultError):
+        await call.caller.invoke_with_result("x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_events(server: SignalRServer) -> None:
+    """Core events carry family, hub, connection id and transport."""
+    client = await connected(server, "ServerSentEvents")
+    connection_id = cid(server, client)
+    await client.invoke("Echo", 1, invocation_id="1")
+    await client.record()
+    await client.stop()
+    await wait_until(lambda: server.events("disconnected") != [], "disconnected")
+    kinds = [k for k, info in server.log if info.get("family") == "core"]
+    assert kinds == [
+        "negotiate",
+        "transport",
+        "connect",
+        "handshake",
+        "connected",
+        "invoke",
+        "client_close",
+        "disconnected",
+    ]
+    handshake = server.events("handshake")[0]
+    assert handshake["ok"] and (handshake["protocol"], handshake["version"]) == ("json", 1)
+    invoke = server.events("invoke")[0]
+    assert invoke["connection_id"] == connection_id
+    assert invoke["transport"] == "ServerSentEvents"
+    assert (invoke["target"], invoke["arguments"], invoke["invocation_id"]) == ("Echo", [1], "1")
+    assert server.events("disconnected")[0]["clean"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_refused_issues_no_token(server: SignalRServer) -> None:
+    """refuse_negotiate answers the redirect negotiate too, without issuing a token."""
+    server.refuse_negotiate(403, b"no")
+    ex, body = await core_negotiate(server.redirect_url("echo"))
+    assert (ex.code, body) == (403, b"no")
+    assert server.redirect_tokens == set()
+
+
+def test_core_path_must_not_collide() -> None:
+    """core_path cannot be the classic path or a reserved redirect path."""
+    with pytest.raises(ValueError):
+        SignalRServer(running_reactor(), [EchoHub()], core_path="/signalr")
+    with pytest.raises(ValueError):
+        SignalRServer(running_reactor(), [EchoHub()], core_path="/client/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_superseded_and_batched(server: SignalRServer) -> None:
+    """A newer poll answers the held one 204; records queued between polls come together."""
+    from server_clients import request
+
+    _ex, neg = await core_negotiate(server.core_url("echo"))
+    url = server.core_url("echo") + "?id=" + neg["connectionToken"]
+    await fetch("GET", url)
+    await fetch("POST", url, HANDSHAKE)
+    _ex, body = await fetch("GET", url)
+    assert body == b"{}\x1e"
+    first = request("GET", url)
+    await sleep(0.05)
+    second = request("GET", url)
+    assert await within(first.body, 5) == b""
+    assert first.code == 204
+    echo = b'{"type":1,"invocationId":"%d","target":"Echo","arguments":[%d]}\x1e'
+    await fetch("POST", url, echo % (1, 1))
+    assert await within(second.body, 5) == b'{"type":3,"invocationId":"1","result":1}\x1e'
+    await fetch("POST", url, echo % (2, 2) + echo % (3, 3))
+    _ex, body = await fetch("GET", url)
+    assert body == (
+        b'{"type":3,"invocationId":"2","result":2}\x1e{"type":3,"invocationId":"3","result":3}\x1e'
+    )
+    await fetch("DELETE", url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_client_gone_ends_connection(server: SignalRServer) -> None:
+    """When the event stream's TCP connection goes away, the Core connection ends."""
+    client = await connected(server, "ServerSentEvents")
+    connection_id = cid(server, client)
+    client.drop()
+    await wait_until(lambda: connection_id not in server.core_connections, "ended")
+    assert server.events("disconnected")[-1]["reason"] == "transport lost"
+    ex, _ = await fetch("POST", client.url, b'{"type":6}\x1e')
+    assert ex.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_option() -> None:
+    """With cors=True Core requests echo Origin and preflights get 204."""
+    s = SignalRServer(running_reactor(), [EchoHub()], cors=True)
+    await s.listen()
+    try:
+        origin = {"Origin": "http://example.test"}
+        ex, _ = await fetch(
+            "OPTIONS",
+            s.core_url("echo") + "/negotiate",
+            None,
+            {**origin, "Access-Control-Request-Headers": "x-requested-with"},
+        )
+        assert ex.code == 204
+        assert ex.header("access-control-allow-origin") == ["http://example.test"]
+        assert ex.header("access-control-allow-headers") == ["x-requested-with"]
+        ex, _ = await core_negotiate(s.core_url("echo"), headers=origin)
+        assert ex.code == 200
+        assert ex.header("access-control-allow-credentials") == ["true"]
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_timeout_with_close_message_on_clock() -> None:
+    """core_timeout_close=True sends Close with allowReconnect before closing."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()], core_timeout_close=True)  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = await connected(s, "WebSockets")
+        await client.send(b'{"type":6}\x1e')
+        await sleep(0.05)
+        s.core_keepalive = None
+        clock.advance(30.5)
+        assert await client.record() == {
+            "type": 7,
+            "error": "Connection closed with an error.",
+            "allowReconnect": True,
+        }
+        assert await within(client.closed, 5) == 1000
     finally:
         await s.stop()
