@@ -737,14 +737,16 @@ class CoreEngine:
 
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
         self._stop_keepalive()
-        self._end_calls(reason)
         if self._policy is None:
             self._close_for_good(reason)
             return
         owner = self._owner
         owner._set_state(ConnectionState.reconnecting)
         if owner.state is not ConnectionState.reconnecting:
-            return
+            return  # a state-change callback stopped the connection
+        self._end_calls(reason)
+        if owner.state is not ConnectionState.reconnecting:
+            return  # a failed call's callback stopped the connection
         self._log.warn("connection lost ({reason}); reconnecting", reason=reason.reason)
         owner._on_reconnecting.fire(reason)
         if owner.state is not ConnectionState.reconnecting:
@@ -853,7 +855,8 @@ class CoreEngine:
             delete_url = self.session.delete_url()
         self._teardown(None)
         waiters = self._owner._end_common(None)
-        if was_connected and transport is not None:
+        if was_connected and transport is not None and delete_url is None:
+            # Long polling says it with its DELETE alone.
             sent = transport.send(self.session.close())
             sent.addTimeout(self._stop_timeout, self._reactor)
             try:

@@ -122,6 +122,9 @@ class HttpSession:
             # The connection owns its pool and closes it on stop, so no idle HTTP
             # connection (or its timer) outlives the connection.
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # A GET (an ASP.NET Core long poll) whose pooled connection broke is not
+            # to be re-sent behind the transport's back: the loss must be seen.
+            self._pool.retryAutomatically = False
             agent = Agent(
                 reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=self._pool
             )

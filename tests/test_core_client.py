@@ -1,0 +1,492 @@
+"""
+HubConnection against the test server's ASP.NET Core side over real loopback sockets,
+each scenario over every transport (forced, no fallback) unless it concerns one only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from helpers import sleep, wait_until, within
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+
+from txsignalr import (
+    ConnectionClosed,
+    ConnectionState,
+    HubConnection,
+    HubError,
+    InvalidStateError,
+    NegotiationError,
+    Transport,
+)
+from txsignalr.testing import ChatHub, Hub, HubCall, HubException, SignalRServer
+
+reactor: Any = _reactor
+
+TRANSPORTS = ["webSockets", "serverSentEvents", "longPolling"]
+WIRE_NAMES = {
+    "webSockets": "WebSockets",
+    "serverSentEvents": "ServerSentEvents",
+    "longPolling": "LongPolling",
+}
+
+
+class EchoHub(Hub):
+    """The transcripts' test hub, plus what the client features need."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+
+    def Echo(self, call: HubCall, x: Any) -> Any:
+        return x
+
+    def Add(self, call: HubCall, a: Any, b: Any) -> Any:
+        return a + b
+
+    def Fail(self, call: HubCall) -> None:
+        raise HubException("Intentional failure")
+
+    def Broadcast(self, call: HubCall, msg: Any) -> None:
+        self.send_to_all("receive", msg)
+
+    def JoinGroup(self, call: HubCall, group: str) -> None:
+        call.groups.add(group)
+
+    def LeaveGroup(self, call: HubCall, group: str) -> None:
+        call.groups.remove(group)
+
+    def SendToGroup(self, call: HubCall, group: str, msg: Any) -> None:
+        self.send_to_group(group, "groupMessage", group, msg)
+
+    def Whoami(self, call: HubCall) -> str:
+        return call.connection_id
+
+    def Record(self, call: HubCall, value: Any) -> None:
+        self.answers.append(value)
+
+    async def Counter(self, call: HubCall, count: int, delay_ms: int) -> AsyncIterator[int]:
+        for i in range(count):
+            if delay_ms:
+                await self.server.sleep(delay_ms / 1000)
+            yield i
+
+    async def Forever(self, call: HubCall) -> AsyncIterator[int]:
+        i = 0
+        while True:
+            await self.server.sleep(0.01)
+            yield i
+            i += 1
+
+    async def BadStream(self, call: HubCall) -> AsyncIterator[int]:
+        yield 1
+        raise HubException("stream broke")
+
+    async def Sum(self, call: HubCall, numbers: AsyncIterator[int]) -> int:
+        total = 0
+        async for n in numbers:
+            total += n
+        return total
+
+    async def Collect(self, call: HubCall, label: str, items: AsyncIterator[Any]) -> Any:
+        got = [item async for item in items]
+        return {"label": label, "items": got}
+
+    async def AskClient(self, call: HubCall, question: str) -> Any:
+        try:
+            answer = await call.caller.invoke_with_result("getMessage", question)  # type: ignore[attr-defined]
+        except Exception as e:
+            return f"client failed: {e}"
+        return f"client said {answer}"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest_twisted.async_yield_fixture
+async def server() -> AsyncIterator[SignalRServer]:
+    s = SignalRServer(reactor, hubs=[EchoHub(), ChatHub()])
+    await s.listen(port=0, interface="127.0.0.1")
+    yield s
+    await s.stop()
+
+
+def echo_hub(server: SignalRServer) -> EchoHub:
+    hub = next(h for h in server.hubs if isinstance(h, EchoHub))
+    return hub
+
+
+@pytest_twisted.async_yield_fixture
+async def conn(server: SignalRServer, transport: str) -> AsyncIterator[HubConnection]:
+    c = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=[0, 0.1, 0.2]
+    )
+    yield c
+    await within(c.stop())
+
+
+# -- start, invoke, send, client methods -----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_invoke_error_and_detection(
+    server: SignalRServer, conn: HubConnection, transport: str
+) -> None:
+    """protocol="auto" finds Core; results, hub errors and the connection id, end to end."""
+    assert conn.protocol is None
+    await within(conn.start())
+    assert conn.protocol == "core"
+    assert conn.state is ConnectionState.connected
+    assert conn.transport is Transport(transport)
+    assert await within(conn.invoke("Echo", {"a": [1, 2.5, None], "s": "h\u00e9llo"})) == {
+        "a": [1, 2.5, None],
+        "s": "h\u00e9llo",
+    }
+    assert await within(conn.invoke("Add", 2, 3)) == 5
+    assert await within(conn.invoke("Whoami")) == conn.connection_id
+    with pytest.raises(HubError) as info:
+        await within(conn.invoke("fail"))
+    assert info.value.message == (
+        "An unexpected error occurred invoking 'fail' on the server. "
+        "HubException: Intentional failure"
+    )
+    with pytest.raises(HubError, match="Method does not exist"):
+        await within(conn.invoke("NoSuchMethod"))
+    handshakes = [e for e in server.events("handshake") if e.get("family") == "core"]
+    assert handshakes and handshakes[-1]["transport"] == WIRE_NAMES[transport]
+    with pytest.raises(InvalidStateError, match="classic"):
+        conn.hub("c3")
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_client_methods_and_groups(server: SignalRServer, conn: HubConnection) -> None:
+    """send() needs no completion; client methods (any case) and groups reach handlers."""
+    received: list[Any] = []
+    group_messages: list[tuple[str, Any]] = []
+    conn.on("RECEIVE", received.append)
+    conn.on("groupMessage", lambda g, m: group_messages.append((g, m)))
+    await within(conn.start())
+    await within(conn.send("Record", 7))
+    await wait_until(lambda: echo_hub(server).answers == [7], what="the send")
+    await within(conn.invoke("Broadcast", "hello"))
+    await wait_until(lambda: received == ["hello"], what="the broadcast")
+    await within(conn.invoke("JoinGroup", "g1"))
+    await within(conn.invoke("SendToGroup", "g1", "in"))
+    await within(conn.invoke("LeaveGroup", "g1"))
+    await within(conn.invoke("SendToGroup", "g1", "out"))
+    await within(conn.invoke("Broadcast", "after"))
+    await wait_until(lambda: received == ["hello", "after"], what="the second broadcast")
+    assert group_messages == [("g1", "in")]
+
+
+# -- streams ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_to_client_streams(server: SignalRServer, conn: HubConnection) -> None:
+    """async for, each(), a stream error and cancel() (the server is told)."""
+    await within(conn.start())
+    got = []
+    async for item in conn.stream("Counter", 5, 0):
+        got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+    items: list[int] = []
+    await within(conn.stream("Counter", 3, 10).each(items.append))
+    assert items == [0, 1, 2]
+
+    bad = conn.stream("BadStream")
+    with pytest.raises(HubError, match="stream broke"):
+        await within(bad.each(lambda item: None))
+
+    forever = conn.stream("Forever")
+    first = await within(forever.__anext__())
+    assert first == 0
+    forever.cancel()
+    await wait_until(lambda: bool(server.events("cancel")), what="CancelInvocation")
+    with pytest.raises(StopAsyncIteration):
+        await forever.__anext__()
+    # The connection is fine afterwards.
+    assert await within(conn.invoke("Add", 1, 1)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_to_server_streams(conn: HubConnection) -> None:
+    """An async iterable argument goes up as a stream; arguments around it stay in place."""
+    await within(conn.start())
+
+    async def numbers() -> AsyncIterator[int]:
+        for n in range(1, 101):
+            if n % 25 == 0:
+                await sleep(0.01)
+            yield n
+
+    assert await within(conn.invoke("Sum", numbers())) == 5050
+
+    async def words() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+
+    assert await within(conn.invoke("Collect", "x", words())) == {
+        "label": "x",
+        "items": ["a", "b"],
+    }
+
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        raise ValueError("upload broke")
+
+    with pytest.raises(HubError):
+        await within(conn.invoke("Sum", broken()))
+
+
+# -- client results --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_results(conn: HubConnection) -> None:
+    """Plain, Deferred and coroutine results go back; an exception goes back as the error."""
+    await within(conn.start())
+    remove = conn.on("getMessage", lambda q: f"{q}!")
+    assert await within(conn.invoke("AskClient", "plain")) == "client said plain!"
+    remove()
+
+    def deferred_answer(q: str) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        reactor.callLater(0.01, d.callback, q.upper())
+        return d
+
+    remove = conn.on("getMessage", deferred_answer)
+    assert await within(conn.invoke("AskClient", "later")) == "client said LATER"
+    remove()
+
+    async def coroutine_answer(q: str) -> int:
+        await sleep(0.01)
+        return len(q)
+
+    remove = conn.on("getMessage", coroutine_answer)
+    assert await within(conn.invoke("AskClient", "four")) == "client said 4"
+    remove()
+
+    def failing(q: str) -> str:
+        raise ValueError("no answer today")
+
+    remove = conn.on("getMessage", failing)
+    answer = await within(conn.invoke("AskClient", "x"))
+    assert answer.startswith("client failed") and "no answer today" in answer
+    remove()
+
+    answer = await within(conn.invoke("AskClient", "nobody"))
+    assert "Client didn't provide a result." in answer
+
+
+# -- close, reconnect, stop ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_close_with_error_ends_the_connection(
+    server: SignalRServer, conn: HubConnection
+) -> None:
+    """A Close without allowReconnect closes for good with the server's error text."""
+    reasons: list[Any] = []
+    conn.on_closed(reasons.append)
+    await within(conn.start())
+    pending = conn.stream("Forever")
+    assert server.close_core_connection(conn.connection_id, error="go away")  # type: ignore[arg-type]
+    with pytest.raises(ConnectionClosed, match="go away"):
+        await within(conn.when_closed())
+    assert conn.state is ConnectionState.disconnected
+    await wait_until(lambda: bool(reasons), what="on_closed")
+    assert "Server returned an error on close: go away" in reasons[0].reason
+    with pytest.raises(ConnectionClosed):
+        async for _ in pending:
+            pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_after_drop_and_allow_reconnect_close(
+    server: SignalRServer, conn: HubConnection
+) -> None:
+    """On loss the policy reconnects with a fresh negotiate; pending calls fail at once."""
+    reconnecting: list[ConnectionClosed] = []
+    reconnected: list[bool] = []
+    conn.on_reconnecting(reconnecting.append)
+    conn.on_reconnected(lambda: reconnected.append(True))
+    await within(conn.start())
+    first_id = conn.connection_id
+    pending = conn.stream("Forever")
+    await within(pending.__anext__())
+    server.drop_all_transports()
+    with pytest.raises(ConnectionClosed):
+        async for _ in pending:
+            pass
+    await within(conn.when_connected())
+    await wait_until(lambda: reconnected == [True], what="on_reconnected")
+    assert len(reconnecting) == 1
+    assert conn.connection_id != first_id
+    assert await within(conn.invoke("Add", 20, 22)) == 42
+
+    assert server.close_core_connection(conn.connection_id, allow_reconnect=True)  # type: ignore[arg-type]
+    await wait_until(lambda: reconnected == [True, True], what="the second reconnect")
+    assert await within(conn.invoke("Echo", "still here")) == "still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_tells_the_server(
+    server: SignalRServer, conn: HubConnection, transport: str
+) -> None:
+    """stop() sends Close (and DELETE for long polling); the server sees a clean end."""
+    await within(conn.start())
+    connection_id = conn.connection_id
+    await within(conn.stop())
+    assert conn.state is ConnectionState.disconnected
+    await wait_until(
+        lambda: any(e.get("connection_id") == connection_id for e in server.events("disconnected")),
+        what="the server's disconnect",
+    )
+    ended = [e for e in server.events("disconnected") if e.get("connection_id") == connection_id]
+    assert ended[0]["clean"] is True
+    said = "delete" if transport == "longPolling" else "client_close"
+    assert any(e.get("connection_id") == connection_id for e in server.events(said))
+    with pytest.raises(InvalidStateError):
+        await conn.invoke("Echo", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnect_gives_up_when_the_policy_says_so(
+    server: SignalRServer, transport: str
+) -> None:
+    """The policy returning None closes for good; nothing is left running."""
+    c = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=[0.05]
+    )
+    await within(c.start())
+    server.refuse_negotiate(503)
+    server.drop_all_transports()
+    with pytest.raises(ConnectionClosed, match="gave up after 1 attempt"):
+        await within(c.when_closed())
+    assert c.state is ConnectionState.disconnected
+    await within(c.stop())
+
+
+# -- negotiate variants ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_negotiate_v0_and_fallback(transport: str) -> None:
+    """A v0 server (id = connectionId) and a server offering one transport only."""
+    s = SignalRServer(reactor, hubs=[EchoHub()], core_negotiate_version=0, transports=[transport])
+    await s.listen(port=0, interface="127.0.0.1")
+    try:
+        c = HubConnection(reactor, s.core_url("echo"))
+        await within(c.start())
+        assert c.transport is Transport(transport)
+        assert c.negotiated is not None and c.negotiated.negotiate_version == 0  # type: ignore[union-attr]
+        assert await within(c.invoke("Whoami")) == c.connection_id
+        await within(c.stop())
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_negotiation(server: SignalRServer) -> None:
+    """skip_negotiation goes straight to the WebSocket."""
+    c = HubConnection(
+        reactor,
+        server.core_url("echo"),
+        protocol="core",
+        transports=["webSockets"],
+        skip_negotiation=True,
+    )
+    await within(c.start())
+    assert await within(c.invoke("Add", 1, 2)) == 3
+    negotiates = [e for e in server.events("negotiate") if e.get("family") == "core"]
+    assert [e.get("skipped") for e in negotiates] == [True]
+    await within(c.stop())
+    with pytest.raises(ValueError, match="only with WebSockets"):
+        HubConnection(reactor, server.core_url("echo"), skip_negotiation=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_token_factory_and_redirect(server: SignalRServer, transport: str) -> None:
+    """A bearer token from the factory (Deferred too); an Azure-style redirect's token."""
+    server.core_access_token = "s3cret"  # type: ignore[attr-defined]
+    refused = HubConnection(reactor, server.core_url("echo"), transports=[transport])
+    with pytest.raises(NegotiationError, match="401"):
+        await within(refused.start())
+
+    calls: list[int] = []
+
+    def factory() -> Deferred[str]:
+        calls.append(1)
+        d: Deferred[str] = Deferred()
+        reactor.callLater(0, d.callback, "s3cret")
+        return d
+
+    c = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], access_token_factory=factory
+    )
+    await within(c.start())
+    assert await within(c.invoke("Echo", "authorised")) == "authorised"
+    assert calls == [1]
+    assert "s3cret" not in repr(c)
+    await within(c.stop())
+
+    server.core_access_token = None  # type: ignore[attr-defined]
+    r = HubConnection(reactor, server.redirect_url("echo"), transports=[transport])
+    await within(r.start())
+    assert await within(r.invoke("Echo", "via redirect")) == "via redirect"
+    assert server.events("redirect")
+    await within(r.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_program_for_both_families(server: SignalRServer) -> None:
+    """hub= lets on/invoke/send talk to a classic server with the same code."""
+    for url in (server.url, server.core_url("chat")):
+        c = HubConnection(reactor, url, hub="chat")
+        messages: list[tuple[str, str]] = []
+        c.on("addMessage", lambda name, text, got=messages: got.append((name, text)))
+        await within(c.start())
+        await within(c.invoke("Send", "bob", "hi"))
+        await wait_until(lambda got=messages: got == [("bob", "hi")], what=f"the push over {url}")
+        assert c.protocol == ("classic" if url == server.url else "core")
+        await within(c.stop())
+    classic_without_hub = HubConnection(reactor, server.url)
+    await within(classic_without_hub.start())
+    assert classic_without_hub.protocol == "classic"
+    with pytest.raises(InvalidStateError, match="hub="):
+        classic_without_hub.invoke("Send", "a", "b")
+    await within(classic_without_hub.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_numbered_pushes_survive_forced_drops(server: SignalRServer, transport: str) -> None:
+    """1,000 numbered pushes with drops between: the policy always brings it back."""
+    c = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=0.05
+    )
+    seen: list[int] = []
+    reconnects: list[bool] = []
+    c.on("receive", seen.append)
+    c.on_reconnected(lambda: reconnects.append(True))
+    await within(c.start())
+    sent = 0
+    for round_ in range(4):
+        for _ in range(250):
+            server.send_to_all("echo", "receive", sent)
+            sent += 1
+        await wait_until(lambda n=sent: len(seen) == n, what="the pushes")
+        server.drop_all_transports()
+        await wait_until(lambda n=round_ + 1: len(reconnects) == n, what="the reconnect")
+    assert seen == list(range(1000))
+    assert c.state is ConnectionState.connected
+    await within(c.stop())
