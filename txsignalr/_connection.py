@@ -396,6 +396,15 @@ class HubConnection:
         """
         return self._proxy_for_calls("on").on(method, callback)
 
+    def on_any(self, callback: Callable[..., object]) -> Callable[[], None]:
+        """
+        Call ``callback(method, *args)`` for every client-method call, whatever the
+        method (``method`` as the server spells it), after the :meth:`on` handlers.
+
+        :returns: a function that removes this handler.
+        """
+        return self._proxy_for_calls("on_any").on_any(callback)
+
     def off(self, method: str, callback: Callable[..., object] | None = None) -> None:
         """Remove one handler of ``method``, or all of them when ``callback`` is None."""
         self._proxy_for_calls("off").off(method, callback)
