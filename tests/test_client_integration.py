@@ -22,6 +22,7 @@ from txsignalr import (
     ConnectionState,
     HubConnection,
     HubError,
+    MessageTooLarge,
     NegotiationError,
     NoTransportError,
     Transport,
@@ -70,9 +71,10 @@ async def test_invoke_result_error_unknown_method_progress(
     c3 = conn.hub("c3")
     await within(conn.start())
     assert conn.state is ConnectionState.connected
-    assert conn.transport is not None and conn.transport.value == server.events("connect")[-1][
-        "transport"
-    ]
+    assert (
+        conn.transport is not None
+        and conn.transport.value == server.events("connect")[-1]["transport"]
+    )
     assert await within(c3.invoke("Echo", {"a": [1, 2.5, None], "s": "h\u00e9llo"})) == {
         "a": [1, 2.5, None],
         "s": "h\u00e9llo",
@@ -473,3 +475,26 @@ async def test_http_transports_keep_pending_invocations_across_a_drop(
     await wait_until(lambda: conn.state is ConnectionState.reconnecting, what="reconnecting")
     assert await within(pending) == "slept 300 ms"
     await wait_until(lambda: conn.state is ConnectionState.connected, what="reconnected")
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_is_a_clear_error(server: SignalRServer, transport: str) -> None:
+    """A classic message over max_receive_size closes the connection with MessageTooLarge."""
+    c = HubConnection(reactor, server.url, transports=[transport], max_receive_size=4096)
+    c3 = c.hub("c3")
+    await within(c.start())
+    assert await within(c3.invoke("Echo", "x" * 1000)) == "x" * 1000
+    if transport != "webSockets":
+        # The result comes in the answer to its own /send: only that call fails.
+        with pytest.raises(MessageTooLarge):
+            await within(c3.invoke("Echo", "x" * 20_000))
+        assert await within(c3.invoke("Echo", "small")) == "small"
+        # A pushed message over the limit comes on the receive channel.
+        server.send_to_all("c3", "bigPush", "x" * 20_000)
+    else:
+        with pytest.raises(ConnectionClosed):
+            await within(c3.invoke("Echo", "x" * 20_000))
+    with pytest.raises(ConnectionClosed) as closed:
+        await within(c.when_closed())
+    assert isinstance(closed.value.cause, MessageTooLarge), closed.value
+    await within(c.stop())

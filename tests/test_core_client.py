@@ -20,6 +20,7 @@ from txsignalr import (
     HubConnection,
     HubError,
     InvalidStateError,
+    MessageTooLarge,
     NegotiationError,
     Transport,
 )
@@ -489,4 +490,25 @@ async def test_numbered_pushes_survive_forced_drops(server: SignalRServer, trans
         await wait_until(lambda n=round_ + 1: len(reconnects) == n, what="the reconnect")
     assert seen == list(range(1000))
     assert c.state is ConnectionState.connected
+    await within(c.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_is_a_clear_error(server: SignalRServer, transport: str) -> None:
+    """A message over max_receive_size closes the connection with MessageTooLarge."""
+    c = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], max_receive_size=4096
+    )
+    errors: list[Exception] = []
+    c.on_error(errors.append)
+    await within(c.start())
+    assert await within(c.invoke("Echo", "x" * 1000)) == "x" * 1000
+    big = c.invoke("Echo", "x" * 10_000)
+    with pytest.raises(ConnectionClosed):
+        await within(big)
+    with pytest.raises(ConnectionClosed) as closed:
+        await within(c.when_closed())
+    assert isinstance(closed.value.cause, MessageTooLarge), closed.value
+    assert "4096" in str(closed.value)
+    assert any(isinstance(e, MessageTooLarge) for e in errors)
     await within(c.stop())

@@ -85,9 +85,9 @@ def _hub_name_from_url(url: str) -> str:
 
 def _classic_policy(delay: Any, protocol: str) -> RetryPolicy:
     """A Core-style ``reconnect_delay`` as the classic reconnect loop takes it."""
+    if protocol == "core":
+        return 2.0  # unused
     if delay is None:
-        if protocol == "core":
-            return 2.0
         raise ValueError(
             "reconnect_delay=None (no reconnecting) is for protocol='core'; a classic "
             "connection reconnects within the server's DisconnectTimeout"
@@ -730,7 +730,12 @@ class HubConnection:
         if state is ConnectionState.connecting:
             self._link.start_failed(reason)
         elif state is ConnectionState.connected:
-            self._begin_reconnecting(reason)
+            if isinstance(reason.cause, MessageTooLarge):
+                # Reconnecting would only fetch the same message again.
+                self._report_error(reason.cause)
+                self._close_for_good(reason)
+            else:
+                self._begin_reconnecting(reason)
         elif state is ConnectionState.reconnecting:
             self._reconnect.attempt_done()
             status = reason.status

@@ -357,14 +357,13 @@ class CoreEngine:
         except ProtocolError as e:
             self._handshake_failed(e)
             return
-        connected = self._connected()
         for message in messages:
             if type(message) is HandshakeResponse:
                 waiter = self._handshake
                 if waiter is not None and not waiter.called:
-                    waiter.callback(None)
+                    waiter.callback(None)  # start() may become connected right here
                 continue
-            if not connected:
+            if not self._connected():
                 self._buffer.append(message)
                 continue
             self._dispatch(message)
@@ -378,7 +377,11 @@ class CoreEngine:
         if self._handshake is not None:
             self._handshake_failed(reason)
             return
-        if self._connected():
+        if isinstance(reason.cause, MessageTooLarge) and self._connected():
+            # Reconnecting would only fetch the same message again.
+            self._report(reason.cause)
+            self._close_for_good(reason)
+        elif self._connected():
             self._begin_reconnecting(reason)
         else:
             self.link.start_failed(reason)

@@ -74,7 +74,8 @@ class LongPollingTransport(HttpTransport):
                 request.poll_timeout,
                 data=data,
                 headers=headers,
-                max_size=request.max_size,
+                # A poll body holds every message since the last poll.
+                max_size=4 * request.max_size,
             )
         )
         self._poll = d

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from txsignalr._http import HttpSession
 from txsignalr._protocol import Transport, redact_url
-from txsignalr.errors import ConnectionClosed, SignalRError
+from txsignalr.errors import ConnectionClosed, MessageTooLarge, SignalRError
 
 __all__ = [
     "DEFAULT_MAX_RECEIVE_SIZE",
@@ -158,7 +158,10 @@ class HttpTransport:
                 self._http.no_timeout,
                 data=body,
                 headers={"Content-Type": content_type},
+                max_size=request.max_size,
             )
+        except MessageTooLarge:
+            raise
         except SignalRError as e:
             raise ConnectionClosed(f"the /send request got no answer: {e}", e) from None
         if status != 200:

@@ -225,7 +225,15 @@ class WebSocketTransport:
         protocol = self._protocol
         if protocol is None or self._done or not self._open:
             return fail(ConnectionClosed("the WebSocket is not open"))
-        protocol.sendMessage(data, False)
+        # autobahn holds what is sent to the received-message limit too; that limit
+        # is max_receive_size, which is not meant to bound sending.
+        options: Any = protocol
+        limit = options.maxMessagePayloadSize
+        options.maxMessagePayloadSize = 0
+        try:
+            protocol.sendMessage(data, False)
+        finally:
+            options.maxMessagePayloadSize = limit
         return succeed(b"")
 
     def close(self, timeout: float = 2.0) -> Deferred[None]:
