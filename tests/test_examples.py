@@ -63,3 +63,28 @@ async def test_market_feed_bad_url_is_a_clear_error() -> None:
     assert code == 1
     assert "error: " in err and "negotiate" in err
     assert "Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_echo_against_embedded_demo_server() -> None:
+    """examples/core_echo.py walks the ASP.NET Core API against the demo server."""
+    for transports in ((), ("--transport", "longPolling")):
+        d = getProcessOutputAndValue(
+            sys.executable,
+            [str(ROOT / "examples" / "core_echo.py"), *transports],
+            env=dict(os.environ),
+            path=str(ROOT),
+            reactor=reactor,
+        )
+        d.addTimeout(60, reactor)
+        out_bytes, err_bytes, code = await d
+        out, err = out_bytes.decode(), err_bytes.decode()
+        assert code == 0, err
+        expected = "longPolling" if transports else "webSockets"
+        assert f"connected: core over {expected}" in out
+        assert "Add(2, 3) = 5" in out
+        assert "HubException: Intentional failure" in out
+        assert "receive: hello" in out
+        assert "Counter(3) streamed [0, 1, 2]" in out
+        assert "Sum(1..10) = 55" in out
+        assert "AskClient: the client's answer to 'ready?'" in out
