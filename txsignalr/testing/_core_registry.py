@@ -552,12 +552,20 @@ class CoreRegistry:
             del self.by_token[conn.token]
         self.by_id.pop(conn.id, None)
 
-    def lost(self, conn: CoreConnection, channel: CoreChannel) -> None:
-        """The WebSocket or SSE stream went away."""
+    def lost(self, conn: CoreConnection, channel: CoreChannel, clean: bool = False) -> None:
+        """
+        The WebSocket or SSE stream went away; ``clean`` when the client ended it
+        (ASP.NET Core runs ``OnDisconnectedAsync(null)`` for a closed event stream).
+        """
         if conn.channel is not channel:
             return
         conn.channel = None
-        self.end(conn, clean=False, reason="transport lost", send_close=False)
+        self.end(
+            conn,
+            clean=clean,
+            reason="client closed the stream" if clean else "transport lost",
+            send_close=False,
+        )
 
     def shutdown(self) -> None:
         """Forget every connection, dropping channels without callbacks (server stop)."""

@@ -168,8 +168,9 @@ class _SseChannel:
 
     def _lost(self, _: Failure) -> None:
         if not self.done:
+            # The client closed its event stream: a normal end on ASP.NET Core.
             self.done = True
-            self._registry.lost(self._conn, self)
+            self._registry.lost(self._conn, self, clean=True)
 
     def write(self, data: bytes) -> None:
         if not self.done:
