@@ -498,3 +498,20 @@ async def test_oversized_message_is_a_clear_error(server: SignalRServer, transpo
         await within(c.when_closed())
     assert isinstance(closed.value.cause, MessageTooLarge), closed.value
     await within(c.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_azure_style_redirect_is_followed(server: SignalRServer, transport: str) -> None:
+    """A classic RedirectUrl/AccessToken answer: negotiate again there, with the bearer."""
+    c = HubConnection(reactor, server.classic_redirect_url(), transports=[transport])
+    c3 = c.hub("c3")
+    await within(c.start())
+    assert await within(c3.invoke("Echo", "via azure")) == "via azure"
+    (token,) = server.classic_redirect_tokens
+    negotiate = server.events("negotiate")[-1]
+    assert negotiate["headers"]["authorization"] == f"Bearer {token}"
+    assert negotiate["query"]["redirected"] == "1"
+    connect = server.events("connect")[-1]
+    assert connect["transport"] == transport
+    assert token not in repr(c)
+    await within(c.stop())

@@ -24,7 +24,7 @@ from txsignalr._protocol import (
     parse_negotiate,
 )
 from txsignalr._transport import DEFAULT_MAX_RECEIVE_SIZE, TransportRequest
-from txsignalr.errors import NegotiationError, ProtocolError
+from txsignalr.errors import InvalidURL, NegotiationError, ProtocolError
 
 __all__ = ["ClassicSession"]
 
@@ -55,6 +55,7 @@ class ClassicSession:
         max_receive_size: int = DEFAULT_MAX_RECEIVE_SIZE,
     ) -> None:
         self._url = url
+        self._start_url = url
         #: the most bytes one received message may hold
         self.max_receive_size = max_receive_size
         self._query = query
@@ -73,6 +74,23 @@ class ClassicSession:
         """Start a new session for these hubs; the negotiate URL."""
         self.endpoints = Endpoints.from_url(self._url, list(hub_names), self._query)
         return self.endpoints.negotiate()
+
+    def restart(self) -> None:
+        """A new start() begins at the user's URL; redirects are forgotten."""
+        self._url = self._start_url
+
+    def follow_redirect(self, url: str) -> None:
+        """
+        Negotiate (and connect) at a redirect's URL from now on; its query string is
+        kept on every request, as the official clients do.
+
+        :raises NegotiationError: when the URL is unusable.
+        """
+        try:
+            Endpoints.from_url(url, [], self._query)
+        except InvalidURL as e:
+            raise NegotiationError(f"negotiate redirected to an unusable URL: {e}") from None
+        self._url = url
 
     def negotiated_answer(self, status: int, body: bytes) -> NegotiateResponse:
         """

@@ -146,9 +146,10 @@ class HubConnection:
         ``"core"`` or ``"classic"``.
     :param hub: classic: the hub that :meth:`on`, :meth:`invoke` and :meth:`send`
         address; ignored by Core, whose URL names the hub.
-    :param access_token_factory: Core: ``factory() -> str`` (or a Deferred or
-        coroutine of one), called before every negotiate; the token is sent as
-        ``Authorization: Bearer`` on every request and the WebSocket upgrade.
+    :param access_token_factory: ``factory() -> str`` (or a Deferred or coroutine of
+        one), called before every negotiate (Core: also before each reconnect); the
+        token is sent as ``Authorization: Bearer`` on every request and the WebSocket
+        upgrade.
     :param keepalive_interval: Core: seconds between the client's pings when nothing
         else was sent (None: no pings).
     :param server_timeout: Core: seconds without any message from the server after
@@ -240,6 +241,7 @@ class HubConnection:
             self._main = HubProxy(self, main_router, _hub_name_from_url(url))
             main_router.add(self._main)
         self._hub_name = hub
+        self._token_factory = access_token_factory
         if reconnect_delay is _DEFAULT:
             classic_delay: RetryPolicy = 2.0
             core_delay: Any = DEFAULT_CORE_RETRY_DELAYS
@@ -581,12 +583,14 @@ class HubConnection:
 
     async def _start_family(self) -> None:
         first: tuple[int, bytes] | None = None
+        detected = False
         if self._family is None:
             if any(p is not self._main for p in self._router.proxies.values()):
                 # hub() is classic's alone: no need to ask.
                 self._found("classic")
             else:
                 first = await self._detect()
+                detected = True
         if self._family == "core":
             extra = [p.name for p in self._router.proxies.values() if p is not self._main]
             if extra:
@@ -599,7 +603,7 @@ class HubConnection:
                 raise error
             await self._core.run_start(first)
         else:
-            await self._run_start()
+            await self._run_start(authorized=detected)
 
     def _fail_early(self, error: Exception) -> None:
         """start() failed before anything was opened."""
@@ -643,10 +647,12 @@ class HubConnection:
         self._family = family
         self.log.info("the server speaks {family}", family=family)
 
-    async def _run_start(self) -> None:
+    async def _run_start(self, authorized: bool = False) -> None:
         link = self._link
         opened = False
         try:
+            if not authorized:
+                await self._http.authorize(self._token_factory)
             negotiated = await link.negotiate(self._router.names())
             await link.open_first(self._transports, self._buffer.clear)
             opened = True

@@ -187,7 +187,6 @@ class CoreEngine:
         self._attempt_task: Deferred[None] | None = None
         self._attempts = 0
         self._last_reason: ConnectionClosed | None = None
-        self._bearer_set = False
 
     # ------------------------------------------------------------------ state
 
@@ -205,23 +204,7 @@ class CoreEngine:
     # ------------------------------------------------------------------ connecting
 
     async def _authorize(self) -> None:
-        factory = self._token_factory
-        if factory is None:
-            return
-        try:
-            token = factory()
-            if inspect.isawaitable(token):
-                token = await ensureDeferred(token)  # type: ignore[arg-type]
-        except Exception as e:
-            raise NegotiationError(f"access_token_factory failed: {type(e).__name__}: {e}") from e
-        if token:
-            self._set_bearer(str(token))
-
-    def _set_bearer(self, token: str) -> None:
-        if "\r" in token or "\n" in token:
-            raise NegotiationError("the access token contains a line break")
-        self._http.headers["Authorization"] = f"Bearer {token}"
-        self._bearer_set = True
+        await self._http.authorize(self._token_factory)
 
     async def connect(self, first: tuple[int, bytes] | None = None) -> None:
         """
@@ -233,6 +216,8 @@ class CoreEngine:
         session = self.session
         self._buffer = []
         if first is None:
+            # Every start and reconnect begins at the user's URL with the factory's
+            # token, not a redirect's.
             await self._authorize()
         if self._skip:
             session.skip_negotiation()
@@ -252,7 +237,7 @@ class CoreEngine:
                 if type(answer) is Redirect:
                     self._log.info("negotiate redirected to {url}", url=redact_url(answer.url))
                     if answer.access_token is not None:
-                        self._set_bearer(answer.access_token)
+                        self._http.set_bearer(answer.access_token)
                     continue
                 self._log.debug("negotiated {negotiated!r}", negotiated=answer)
                 break

@@ -5,15 +5,16 @@ connection's own connection pool, and the handshake headers of a WebSocket upgra
 
 from __future__ import annotations
 
+import inspect
 import math
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any, Protocol
 
 from treq.client import HTTPClient
 from twisted.internet import protocol
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -21,7 +22,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
-from txsignalr.errors import MessageTooLarge, SignalRError
+from txsignalr.errors import MessageTooLarge, NegotiationError, SignalRError
 
 __all__ = ["HTTPClientLike", "HttpSession", "read_body"]
 
@@ -114,6 +115,9 @@ class HttpSession:
     ) -> None:
         self._reactor = reactor
         self.headers = dict(headers)
+        #: a bearer token for every request and upgrade (an access token factory's or
+        #: a negotiate redirect's); it takes the place of an ``Authorization`` header
+        self.bearer: str | None = None
         self.cookies = cookies
         self.tls = tls
         self.timeout = timeout
@@ -134,7 +138,7 @@ class HttpSession:
         self._client: HTTPClientLike = client
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[bytes | str, list[bytes | str]]:
-        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self.headers.items()}
+        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self._base().items()}
         if extra:
             for k, v in extra.items():
                 headers[k] = [v]
@@ -217,9 +221,42 @@ class HttpSession:
         body: bytes = await self._bounded(read_body(response, max_size), limit, what)
         return response.code, body
 
+    async def authorize(self, factory: Callable[[], Any] | None) -> None:
+        """
+        Start afresh with ``factory``'s token as :attr:`bearer` (none without one).
+
+        :param factory: ``factory() -> str``, or a Deferred or coroutine of one.
+        :raises NegotiationError: when the factory fails or its token is unusable.
+        """
+        self.bearer = None
+        if factory is None:
+            return
+        try:
+            token = factory()
+            if inspect.isawaitable(token):
+                token = await ensureDeferred(token)  # type: ignore[arg-type]
+        except Exception as e:
+            raise NegotiationError(f"access_token_factory failed: {type(e).__name__}: {e}") from e
+        if token:
+            self.set_bearer(str(token))
+
+    def set_bearer(self, token: str) -> None:
+        """Send ``Authorization: Bearer token`` from now on."""
+        if "\r" in token or "\n" in token:
+            raise NegotiationError("the access token contains a line break")
+        self.bearer = token
+
+    def _base(self) -> dict[str, str]:
+        """The custom headers, with the bearer token in ``Authorization`` when set."""
+        if self.bearer is None:
+            return self.headers
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = f"Bearer {self.bearer}"
+        return headers
+
     def handshake_headers(self, http_url: str) -> dict[str, str]:
         """The custom headers plus the cookies for ``http_url`` (for a WebSocket upgrade)."""
-        headers = dict(self.headers)
+        headers = dict(self._base())
         request = urllib.request.Request(http_url)
         self.cookies.add_cookie_header(request)
         cookie = request.get_header("Cookie")

@@ -15,9 +15,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsignalr._classic import ClassicSession
+from txsignalr._core_session import MAX_NEGOTIATIONS
 from txsignalr._http import HttpSession
 from txsignalr._longpolling import LongPollingTransport
-from txsignalr._protocol import NegotiateResponse, Transport, parse_response
+from txsignalr._protocol import (
+    ClassicRedirect,
+    NegotiateResponse,
+    Transport,
+    parse_response,
+    redact_url,
+)
 from txsignalr._sse import ServerSentEventsTransport
 from txsignalr._transport import ITransport, TransportFactory, TransportRequest, TransportSink
 from txsignalr._websocket import WebSocketTransport
@@ -235,17 +242,32 @@ class ClassicLink(Link):
 
     async def negotiate(self, hub_names: Iterable[str]) -> NegotiateResponse:
         """
+        Negotiate from the user's URL, following Azure SignalR redirects (their
+        ``AccessToken`` becomes the bearer token), at most 100 times.
+
         :raises NegotiationError: when negotiate fails or its answer cannot be used.
         """
-        try:
-            status, body = await self._http.request(
-                "GET", self._classic.negotiate_url(hub_names), "negotiate"
-            )
-        except SignalRError as e:
-            raise NegotiationError(str(e)) from e
-        negotiated = self._classic.negotiated_answer(status, body)
-        self._log.debug("negotiated {negotiated!r}", negotiated=negotiated)
-        return negotiated
+        session = self._classic
+        session.restart()
+        names = list(hub_names)
+        for _ in range(MAX_NEGOTIATIONS):
+            try:
+                status, body = await self._http.request(
+                    "GET", session.negotiate_url(names), "negotiate"
+                )
+            except SignalRError as e:
+                raise NegotiationError(str(e)) from e
+            try:
+                negotiated = session.negotiated_answer(status, body)
+            except ClassicRedirect as redirect:
+                session.follow_redirect(redirect.url)
+                if redirect.access_token is not None:
+                    self._http.set_bearer(redirect.access_token)
+                self._log.info("negotiate redirected to {url}", url=redact_url(redirect.url))
+                continue
+            self._log.debug("negotiated {negotiated!r}", negotiated=negotiated)
+            return negotiated
+        raise NegotiationError("Negotiate redirection limit exceeded.")
 
     async def send_start(self) -> None:
         """

@@ -496,6 +496,20 @@ class NegotiateResponse:
         )
 
 
+class ClassicRedirect(NegotiationError):
+    """
+    A classic negotiate answered with a redirect (Azure SignalR Service): negotiate
+    again at ``url``, with ``access_token`` as the bearer token.
+    """
+
+    def __init__(self, url: str, access_token: str | None, status: int, body: bytes) -> None:
+        super().__init__(
+            "the server answered negotiate with a redirect (Azure SignalR Service)", status, body
+        )
+        self.url = url
+        self.access_token = access_token
+
+
 def parse_negotiate(body: bytes, status: int = 200) -> NegotiateResponse:
     """
     Parse and check a classic negotiate answer.
@@ -503,6 +517,7 @@ def parse_negotiate(body: bytes, status: int = 200) -> NegotiateResponse:
     :param body: the response body.
     :param status: the HTTP status, for error messages.
     :returns: the negotiated connection parameters.
+    :raises ClassicRedirect: for a redirect (a :class:`NegotiationError` too).
     :raises NegotiationError: when the body is not a usable classic negotiate answer:
         not JSON, an ASP.NET Core server, an error document, a missing field, or a
         protocol version outside 1.4-2.1.
@@ -529,12 +544,15 @@ def parse_negotiate(body: bytes, status: int = 200) -> NegotiateResponse:
             f"Error message received from the server: '{obj['Error']}'.", status, body
         )
     if obj.get("RedirectUrl") is not None:
-        raise NegotiationError(
-            "the server answered negotiate with a redirect (Azure SignalR Service), "
-            "which this client does not follow yet",
-            status,
-            body,
-        )
+        url = obj["RedirectUrl"]
+        token = obj.get("AccessToken")
+        if (
+            not isinstance(url, str)
+            or not url
+            or (token is not None and not isinstance(token, str))
+        ):
+            raise NegotiationError("negotiate answered an unusable redirect", status, body)
+        raise ClassicRedirect(url, token, status, body)
     version = obj.get("ProtocolVersion")
     parsed = _parse_version(version) if isinstance(version, str) else None
     if parsed is None or not (MIN_SERVER_PROTOCOL <= parsed <= MAX_SERVER_PROTOCOL):

@@ -30,12 +30,20 @@ from txsignalr.testing._events import EventLog
 from txsignalr.testing._http import TEXT, RequestInfo, respond
 from txsignalr.testing._hubs import Hub
 
-__all__ = ["REDIRECT_PATH", "SERVICE_PATH", "CoreEndpoints", "ServerRoot"]
+__all__ = [
+    "CLASSIC_REDIRECT_PATH",
+    "REDIRECT_PATH",
+    "SERVICE_PATH",
+    "CoreEndpoints",
+    "ServerRoot",
+]
 
 _log = Logger(namespace="txsignalr.testing")
 
 #: Where :meth:`SignalRServer.redirect_url` points (``/redirect/{hub}``).
 REDIRECT_PATH = "/redirect"
+#: Where a classic negotiate answers with an Azure SignalR style redirect.
+CLASSIC_REDIRECT_PATH = "/classic-redirect"
 #: The Azure-like service URL a redirect sends clients to (``/client/?hub={hub}``).
 SERVICE_PATH = "/client"
 
@@ -332,11 +340,13 @@ class ServerRoot(Resource):
         classic_path: Callable[[], str],
         classic: Callable[[Request], bytes | int],
         core: CoreEndpoints,
+        classic_redirect: Callable[[Request], bytes] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._classic_path = classic_path
         self._classic = classic
         self._core = core
+        self._classic_redirect = classic_redirect
 
     def render(self, request: Request) -> bytes | int:
         path = request.path.decode("utf-8", "replace")
@@ -344,6 +354,8 @@ class ServerRoot(Resource):
         base = self._classic_path().lower()
         if lowered == base or lowered.startswith(base + "/"):
             return self._classic(request)
+        if self._classic_redirect is not None and lowered == CLASSIC_REDIRECT_PATH + "/negotiate":
+            return self._classic_redirect(request)
         info = RequestInfo.from_request(request)
         route = self._core.route(path, info)
         if route is not None:

@@ -26,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from txsignalr.testing._core_endpoints import (
+    CLASSIC_REDIRECT_PATH,
     REDIRECT_PATH,
     CoreEndpoints,
     ServerRoot,
@@ -163,6 +164,8 @@ class SignalRServer:
         #: advertises ``KeepAliveTimeout``).
         self.keepalives_enabled = True
         self._events = EventLog(event_log_size)
+        #: the access tokens handed out by classic_redirect_url() negotiates
+        self.classic_redirect_tokens: set[str] = set()
         self._hubs: dict[str, Hub] = {}
         for hub in hubs:
             key = hub.name.lower()
@@ -295,6 +298,32 @@ class SignalRServer:
         """
         return f"{self._base_url()}{REDIRECT_PATH}/{self._core_hub(hub).name.lower()}"
 
+    def classic_redirect_url(self) -> str:
+        """
+        A classic connection URL whose negotiate answers like Azure SignalR Service in
+        front of an ASP.NET app: ``{"ProtocolVersion": "2.0", "RedirectUrl":
+        "<server.url>?redirected=1", "AccessToken": <a fresh token>}`` (recorded as a
+        ``redirect`` event with ``"family": "classic"``; the token is added to
+        :attr:`classic_redirect_tokens`).
+        """
+        return f"{self._base_url()}{CLASSIC_REDIRECT_PATH}"
+
+    def _classic_redirect(self, request: Any) -> bytes:
+        import json
+        import secrets
+
+        token = secrets.token_urlsafe(18)
+        self.classic_redirect_tokens.add(token)
+        self._events.record("redirect", {"family": "classic", "uri": request.uri.decode()})
+        request.setHeader(b"content-type", b"application/json; charset=UTF-8")
+        return json.dumps(
+            {
+                "ProtocolVersion": "2.0",
+                "RedirectUrl": f"{self.url}?redirected=1",
+                "AccessToken": token,
+            }
+        ).encode()
+
     @property
     def redirect_tokens(self) -> set[str]:
         """The access tokens issued by redirects so far (remove one to revoke it)."""
@@ -324,7 +353,12 @@ class SignalRServer:
         """
         if self._port is not None:
             raise RuntimeError("already listening")
-        root = ServerRoot(lambda: self.path, self._endpoints.render, self._core_endpoints)
+        root = ServerRoot(
+            lambda: self.path,
+            self._endpoints.render,
+            self._core_endpoints,
+            self._classic_redirect,
+        )
         site = Site(root, reactor=self._reactor, logFormatter=access_log_line)
         self._tls = tls
         if tls is not None:
