@@ -24,7 +24,8 @@ from txsignalr import (
     NegotiationError,
     Transport,
 )
-from txsignalr.testing import ChatHub, Hub, HubCall, HubException, SignalRServer
+from txsignalr.testing import ChatHub, HubCall, HubException, SignalRServer
+from txsignalr.testing import EchoHub as DemoEchoHub
 
 reactor: Any = _reactor
 
@@ -36,46 +37,20 @@ WIRE_NAMES = {
 }
 
 
-class EchoHub(Hub):
-    """The transcripts' test hub, plus what the client features need."""
+class EchoHub(DemoEchoHub):
+    """The demo's transcript hub, plus what the client features need."""
 
     name = "echo"
 
     def __init__(self) -> None:
+        super().__init__()
         self.answers: list[Any] = []
-
-    def Echo(self, call: HubCall, x: Any) -> Any:
-        return x
-
-    def Add(self, call: HubCall, a: Any, b: Any) -> Any:
-        return a + b
-
-    def Fail(self, call: HubCall) -> None:
-        raise HubException("Intentional failure")
-
-    def Broadcast(self, call: HubCall, msg: Any) -> None:
-        self.send_to_all("receive", msg)
-
-    def JoinGroup(self, call: HubCall, group: str) -> None:
-        call.groups.add(group)
-
-    def LeaveGroup(self, call: HubCall, group: str) -> None:
-        call.groups.remove(group)
-
-    def SendToGroup(self, call: HubCall, group: str, msg: Any) -> None:
-        self.send_to_group(group, "groupMessage", group, msg)
 
     def Whoami(self, call: HubCall) -> str:
         return call.connection_id
 
     def Record(self, call: HubCall, value: Any) -> None:
         self.answers.append(value)
-
-    async def Counter(self, call: HubCall, count: int, delay_ms: int) -> AsyncIterator[int]:
-        for i in range(count):
-            if delay_ms:
-                await self.server.sleep(delay_ms / 1000)
-            yield i
 
     async def Forever(self, call: HubCall) -> AsyncIterator[int]:
         i = 0
@@ -88,19 +63,13 @@ class EchoHub(Hub):
         yield 1
         raise HubException("stream broke")
 
-    async def Sum(self, call: HubCall, numbers: AsyncIterator[int]) -> int:
-        total = 0
-        async for n in numbers:
-            total += n
-        return total
-
     async def Collect(self, call: HubCall, label: str, items: AsyncIterator[Any]) -> Any:
         got = [item async for item in items]
         return {"label": label, "items": got}
 
-    async def AskClient(self, call: HubCall, question: str) -> Any:
+    async def AskClient(self, call: HubCall, question: Any) -> Any:
         try:
-            answer = await call.caller.invoke_with_result("getMessage", question)  # type: ignore[attr-defined]
+            answer = await super().AskClient(call, question)
         except Exception as e:
             return f"client failed: {e}"
         return f"client said {answer}"
