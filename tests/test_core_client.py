@@ -324,8 +324,8 @@ async def test_stop_tells_the_server(
     )
     ended = [e for e in server.events("disconnected") if e.get("connection_id") == connection_id]
     assert ended[0]["clean"] is True
-    said = "delete" if transport == "longPolling" else "client_close"
-    assert any(e.get("connection_id") == connection_id for e in server.events(said))
+    # A Close message on every transport (long polling's DELETE follows it).
+    assert any(e.get("connection_id") == connection_id for e in server.events("client_close"))
     with pytest.raises(InvalidStateError):
         await conn.invoke("Echo", 1)
 
@@ -480,4 +480,44 @@ async def test_oversized_message_is_a_clear_error(server: SignalRServer, transpo
     assert isinstance(closed.value.cause, MessageTooLarge), closed.value
     assert "4096" in str(closed.value)
     assert any(isinstance(e, MessageTooLarge) for e in errors)
+    await within(c.stop())
+
+
+class _NeverOpens:
+    """A sink in front of the connection that hides transport_opened (a buffering proxy)."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+
+    def transport_opened(self, transport: Any) -> None:
+        pass
+
+    def data_received(self, transport: Any, data: bytes) -> None:
+        self._sink.data_received(transport, data)
+
+    def transport_lost(self, transport: Any, reason: Any) -> None:
+        self._sink.transport_lost(transport, reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fallback_negotiates_afresh(server: SignalRServer) -> None:
+    """After a WebSocket that reached the server failed, SSE gets a new connection token."""
+    from txsignalr._websocket import WebSocketTransport
+
+    def websocket_never_opens(reactor: Any, request: Any, http: Any, sink: Any) -> Any:
+        return WebSocketTransport(reactor, request, http, _NeverOpens(sink))
+
+    c = HubConnection(
+        reactor,
+        server.core_url("echo"),
+        protocol="core",
+        transports=["webSockets", "serverSentEvents"],
+        transport_factories={Transport.web_sockets: websocket_never_opens},
+    )
+    c._core.session.connect_timeout = 0.5  # no public knob; the default is 15 s
+    await within(c.start())
+    assert c.transport is Transport.server_sent_events
+    negotiates = [e for e in server.events("negotiate") if e.get("family") == "core"]
+    assert len(negotiates) == 2
+    assert await within(c.invoke("Add", 1, 2)) == 3
     await within(c.stop())

@@ -364,3 +364,192 @@ def test_bad_reconnect_delays(delay: list[float]) -> None:
         h.transport.lose("gone")
         h.clock.advance(0)
         assert h.conn.state is ConnectionState.disconnected
+
+
+# -- found in review -------------------------------------------------------------------
+
+
+def invoke_client(h: Core, target: str = "getMessage") -> None:
+    h.transport.frame(
+        record({"type": 1, "invocationId": "s1", "target": target, "arguments": ["q?"]})
+    )
+
+
+def test_on_any_does_not_take_part_in_client_results() -> None:
+    h = Core()
+    seen: list[Any] = []
+    h.conn.on("getMessage", lambda q: f"answer to {q}")
+    h.conn.on_any(lambda method, *args: seen.append((method, args)))
+    h.connect()
+    invoke_client(h)
+    assert h.sent()[-1] == {"type": 3, "invocationId": "s1", "result": "answer to q?"}
+    assert seen == [("getMessage", ("q?",))]
+
+    only_any = Core()
+    only_any.conn.on_any(lambda method, *args: "logged")
+    only_any.connect()
+    invoke_client(only_any)
+    assert only_any.sent()[-1]["error"] == "Client didn't provide a result."
+
+
+def test_several_handlers_give_one_result_as_microsofts_client() -> None:
+    """Several handlers: one returning a value is fine, two are an error."""
+    h = Core()
+    h.conn.on("getMessage", lambda q: None)
+    h.conn.on("getMessage", lambda q: 42)
+    h.connect()
+    invoke_client(h)
+    assert h.sent()[-1]["result"] == 42
+    h.conn.on("getMessage", lambda q: 43)
+    invoke_client(h)
+    assert h.sent()[-1]["error"] == "Client provided multiple results."
+
+
+def test_a_timed_out_stream_read_loses_nothing() -> None:
+    h = Core()
+    h.connect()
+    s = h.conn.stream("Counter", 3)
+    d = s.__anext__()
+    d.addTimeout(1, h.clock)
+    h.clock.advance(2)
+    d.addErrback(lambda f: None)
+    h.transport.frame(record({"type": 2, "invocationId": "0", "item": 42}))
+    assert s.__anext__().result == 42
+
+
+class Flaky(Resource):
+    """Refuses the first negotiate with 503, then answers as a classic server."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = [(503, b"busy")]
+
+    def render(self, request: Request) -> bytes:
+        from test_connection_unit import negotiate_body
+
+        status, body = self.answers.pop(0) if self.answers else (200, negotiate_body())
+        request.setResponseCode(status)
+        return body
+
+
+def test_auto_detection_is_not_fooled_by_a_transient_error() -> None:
+    clock, resource = Clock(), Flaky()
+    stub = StubTreq(resource)
+    conn = HubConnection(
+        clock,
+        "http://example.com/signalr",
+        hub="chat",
+        http_client=stub,
+        transport_factories={t: FakeTransport for t in Transport},
+    )
+    d = conn.start()
+    stub.flush()
+    assert "503" in str(d.result.value)
+    d.addErrback(lambda f: None)
+    assert conn.protocol is None
+    FakeTransport.instances = []
+    conn.start()
+    stub.flush()
+    assert conn.protocol == "classic"
+    assert FakeTransport.instances  # the classic start went on to open a transport
+
+
+def test_stop_during_a_failed_start_still_fires_when_closed() -> None:
+    h = Core()
+    d = h.open()
+    closed = h.conn.when_closed()
+    h.transport.frame(b'{"error":"nope"}' + RS)
+    stop = h.conn.stop()
+    h.flush()
+    h.clock.advance(1)
+    assert d.result.check(HandshakeError)
+    d.addErrback(lambda f: None)
+    assert stop.called
+    assert closed.called
+    closed.addErrback(lambda f: None)
+
+
+def test_stop_from_state_callbacks_is_honoured_and_leaves_no_timers() -> None:
+    h = Core()
+    stops: list[Deferred[None]] = []
+    h.conn.on_state_change(
+        lambda old, new: stops.append(h.conn.stop()) if new is ConnectionState.connected else None
+    )
+    h.open()
+    h.transport.frame(b"{}" + RS)
+    h.flush()
+    h.clock.advance(0)
+    assert stops[0].called
+    assert h.clock.getDelayedCalls() == []
+
+    h = Core()
+    h.conn.on_state_change(
+        lambda old, new: h.conn.stop() if new is ConnectionState.connecting else None
+    )
+    d = h.conn.start()
+    h.flush()
+    assert d.result.check(ConnectionClosed)
+    d.addErrback(lambda f: None)
+    assert h.conn.state is ConnectionState.disconnected
+    assert not FakeTransport.instances
+
+
+def test_negotiate_v0_connection_id_stays_out_of_logs_and_reprs() -> None:
+    from twisted.logger import formatEvent
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Core()
+        h.server.answer = (
+            200,
+            json.dumps(
+                {
+                    "connectionId": "v0-secret-id",
+                    "availableTransports": [
+                        {"transport": "WebSockets", "transferFormats": ["Text"]}
+                    ],
+                }
+            ).encode(),
+        )
+        h.connect()
+        assert h.conn.connection_id == "v0-secret-id"
+        shown = repr(h.conn) + repr(h.conn.negotiated)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert "v0-secret-id" not in shown
+    assert not [e for e in events if "v0-secret-id" in formatEvent(e)]
+
+
+def test_a_policy_that_gives_up_at_once_never_reconnects() -> None:
+    h = Core(reconnect_delay=lambda attempt: None)
+    h.connect()
+    reconnecting: list[Any] = []
+    closed: list[Any] = []
+    h.conn.on_reconnecting(reconnecting.append)
+    h.conn.on_closed(closed.append)
+    h.transport.lose("gone")
+    assert not reconnecting
+    assert closed[0].reason == "gone"
+
+
+@pytest.mark.parametrize("delay", [None, [], [0.5], lambda attempt: None])
+def test_core_style_reconnect_delays_work_for_classic_too(delay: Any) -> None:
+    """A classic connection honours None, lists and give-up policies."""
+    from test_connection_unit import Harness
+
+    h = Harness(reconnect_delay=delay)
+    h.connect()
+    closed: list[Any] = []
+    h.conn.on_closed(closed.append)
+    h.transport.lose("gone")
+    for _ in range(3):
+        h.clock.advance(1)
+        h.flush()
+        if h.conn.state is ConnectionState.reconnecting and FakeTransport.instances:
+            h.transport.lose("still gone")
+    assert h.conn.state is ConnectionState.disconnected
+    assert "gave up" in closed[0].reason
+    assert h.clock.getDelayedCalls() == []

@@ -88,16 +88,11 @@ def _classic_policy(delay: Any, protocol: str) -> RetryPolicy:
     if protocol == "core":
         return 2.0  # unused
     if delay is None:
-        raise ValueError(
-            "reconnect_delay=None (no reconnecting) is for protocol='core'; a classic "
-            "connection reconnects within the server's DisconnectTimeout"
-        )
+        return lambda attempt: None
     if callable(delay) or isinstance(delay, (int, float)):
         return delay  # type: ignore[no-any-return]
     delays = tuple(float(d) for d in delay)
-    if not delays:
-        raise ValueError("reconnect_delay is an empty sequence")
-    return lambda attempt: delays[min(attempt, len(delays) - 1)]
+    return lambda attempt: delays[attempt] if attempt < len(delays) else None
 
 
 class HubConnection:
@@ -135,7 +130,8 @@ class HubConnection:
         no limit.
     :param max_receive_size: the most bytes one received message may hold, both
         families (16 MiB); a larger one is a :class:`~txsignalr.MessageTooLarge`.
-    :param abort_timeout: seconds :meth:`stop` waits for the server to answer ``/abort``.
+    :param abort_timeout: seconds :meth:`stop` waits for the server to answer ``/abort``
+        (Core: for its Close message and ``DELETE``).
     :param transports: the transports to try, most preferred first, by wire name or
         :class:`~txsignalr.Transport` value; all three by default.
     :param transport_factories: replaces how a transport is built, by transport
@@ -271,7 +267,7 @@ class HubConnection:
         self._invocations = Invocations(reactor, self._progress_failed)
         self._watch = KeepAliveWatch(reactor, self._slow, self._keepalive_lost)
         self._reconnect = ReconnectLoop(
-            reactor, classic_delay, self._attempt_reconnect, self._give_up
+            reactor, classic_delay, self._attempt_reconnect, self._give_up, self._policy_gave_up
         )
         self._seconds = reactor.seconds
         self._dispatch_other = self._dispatch
@@ -288,7 +284,7 @@ class HubConnection:
     def __repr__(self) -> str:
         return (
             f"<HubConnection {redact_url(self._url)} state={self._state.value}"
-            f" connection_id={self.connection_id!r}>"
+            f" connection_id={self._loggable_id()!r}>"
         )
 
     # ------------------------------------------------------------------ public API
@@ -468,7 +464,10 @@ class HubConnection:
         return self._on_reconnected.add(callback)
 
     def on_slow(self, callback: Callable[[], object]) -> Callable[[], None]:
-        """Call ``callback()`` when no frame arrived for 2/3 of the keep-alive timeout."""
+        """
+        Call ``callback()`` when nothing arrived for 2/3 of the keep-alive timeout
+        (classic) or of ``server_timeout`` (Core).
+        """
         return self._on_slow.add(callback)
 
     def on_closed(
@@ -517,12 +516,14 @@ class HubConnection:
 
     def start(self) -> Deferred[None]:
         """
-        Negotiate, open the first transport that works, wait for the init frame and
-        call ``/start``.
+        Negotiate (with ``protocol="auto"``, finding the family first), open the
+        first transport that works, then: ASP.NET Core, the handshake; classic, wait
+        for the init frame and call ``/start``.
 
         :returns: a Deferred that fires once connected.  It fails with
             :class:`~txsignalr.NegotiationError`, :class:`~txsignalr.NoTransportError`
-            (no transport opened), :class:`~txsignalr.StartError` (``/start`` failed),
+            (no transport opened), :class:`~txsignalr.HandshakeError` (Core: the
+            handshake failed), :class:`~txsignalr.StartError` (``/start`` failed),
             :class:`~txsignalr.ConnectionClosed` (stopped meanwhile) or
             :class:`~twisted.internet.defer.CancelledError` (cancelled).
         """
@@ -537,6 +538,8 @@ class HubConnection:
         self._stopping = False
         self._last_close = None
         self._set_state(ConnectionState.connecting)
+        if self._stopping:  # a state-change callback called stop()
+            return fail(ConnectionClosed("stop() was called before start() completed"))
         task = Deferred.fromCoroutine(self._start_family())
         self._start_task = task
 
@@ -549,7 +552,8 @@ class HubConnection:
 
     def stop(self) -> Deferred[None]:
         """
-        Stop: ``/abort`` (so the server runs ``OnDisconnected`` at once), close the
+        Stop: classic ``/abort`` (so the server runs ``OnDisconnected`` at once), or
+        ASP.NET Core's Close message (and ``DELETE`` for long polling); close the
         transport, fail pending invocations with :class:`~txsignalr.ConnectionClosed`,
         cancel every timer and close idle HTTP connections.
 
@@ -636,10 +640,14 @@ class HubConnection:
         except ClassicAnswer:
             self._found("classic")
             return None
-        except NegotiationError:
+        except NegotiationError as e:
             if status in (400, 405):
                 self._found("classic")
                 return None
+            # Neither family answered usably (say, 503 or 401): the next start()
+            # asks again.
+            self._fail_early(e)
+            raise
         self._found("core")
         return status, body
 
@@ -669,6 +677,8 @@ class HubConnection:
         # release it now rather than hold a second file descriptor per connection.
         self._http.close_idle()
         self._set_state(ConnectionState.connected)
+        if self._state is not ConnectionState.connected:
+            return  # a state-change callback stopped the connection
         self.log.info(
             "connected to {url} over {transport} (connection {connection_id})",
             url=redact_url(self._url),
@@ -688,13 +698,22 @@ class HubConnection:
         # Whoever waits on this session learns that it ended; nothing hangs.
         reason = ConnectionClosed(f"start() failed: {error}", error)
         closed_waiters = self._end_session(reason)
-        if abort and token is not None:
-            await self._link.fire_abort(token)
-        await self._http.close_idle()
-        for d in closed_waiters:
-            d.errback(reason)
+        try:
+            if abort and token is not None:
+                await self._link.fire_abort(token)
+            await self._http.close_idle()
+        except CancelledError:
+            pass  # stop() came meanwhile: the start still failed for its own reason
+        finally:
+            for d in closed_waiters:
+                d.errback(reason)
 
     # ------------------------------------------------------------------ transport
+
+    def _loggable_id(self) -> str | None:
+        if self._family == "core":
+            return self._core.loggable_id
+        return self.connection_id
 
     def _transport_name(self) -> str:
         t = self._link.in_use
@@ -988,6 +1007,11 @@ class HubConnection:
         self._link.drop()
         self.log.info("reconnect attempt got no answer within {limit:g} s", limit=limit)
         self._reconnect.schedule()
+
+    def _policy_gave_up(self, attempts: int) -> None:
+        self._close_for_good(
+            ConnectionClosed(f"reconnecting gave up after {attempts} attempt(s) (reconnect_delay)")
+        )
 
     def _give_up(self, window: float) -> None:
         self._close_for_good(

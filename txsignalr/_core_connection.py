@@ -19,7 +19,6 @@ from twisted.internet.defer import (
     TimeoutError,
     ensureDeferred,
     fail,
-    maybeDeferred,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -66,6 +65,9 @@ DEFAULT_CORE_RETRY_DELAYS = (0.0, 2.0, 10.0, 30.0)
 #: ``policy(attempt) -> seconds`` before attempt number ``attempt`` (0 first), or
 #: ``None`` to give up.
 CorePolicy = Callable[[int], "float | None"]
+
+#: "ask the policy" for _schedule_attempt
+_NEXT: Any = object()
 
 _CANCELED_TEXT = "Invocation canceled due to the underlying connection being closed."
 _NO_RESULT_TEXT = "Client didn't provide a result."
@@ -198,6 +200,15 @@ class CoreEngine:
     def connection_id(self) -> str | None:
         return self.session.connection_id
 
+    @property
+    def loggable_id(self) -> str | None:
+        """The connection id for logs and reprs: hidden after a version 0 negotiate,
+        where it is also the connection token."""
+        negotiated = self.session.negotiated
+        if negotiated is not None and negotiated.negotiate_version == 0:
+            return "<hidden: negotiate v0 uses it as the token>"
+        return self.session.connection_id
+
     def _connected(self) -> bool:
         return self._owner.state is ConnectionState.connected
 
@@ -215,32 +226,11 @@ class CoreEngine:
         """
         session = self.session
         self._buffer = []
-        if first is None:
-            # Every start and reconnect begins at the user's URL with the factory's
-            # token, not a redirect's.
-            await self._authorize()
         if self._skip:
+            await self._authorize()
             session.skip_negotiation()
         else:
-            session.restart()
-            while True:
-                if first is not None:
-                    status, body = first
-                    first = None
-                else:
-                    url = session.negotiate_url()
-                    try:
-                        status, body = await self._http.request("POST", url, "negotiate")
-                    except SignalRError as e:
-                        raise NegotiationError(str(e)) from e
-                answer = session.negotiated_answer(status, body)
-                if type(answer) is Redirect:
-                    self._log.info("negotiate redirected to {url}", url=redact_url(answer.url))
-                    if answer.access_token is not None:
-                        self._http.set_bearer(answer.access_token)
-                    continue
-                self._log.debug("negotiated {negotiated!r}", negotiated=answer)
-                break
+            await self._negotiate(first)
         order = self._transports
         if not self._skip and self.session.negotiated is not None:
             # The server's list decides what exists; the user's order what comes first.
@@ -248,8 +238,38 @@ class CoreEngine:
             order = tuple(t for t in order if t in offered) + tuple(
                 t for t in order if t not in offered
             )
-        await self.link.open_first(order, self._buffer.clear)
+        renew = None if self._skip else self._negotiate
+        await self.link.open_first(order, self._buffer.clear, renew)
         await self._do_handshake()
+
+    async def _negotiate(self, first: tuple[int, bytes] | None = None) -> None:
+        """
+        Negotiate from the user's URL, following redirects.  Every negotiate starts
+        with the factory's token, not a redirect's (as Microsoft's client, which asks
+        the factory before each negotiate).
+        """
+        session = self.session
+        if first is None:
+            await self._authorize()
+        session.restart()
+        while True:
+            if first is not None:
+                status, body = first
+                first = None
+            else:
+                url = session.negotiate_url()
+                try:
+                    status, body = await self._http.request("POST", url, "negotiate")
+                except SignalRError as e:
+                    raise NegotiationError(str(e)) from e
+            answer = session.negotiated_answer(status, body)
+            if type(answer) is Redirect:
+                self._log.info("negotiate redirected to {url}", url=redact_url(answer.url))
+                if answer.access_token is not None:
+                    self._http.set_bearer(answer.access_token)
+                continue
+            self._log.debug("negotiated {negotiated!r}", negotiated=answer)
+            break
 
     async def _do_handshake(self) -> None:
         waiter: Deferred[None] = Deferred()
@@ -289,19 +309,21 @@ class CoreEngine:
                 raise ConnectionClosed("stop() was called before start() completed") from None
             self._teardown()
             reason = ConnectionClosed(f"start() failed: {e}", e)
-            waiters = owner._end_common(reason)
-            await self._http.close_idle()
-            for d in waiters:
+            # Fired before anything else can happen (a stop() in the meantime).
+            for d in owner._end_common(reason):
                 d.errback(reason)
+            self._http.close_idle()
             if isinstance(e, (SignalRError, CancelledError)):
                 raise
             raise StartError(f"start failed: {e!r}") from e
         owner._set_state(ConnectionState.connected)
+        if not self._connected():
+            return  # a state-change callback stopped the connection
         self._log.info(
             "connected to {url} over {transport} (ASP.NET Core, connection {connection_id})",
             url=redact_url(owner._url),
             transport=self._transport_name(),
-            connection_id=self.connection_id,
+            connection_id=self.loggable_id,
         )
         self._became_connected()
 
@@ -410,14 +432,21 @@ class CoreEngine:
             call.callback(message.result)
 
     def _client_call(self, message: Invocation) -> None:
-        handlers = self._router.route(self._hub, message.target)
         invocation_id = message.invocation_id
         if invocation_id is None:
+            handlers = self._router.route(self._hub, message.target)
             if handlers:
                 self._router.call_handlers(handlers, message.arguments, self._hub, message.target)
             else:
                 self._log.warn("no handler for client method {method!r}", method=message.target)
             return
+        # The server waits for a result: it comes from the on() handlers; on_any()
+        # callbacks only hear of the call.
+        proxy = self._router.proxy_for(self._hub)
+        handlers = [] if proxy is None else proxy.result_handlers(message.target)
+        observers = [] if proxy is None else proxy.any_handlers(message.target)
+        if observers:
+            self._router.call_handlers(observers, message.arguments, self._hub, message.target)
         if not handlers:
             self._log.warn(
                 "no handler for client method {method!r}; the server waits for its result",
@@ -425,41 +454,50 @@ class CoreEngine:
             )
             self._answer(invocation_id, error=_NO_RESULT_TEXT)
             return
-        if len(handlers) > 1:
-            for handler in handlers[:-1]:
-                self._router.call_handlers([handler], message.arguments, self._hub, message.target)
-            self._log.error(
-                "several handlers for {method!r} return a result: sending an error",
-                method=message.target,
-            )
-            self._answer(invocation_id, error=_MULTIPLE_RESULTS_TEXT)
-            return
-        self._run_for_result(handlers[0], message, invocation_id)
+        transport = self.link.transport
+        d = Deferred.fromCoroutine(self._results(handlers, message))
 
-    def _run_for_result(self, handler: Handler, message: Invocation, invocation_id: str) -> None:
-        def call() -> Any:
-            outcome = handler(*message.arguments)
-            if inspect.iscoroutine(outcome):
-                return ensureDeferred(outcome)
-            return outcome
-
-        d: Deferred[Any] = maybeDeferred(call)
-        link_transport = self.link.transport
-
-        def answered(result: Any) -> None:
-            if self.link.transport is not link_transport:
+        def answer(outcome: tuple[Any, str | None]) -> None:
+            if self.link.transport is not transport:
                 self._log.info(
                     "client result for {id} dropped: the connection changed", id=invocation_id
                 )
                 return
-            self._answer(invocation_id, result=result)
+            result, error = outcome
+            self._answer(invocation_id, result=result, error=error)
 
-        def failed(f: Failure) -> None:
-            self._router.handler_failed(f, self._hub, message.target)
-            if self.link.transport is link_transport:
-                self._answer(invocation_id, error=f.getErrorMessage())
+        d.addCallback(answer)
 
-        d.addCallbacks(answered, failed)
+    async def _results(
+        self, handlers: list[Handler], message: Invocation
+    ) -> tuple[Any, str | None]:
+        """
+        Call every handler in turn, as Microsoft's client: the last one's outcome is
+        the answer, and more than one returned value is an error.
+        """
+        result: Any = None
+        error: str | None = None
+        given = 0
+        for handler in handlers:
+            try:
+                outcome = handler(*message.arguments)
+                if inspect.isawaitable(outcome):
+                    outcome = await ensureDeferred(outcome)  # type: ignore[arg-type]
+            except Exception as e:
+                self._router.handler_failed(Failure(), self._hub, message.target)
+                error = str(e) or type(e).__name__
+                continue
+            error = None
+            if outcome is not None:
+                given += 1
+                result = outcome
+        if given > 1:
+            self._log.error(
+                "several handlers of {method!r} returned a result: sending an error",
+                method=message.target,
+            )
+            return None, _MULTIPLE_RESULTS_TEXT
+        return result, error
 
     def _answer(self, invocation_id: str, result: Any = None, error: str | None = None) -> None:
         try:
@@ -725,7 +763,9 @@ class CoreEngine:
 
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
         self._stop_keepalive()
-        if self._policy is None:
+        first = None if self._policy is None else self._delay(0)
+        if first is None:
+            # No reconnecting at all, as Microsoft's client: closed with the reason.
             self._close_for_good(reason)
             return
         owner = self._owner
@@ -741,15 +781,19 @@ class CoreEngine:
             return
         self._attempts = 0
         self._last_reason = reason
-        self._schedule_attempt()
+        self._schedule_attempt(first)
 
-    def _schedule_attempt(self) -> None:
+    def _delay(self, attempt: int) -> float | None:
         assert self._policy is not None
         try:
-            delay = self._policy(self._attempts)
+            return self._policy(attempt)
         except Exception as e:
-            delay = None
             self._log.error("the reconnect policy raised {error!r}: giving up", error=e)
+            return None
+
+    def _schedule_attempt(self, delay: float | None = _NEXT) -> None:
+        if delay is _NEXT:
+            delay = self._delay(self._attempts)
         last = self._last_reason
         if delay is None:
             text = last.reason if last is not None else "connection lost"
@@ -761,7 +805,7 @@ class CoreEngine:
             )
             return
         self._attempts += 1
-        self._retry_call = self._reactor.callLater(max(delay, 0.0), self._attempt)
+        self._retry_call = self._reactor.callLater(max(float(delay), 0.0), self._attempt)
 
     def _attempt(self) -> None:
         self._retry_call = None
@@ -776,10 +820,12 @@ class CoreEngine:
             self.link.drop()
             return
         owner._set_state(ConnectionState.connected)
+        if not self._connected():
+            return  # a state-change callback stopped the connection
         self._log.info(
             "reconnected over {transport} (connection {connection_id})",
             transport=self._transport_name(),
-            connection_id=self.connection_id,
+            connection_id=self.loggable_id,
         )
         self._became_connected()
         if self._connected():
@@ -843,8 +889,7 @@ class CoreEngine:
             delete_url = self.session.delete_url()
         self._teardown(None)
         waiters = self._owner._end_common(None)
-        if was_connected and transport is not None and delete_url is None:
-            # Long polling says it with its DELETE alone.
+        if was_connected and transport is not None:
             sent = transport.send(self.session.close())
             sent.addTimeout(self._stop_timeout, self._reactor)
             try:
@@ -856,7 +901,8 @@ class CoreEngine:
                 status, _ = await self._http.request(
                     "DELETE", delete_url, "stop", min(self._http.timeout, self._stop_timeout)
                 )
-                if status not in (200, 202, 204):
+                if status not in (200, 202, 204, 404):
+                    # 404: the Close before it already ended the connection.
                     self._log.info("DELETE answered HTTP {status}", status=status)
             except SignalRError as e:
                 self._log.info("DELETE failed: {error}", error=str(e))

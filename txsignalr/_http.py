@@ -235,6 +235,8 @@ class HttpSession:
             token = factory()
             if inspect.isawaitable(token):
                 token = await ensureDeferred(token)  # type: ignore[arg-type]
+        except CancelledError:
+            raise
         except Exception as e:
             raise NegotiationError(f"access_token_factory failed: {type(e).__name__}: {e}") from e
         if token:

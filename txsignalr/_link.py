@@ -6,7 +6,7 @@ channel in use and the sends in flight.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -136,18 +136,30 @@ class Link:
 
     # -- starting
 
-    async def open_first(self, order: Iterable[Transport], attempting: Callable[[], None]) -> None:
+    async def open_first(
+        self,
+        order: Iterable[Transport],
+        attempting: Callable[[], None],
+        renew: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         """
         Try the transports in order until one delivers the init frame (reported with
         :meth:`init_arrived`); a failed attempt is stopped silently, without ``/abort``.
 
         :param attempting: called before each attempt (to drop what an earlier one
             buffered).
+        :param renew: awaited before an attempt that follows a failed one (ASP.NET
+            Core negotiates afresh: the server may have bound the old connection
+            token to the transport that failed).
         :raises NoTransportError: when none worked.
         """
         attempts: list[tuple[str, str]] = []
         status: int | None = None
+        failed = False
         for transport in order:
+            if failed and renew is not None:
+                await renew()
+                failed = False
             skip = self._session.skip_reason(transport)
             if skip is not None:
                 attempts.append((transport.value, skip))
@@ -163,6 +175,7 @@ class Link:
                     reason=e.reason,
                 )
                 attempts.append((transport.value, e.reason))
+                failed = True
                 if e.status is not None:
                     status = e.status
         raise NoTransportError(attempts, status)

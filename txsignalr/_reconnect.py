@@ -11,7 +11,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = ["ReconnectLoop", "RetryPolicy"]
 
-RetryPolicy = float | Callable[[int], float]
+#: seconds, or ``policy(attempt) -> seconds`` (``None``: stop trying)
+RetryPolicy = float | Callable[[int], "float | None"]
 
 
 class ReconnectLoop:
@@ -20,6 +21,8 @@ class ReconnectLoop:
     :param delay: seconds between attempts, or ``policy(attempt) -> seconds``.
     :param attempt: makes one attempt (called by the loop).
     :param give_up: called with the window's seconds when the window has passed.
+    :param exhausted: called with the number of attempts made when the policy
+        answers ``None``.
     """
 
     def __init__(
@@ -28,11 +31,13 @@ class ReconnectLoop:
         delay: RetryPolicy,
         attempt: Callable[[], None],
         give_up: Callable[[float], None],
+        exhausted: Callable[[int], None] | None = None,
     ) -> None:
         self._clock = clock
         self._delay = delay
         self._attempt = attempt
         self._give_up = give_up
+        self._exhausted = exhausted
         self._attempts = 0
         self._next: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
@@ -50,9 +55,13 @@ class ReconnectLoop:
         self._cancel_attempt_timer()
         if self._next is not None and self._next.active():
             self._next.cancel()
-        delay = self._delay
-        if callable(delay):
-            delay = delay(self._attempts)
+        policy = self._delay
+        delay = policy(self._attempts) if callable(policy) else policy
+        if delay is None:
+            self.stop()
+            if self._exhausted is not None:
+                self._exhausted(self._attempts)
+            return
         self._attempts += 1
         self._next = self._clock.callLater(delay, self._fire)
 

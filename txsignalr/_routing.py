@@ -109,6 +109,14 @@ class HubProxy:
                     del self._handlers[key]
         self._router.changed()
 
+    def result_handlers(self, method: str) -> list[Handler]:
+        """The :meth:`on` handlers of ``method`` alone (those that may give a result)."""
+        return list(self._handlers.get(method.lower(), ()))
+
+    def any_handlers(self, method: str) -> list[Handler]:
+        """The :meth:`on_any` callbacks, bound to ``method``."""
+        return [functools.partial(callback, method) for callback in self._any]
+
     def handlers_for(self, method: str) -> list[Handler]:
         """The handlers for the server's spelling of ``method`` (cached by the router)."""
         handlers = list(self._handlers.get(method.lower(), ()))

@@ -84,8 +84,14 @@ class HubStream:
             return fail(end)
         if self._waiter is not None:
             raise RuntimeError("the stream is already being awaited")
-        self._waiter = Deferred()
-        return self._waiter
+        waiter: Deferred[Any] = Deferred(self._forget_waiter)
+        self._waiter = waiter
+        return waiter
+
+    def _forget_waiter(self, waiter: Deferred[Any]) -> None:
+        # A read that timed out or was cancelled: the next item waits for the next read.
+        if self._waiter is waiter:
+            self._waiter = None
 
     def each(self, callback: Callable[[Any], object]) -> Deferred[None]:
         """
