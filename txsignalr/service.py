@@ -622,8 +622,12 @@ class SubscriptionService(Service):
             errbackArgs=(connection,),
         )
 
+    def _proxies(self, connection: ConnectionLike) -> dict[str, HubProxyLike]:
+        """The hub proxies of a new connection, by lower-case hub name."""
+        return {name.lower(): connection.hub(name) for name in self._hub_names()}
+
     def _register(self, connection: ConnectionLike) -> None:
-        proxies = {name.lower(): connection.hub(name) for name in self._hub_names()}
+        proxies = self._proxies(connection)
         for handler in self.handlers:
             proxy = proxies[handler.hub.lower()]
             if handler.method is None:
@@ -747,7 +751,9 @@ class SubscriptionService(Service):
         self._sub_retry.pop(index, None)
         sub = self.subscriptions[index]
         try:
-            d = connection.hub(sub.hub).invoke(sub.method, *sub.args, timeout=self._invoke_timeout)
+            d = self._target(connection, sub.hub).invoke(
+                sub.method, *sub.args, timeout=self._invoke_timeout
+            )
         except Exception:
             d = fail()
         d.addCallback(self._check_result, sub)
@@ -757,6 +763,10 @@ class SubscriptionService(Service):
             callbackArgs=(connection, index),
             errbackArgs=(connection, index),
         )
+
+    def _target(self, connection: ConnectionLike, hub: str) -> HubProxyLike:
+        """What a subscription on ``hub`` is invoked on."""
+        return connection.hub(hub)
 
     @staticmethod
     def _check_result(result: Any, sub: Subscription) -> Any:
