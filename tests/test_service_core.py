@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from txsignalr import ConnectionClosed, HubConnection, InvalidStateError
+from txsignalr import ConnectionClosed, HubConnection, InvalidStateError, NegotiationError
 from txsignalr.service import (
     ClientCall,
     ConnectionSettings,
@@ -304,6 +304,24 @@ def test_auto_without_hubs_on_a_classic_server_gives_up_clearly() -> None:
     assert "subscription 'Subscribe' names none: give the hub (HUB.METHOD)" in str(error)
     assert clock.getDelayedCalls() == []
     assert any("not retrying, as this is a configuration error" in m for m in messages(events))
+
+
+def test_auto_going_classic_hints_at_core_when_negotiate_fails() -> None:
+    """protocol auto with a hub named connects as classic; a failed negotiate (a Core
+    URL answers 405) logs, once, that protocol 'core' may be meant."""
+    service, clock, factory = make((Subscription("c3", "Subscribe"),), protocol="auto")
+    with capturedLogs() as events:
+        service.startService()
+        for _ in range(2):
+            factory.last.fail_start(NegotiationError("negotiate answered 405"))
+            clock.advance(60)
+    hints = [m for m in messages(events) if "use protocol 'core'" in m]
+    assert hints == [
+        "hubs are named (c3), so protocol 'auto' connects as classic ASP.NET SignalR; if "
+        "http://127.0.0.1:1/hubs/c3 is an ASP.NET Core hub, use protocol 'core' (or leave "
+        "the hub out)"
+    ]
+    assert len(factory.connections) == 3  # still retried
 
 
 # ------------------------------------------------------------------ reconnects

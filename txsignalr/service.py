@@ -35,7 +35,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._protocol import ALL_TRANSPORTS, Transport, redact_url, transport_order
-from txsignalr.errors import ConnectionClosed, InvalidStateError, InvalidURL, SignalRError
+from txsignalr.errors import (
+    ConnectionClosed,
+    InvalidStateError,
+    InvalidURL,
+    NegotiationError,
+    SignalRError,
+)
 
 __all__ = [
     "ClientCall",
@@ -690,6 +696,7 @@ class SubscriptionService(Service):
         self._connection: ConnectionLike | None = None
         self._family: str | None = None  # of the current connection, once started
         self._resubscribing = False  # Core: subscribed, then reconnected; invoking again
+        self._hinted = False  # the "auto went classic" hint was logged
         self._failures = 0  # consecutive failed attempts
         self._generation = 0  # connections made since startService
         self._retry_call: IDelayedCall | None = None
@@ -974,8 +981,22 @@ class SubscriptionService(Service):
         self._abandon(connection)
         if reason.check(InvalidURL):
             self._permanent_failure(reason, "could not connect")
-        else:
-            self._attempt_failed(reason, "could not connect")
+            return
+        if (
+            reason.check(NegotiationError)
+            and self.settings.protocol == "auto"
+            and self._mode == "classic"
+            and not self._hinted
+        ):
+            self._hinted = True
+            self.log.warn(
+                "hubs are named ({hubs}), so protocol 'auto' connects as classic ASP.NET "
+                "SignalR; if {url} is an ASP.NET Core hub, use protocol 'core' (or leave "
+                "the hub out)",
+                hubs=", ".join(self._hub_names()),
+                url=redact_url(self.settings.url),
+            )
+        self._attempt_failed(reason, "could not connect")
 
     def _closed(self, result: object, connection: ConnectionLike) -> None:
         if connection is not self._connection:

@@ -233,7 +233,7 @@ class Options(usage.Options):
         self["protocol"] = protocol
 
     def opt_access_token_env(self, name: str) -> None:
-        """Environment variable holding a bearer token, read before each negotiate (a rotated token is picked up) and sent as Authorization: Bearer; the token itself is never given on the command line."""  # noqa: E501
+        """Environment variable holding a bearer token, sent as Authorization: Bearer and read again before each ASP.NET Core negotiate (a rotated token is picked up; classic: when each connection is made); the token itself is never given on the command line."""  # noqa: E501
         if not ENV_NAME.fullmatch(name):
             # Not repeated: it may be the token itself, given here by mistake.
             raise usage.UsageError(
