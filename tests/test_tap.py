@@ -734,6 +734,7 @@ def test_core_subscribe_and_on_without_a_hub() -> None:
         "--stale-after", "5",
     )  # fmt: skip
     assert options["protocol"] == "core"
+    assert parse("--url", CORE_URL, "--protocol", "CORE")["protocol"] == "core"  # any case
     assert options["subscriptions"] == [
         (None, "Subscribe", (["tick"],)),
         (None, "Authenticate", ()),
@@ -784,7 +785,8 @@ def test_access_token_env_is_read_not_stored(monkeypatch: Any) -> None:
     ("args", "message"),
     [
         (["--protocol", "signalr"], "--protocol 'signalr': expected one of auto, classic, core"),
-        (["--protocol", "CORE"], "--protocol 'CORE': expected one of"),
+        (["--protocol", "", "--hub", "c3"], "--protocol '': expected one of"),
+        (["--protocol", "core", "--protocol", "classic"], "--protocol given twice"),
         (["--protocol", "core", "--subscribe", "chat.Send"], "--subscribe 'chat.Send': on ASP"),
         (["--protocol", "core", "--on", "chat.tick"], "the hub is the one the --url ('c3',"),
         (["--protocol", "core", "--hub", "chat"], "--hub 'chat': on ASP.NET Core"),

@@ -159,6 +159,7 @@ class Options(usage.Options):
         # declared with ConnectionSettings
         self.update(ConnectionSettings.option_defaults())
         self._chose_transports = False
+        self._chose_protocol = False
         self["subscriptions"] = []
         self["on"] = []
         self["output"] = "-"
@@ -226,11 +227,14 @@ class Options(usage.Options):
 
     def opt_protocol(self, protocol: str) -> None:
         """SignalR family: auto (the default: classic when a hub is named anywhere, else whatever the server is), classic (ASP.NET SignalR 2.x) or core (ASP.NET Core)."""  # noqa: E501
-        if protocol not in PROTOCOLS:
+        if protocol.lower() not in PROTOCOLS:
             raise usage.UsageError(
                 f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}"
             )
-        self["protocol"] = protocol
+        if self._chose_protocol:
+            raise usage.UsageError("--protocol given twice")
+        self._chose_protocol = True
+        self["protocol"] = protocol.lower()
 
     def opt_access_token_env(self, name: str) -> None:
         """Environment variable holding a bearer token, sent as Authorization: Bearer and read again before each ASP.NET Core negotiate (a rotated token is picked up; classic: when each connection is made); the token itself is never given on the command line."""  # noqa: E501
