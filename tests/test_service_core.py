@@ -437,6 +437,18 @@ def test_core_stale_feed_watch_on_the_connection() -> None:
     assert any(m.startswith("stale feed: no tick call on c3") for m in messages(events))
 
 
+def test_core_failure_result_names_the_urls_hub() -> None:
+    """A result reporting failure is retried; the error names the Core URL's hub."""
+    service, clock, factory = make()
+    service.startService()
+    factory.last.connect()
+    with capturedLogs() as events:
+        factory.last.answer(0, {"Success": False})
+    assert "c3.Subscribe returned a failure: {'Success': False}" in messages(events)[0]
+    assert retry_delays(clock) == [1.0]
+    assert SUBSCRIBE.describe() == "Subscribe" and SUBSCRIBE.describe("c3") == "c3.Subscribe"
+
+
 def test_core_invocation_raising_synchronously_is_retried() -> None:
     """invoke raising at once on Core is a failure, retried like on classic."""
     service, clock, factory = make()

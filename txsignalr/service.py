@@ -575,8 +575,11 @@ class SubscriptionError(SignalRError):
     :ivar result: the result it got.
     """
 
-    def __init__(self, subscription: Subscription, result: Any):
-        super().__init__(f"{subscription.describe()} returned a failure: {result!r}")
+    def __init__(self, subscription: Subscription, result: Any, hub: str | None = None):
+        """
+        :param hub: the name to show for a subscription without a hub (the Core URL's).
+        """
+        super().__init__(f"{subscription.describe(hub)} returned a failure: {result!r}")
         self.subscription = subscription
         self.result = result
 
@@ -1053,7 +1056,7 @@ class SubscriptionService(Service):
             )
         except Exception:
             d = fail()
-        d.addCallback(self._check_result, sub)
+        d.addCallback(self._check_result, sub, self._label(sub.hub))
         d.addCallbacks(
             self._subscription_succeeded,
             self._subscription_failed,
@@ -1069,9 +1072,9 @@ class SubscriptionService(Service):
         return connection
 
     @staticmethod
-    def _check_result(result: Any, sub: Subscription) -> Any:
+    def _check_result(result: Any, sub: Subscription, hub: str) -> Any:
         if not sub.check(result):
-            raise SubscriptionError(sub, result)
+            raise SubscriptionError(sub, result, hub)
         return result
 
     def _subscription_succeeded(self, result: Any, connection: ConnectionLike, index: int) -> None:
