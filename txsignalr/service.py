@@ -10,6 +10,10 @@ restarted, negotiate keeps failing) or a feed falls silent, it makes a new conne
 after a back-off delay and invokes every subscription again.  A subscription whose
 result reports failure is logged and retried; nothing is dropped silently.
 
+Both SignalR families work: classic ASP.NET SignalR through hub proxies, ASP.NET Core
+(:attr:`ConnectionSettings.protocol`) through the connection to the hub its URL names,
+where every reconnect is a new server-side connection and so re-subscribes.
+
 The reconnection logic is modelled on Twisted's
 :class:`~twisted.application.internet.ClientService`: a retry policy is a callable
 ``policy(attempt) -> seconds`` (default :func:`~twisted.application.internet.backoffPolicy`),
