@@ -184,10 +184,12 @@ def test_every_connection_setting_has_its_option() -> None:
         "cookies": "cookie",
         "query": "query",
         "transports": "transport",
+        "protocol": "protocol",
+        "access_token_env": "access-token-env",
     }
     text = str(tap.Options())
     for option in options_by_field.values():
-        assert callable(getattr(tap.Options, f"opt_{option}"))
+        assert callable(getattr(tap.Options, f"opt_{option.replace('-', '_')}"))
         assert f"--{option}=" in text
     defaults = parse("--url", URL, "--hub", "c3").settings(URL)
     assert defaults == ConnectionSettings(URL, hubs=["c3"])
@@ -257,14 +259,14 @@ def test_demo_with_own_subscription_and_port() -> None:
         (["--url", URL, "--hub", "c 3"], "--hub 'c 3': expected a hub name"),
         (["--url", URL, "--hub", "c3.x"], "--hub 'c3.x'"),
         (
-            ["--url", URL, "--subscribe", "Subscribe"],
-            "--subscribe 'Subscribe': expected HUB.METHOD",
+            ["--url", URL, "--protocol", "classic", "--subscribe", "Subscribe"],
+            "--subscribe 'Subscribe' names no hub: a classic ASP.NET SignalR connection",
         ),
         (["--url", URL, "--subscribe", ".Subscribe"], "expected HUB.METHOD"),
         (["--url", URL, "--subscribe", "c3."], "expected HUB.METHOD"),
         (["--url", URL, "--subscribe", "c3.Sub:[tick]"], "JSON-ARGS is not JSON"),
         (["--url", URL, "--subscribe", 'c3.Sub:"tick"'], "JSON-ARGS must be a JSON array"),
-        (["--url", URL, "--on", "tick"], "--on 'tick': expected HUB.METHOD"),
+        (["--url", URL, "--protocol", "classic", "--on", "tick"], "--on 'tick' names no hub"),
         (["--url", URL, "--hub", "c3", "--header", "NoColon"], "--header 'NoColon': expected"),
         (["--url", URL, "--hub", "c3", "--header", ": v"], "expected 'Name: value'"),
         (["--url", URL, "--hub", "c3", "--cookie", "novalue"], "--cookie 'novalue': expected"),
@@ -715,3 +717,204 @@ async def test_demo_service_in_process(tmp_path: Path) -> None:
     assert ticks == sorted(set(ticks))  # strictly increasing: none written twice
     leftover = [c for c in reactor.getDelayedCalls() if c not in baseline and c.active()]
     assert leftover == []
+
+
+# ------------------------------------------------------------------ ASP.NET Core
+
+CORE_URL = "https://example.com/hubs/c3"
+
+
+def test_core_subscribe_and_on_without_a_hub() -> None:
+    """--protocol core: METHOD alone for --subscribe and --on; a HUB. part naming the
+    URL's hub (any case) is accepted and dropped; the same --on twice is written once."""
+    options = parse(
+        "--url", CORE_URL, "--protocol", "core",
+        "--subscribe", 'Subscribe:[["tick"]]', "--subscribe", "C3.Authenticate",
+        "--on", "tick", "--on", "c3.Tick", "--on", "heartbeat", "--hub", "C3",
+        "--stale-after", "5",
+    )  # fmt: skip
+    assert options["protocol"] == "core"
+    assert parse("--url", CORE_URL, "--protocol", "CORE")["protocol"] == "core"  # any case
+    assert options["subscriptions"] == [
+        (None, "Subscribe", (["tick"],)),
+        (None, "Authenticate", ()),
+    ]
+    assert options["on"] == [(None, "tick"), (None, "heartbeat")]
+    assert options["hubs"] == []
+    assert [(s.hub, s.method, s.watch) for s in options.subscriptions()] == [
+        (None, "Subscribe", ("tick", "heartbeat")),
+        (None, "Authenticate", ("tick", "heartbeat")),
+    ]
+    settings = options.settings(CORE_URL)
+    assert settings.protocol == "core"
+    assert settings.connection_arguments()["protocol"] == "core"
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [(None, "tick"), (None, "heartbeat")]
+
+
+def test_core_without_on_writes_every_call_and_needs_nothing_else() -> None:
+    """--protocol core with the URL alone is something to do: write every call."""
+    options = parse("--url", CORE_URL, "--protocol", "core")
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [(None, None)]
+    assert service.subscriptions == ()
+
+
+def test_auto_with_hubless_options_lets_the_server_decide() -> None:
+    """--protocol auto (the default) with no hub named anywhere: METHOD forms are taken
+    as they are, and one catch-all handler writes the URL's hub's calls."""
+    options = parse("--url", CORE_URL, "--subscribe", "Subscribe")
+    assert options["protocol"] == "auto"
+    assert options["subscriptions"] == [(None, "Subscribe", ())]
+    [_, service] = _children(tap.makeService(options, reactor=Clock()))
+    assert [(h.hub, h.method) for h in service.handlers] == [(None, None)]
+
+
+def test_access_token_env_is_read_not_stored(monkeypatch: Any) -> None:
+    """--access-token-env keeps the variable's name; the token is read from it."""
+    monkeypatch.setenv("TXS_TOKEN", "the-token")
+    options = parse("--url", CORE_URL, "--protocol", "core", "--access-token-env", "TXS_TOKEN")
+    assert options["access_token_env"] == "TXS_TOKEN"
+    assert "the-token" not in repr(dict(options))
+    settings = options.settings(CORE_URL)
+    assert settings.access_token_env == "TXS_TOKEN"
+    assert settings.connection_arguments()["access_token_factory"]() == "the-token"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "signalr"], "--protocol 'signalr': expected one of auto, classic, core"),
+        (["--protocol", "", "--hub", "c3"], "--protocol '': expected one of"),
+        (["--protocol", "core", "--protocol", "classic"], "--protocol given twice"),
+        (["--protocol", "core", "--subscribe", "chat.Send"], "--subscribe 'chat.Send': on ASP"),
+        (["--protocol", "core", "--on", "chat.tick"], "the hub is the one the --url ('c3',"),
+        (["--protocol", "core", "--hub", "chat"], "--hub 'chat': on ASP.NET Core"),
+        (["--subscribe", "a.b.C"], "expected HUB.METHOD, or METHOD on an ASP.NET Core URL"),
+        (
+            ["--subscribe", "Sub", "--on", "c3.tick"],
+            "'Sub' names no hub, but with --protocol auto a hub named elsewhere",
+        ),
+        (["--subscribe", "Sub", "--hub", "c3"], "means classic ASP.NET SignalR, which needs"),
+        (["--access-token-env", "eyJhbGciOiJIUzI1NiJ9.e30.x"], "not the token itself"),
+        (
+            ["--protocol", "core", "--access-token-env", "TXS_UNSET_VAR"],
+            "TXS_UNSET_VAR, which should hold the access",
+        ),
+        (
+            ["--protocol", "core", "--access-token-env", "TXS_EMPTY_VAR"],
+            "TXS_EMPTY_VAR, which should hold the access token, is empty",
+        ),
+        (
+            [
+                "--protocol",
+                "core",
+                "--access-token-env",
+                "TXS_TOKEN",
+                "--header",
+                "authorization: Basic x",
+            ],
+            "--access-token-env and --header 'Authorization: ...' cannot be combined",
+        ),
+        (
+            ["--access-token-env", "TXS_TOKEN", "--access-token-env", "TXS_TOKEN"],
+            "--access-token-env given twice",
+        ),
+    ],
+)
+def test_bad_core_options(args: list[str], message: str, monkeypatch: Any) -> None:
+    """Each bad --protocol / hub / --access-token-env combination is a usage error;
+    a token given in place of the variable's name is not repeated."""
+    monkeypatch.delenv("TXS_UNSET_VAR", raising=False)
+    monkeypatch.setenv("TXS_EMPTY_VAR", "")
+    monkeypatch.setenv("TXS_TOKEN", "t0ken")
+    with pytest.raises(usage.UsageError) as info:
+        parse("--url", CORE_URL, *args)
+    assert message in str(info.value)
+    assert "eyJ" not in str(info.value)
+
+
+def test_demo_over_core_subscribes_without_a_hub() -> None:
+    """--demo --protocol core: the same default feed, addressed to the Core URL's hub."""
+    options = parse("--demo", "--protocol", "core", "--hub", "C3")
+    assert [(s.hub, s.method, s.args) for s in options.subscriptions()] == [
+        (None, "Subscribe", (["market_summaries", "tick", "heartbeat"],))
+    ]
+    with pytest.raises(usage.UsageError, match="the --demo server's Core URL \\('c3'\\)"):
+        parse("--demo", "--protocol", "core", "--subscribe", "chat.Send")
+    with pytest.raises(usage.UsageError, match="with --protocol auto --demo means classic"):
+        parse("--demo", "--subscribe", "Subscribe")  # plain --demo is classic
+
+
+def test_demo_core_hands_the_core_url() -> None:
+    """DemoService(core=True) gives its child the c3 hub's Core URL."""
+    reactor = MemoryReactorClock()
+    made: list[str] = []
+    demo = tap.DemoService(reactor, 0, lambda url: made.append(url) or Service(), core=True)
+    demo.startService()
+    assert len(made) == 1 and made[0].endswith("/hubs/c3")
+    demo.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_core_json_lines_from_a_live_server(tmp_path: Path, monkeypatch: Any) -> None:
+    """makeService on a Core URL needing a bearer token: --subscribe without a hub, the
+    token from --access-token-env; the JSON lines say hub "c3"; after
+    drop_all_transports the feed resumes; the token is in no log line or output."""
+    from txsignalr.testing import C3Hub, SignalRServer
+
+    server = SignalRServer(_reactor(), hubs=[C3Hub(interval=0.05)])
+    server.core_access_token = "live-secret-token"
+    await server.listen(port=0, interface="127.0.0.1")
+    monkeypatch.setenv("TXS_LIVE_TOKEN", "live-secret-token")
+    out = tmp_path / "calls.jsonl"
+    options = parse(
+        "--url", server.core_url("c3"), "--protocol", "core",
+        "--subscribe", 'Subscribe:[["tick"]]', "--on", "tick",
+        "--access-token-env", "TXS_LIVE_TOKEN", "--output", str(out),
+    )  # fmt: skip
+    root = tap.makeService(options)
+    with capturedLogs() as events:
+        root.startService()
+        try:
+            records = await _wait_for_lines(out, lambda rs: len(rs) >= 3)
+            server.drop_all_transports()
+            seen = len(records)
+            records = await _wait_for_lines(out, lambda rs: len(rs) >= seen + 3)
+        finally:
+            await _stop(root)
+            await server.stop()
+    assert {(r["hub"], r["method"]) for r in records} == {("c3", "tick")}
+    ticks = [r["args"][0]["Seq"] for r in records]
+    assert ticks == sorted(set(ticks))
+    text = "\n".join(formatEvent(e) or "" for e in events) + repr(events) + out.read_text()
+    assert "resubscribed 1 subscriptions" in text
+    assert "live-secret-token" not in text
+    assert server.events("unauthorized") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_service_over_core_in_process(tmp_path: Path, monkeypatch: Any) -> None:
+    """--demo --protocol core --access-token-env: the demo server's Core side requires
+    the variable's token; every feed arrives, as "hub": "c3"."""
+    monkeypatch.setenv("TXS_DEMO_TOKEN", "demo-secret-token")
+    out = tmp_path / "demo.jsonl"
+    root = tap.makeService(
+        parse("--demo", "--protocol", "core", "--access-token-env", "TXS_DEMO_TOKEN",
+              "--output", str(out))
+    )  # fmt: skip
+    root.startService()
+    try:
+        records = await _wait_for_lines(
+            out,
+            lambda rs: (
+                {r["method"] for r in rs} >= {"heartbeat", "tick", "marketSummaries"}
+                and sum(r["method"] == "tick" for r in rs) >= 3
+            ),
+        )
+    finally:
+        await _stop(root)
+    assert {r["hub"] for r in records} == {"c3"}
+    summary = next(r for r in records if r["method"] == "marketSummaries")
+    assert isinstance(summary["args"][0]["sequence"], int)  # deflate-base64 decoded
+    assert "demo-secret-token" not in out.read_text()

@@ -224,3 +224,65 @@ def test_example_tac_runs_against_the_demo_server(tmp_path: Path) -> None:
     assert "Server Shut Down." in text
     assert "gap in market summaries" not in text
     assert "Traceback" not in text, text
+
+
+def test_twistd_demo_over_core_with_an_access_token(tmp_path: Path) -> None:
+    """`twistd -n signalr --demo --protocol core --access-token-env VAR`: the demo
+    server's Core side (/hubs/c3) requires VAR's token; the default feed arrives as
+    JSON lines with "hub": "c3"; the token is in neither the output nor the log."""
+    token = "e2e-secret-token-6f1c"
+    out = tmp_path / "core.jsonl"
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*TWISTD_FROM_CHECKOUT, "-n", "--pidfile=", "signalr", "--demo",
+             "--protocol", "core", "--access-token-env", "TXS_E2E_TOKEN",
+             "--output", str(out)],
+            cwd=ROOT,
+            env={**_env(False), "TXS_E2E_TOKEN": token},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            wanted = {"heartbeat", "tick", "marketSummaries"}
+            records: list[dict[str, Any]] = []
+            while {r["method"] for r in records} < wanted or len(records) < 10:
+                assert process.poll() is None, f"twistd exited early:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no JSON lines after 30 s:\n{log.read_text()}"
+                time.sleep(0.1)
+                records = _read_records(out)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert process.returncode == -signal.SIGTERM, text
+    assert "Server Shut Down." in text
+    assert "Traceback" not in text and "Unhandled" not in text, text
+    assert "/hubs/c3" in text and "ASP.NET Core" in text
+    assert "subscribed 1 subscriptions" in text
+    records = _read_records(out)
+    assert all(set(r) == {"time", "hub", "method", "args"} for r in records)
+    assert {r["hub"] for r in records} == {"c3"}
+    ticks = [r["args"][0]["Seq"] for r in records if r["method"] == "tick"]
+    assert ticks == sorted(set(ticks)) and len(ticks) >= 3
+    assert token not in text and token not in out.read_text()
+
+
+def test_twistd_access_token_env_unset_is_a_usage_error(tmp_path: Path) -> None:
+    """--access-token-env naming an unset variable: exit 1 at once, naming it."""
+    env = {k: v for k, v in _env(False).items() if k != "TXS_E2E_UNSET"}
+    done = subprocess.run(
+        [*TWISTD_FROM_CHECKOUT, "-n", "--pidfile=", "signalr", "--url",
+         "http://127.0.0.1:1/hubs/c3", "--protocol", "core", "--access-token-env",
+         "TXS_E2E_UNSET", "--output", str(tmp_path / "o")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "--access-token-env TXS_E2E_UNSET: environment variable TXS_E2E_UNSET" in output
+    assert "is not set" in output
+    assert "Traceback" not in output

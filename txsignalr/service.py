@@ -10,6 +10,10 @@ restarted, negotiate keeps failing) or a feed falls silent, it makes a new conne
 after a back-off delay and invokes every subscription again.  A subscription whose
 result reports failure is logged and retried; nothing is dropped silently.
 
+Both SignalR families work: classic ASP.NET SignalR through hub proxies, ASP.NET Core
+(:attr:`ConnectionSettings.protocol`) through the connection to the hub its URL names,
+where every reconnect is a new server-side connection and so re-subscribes.
+
 The reconnection logic is modelled on Twisted's
 :class:`~twisted.application.internet.ClientService`: a retry policy is a callable
 ``policy(attempt) -> seconds`` (default :func:`~twisted.application.internet.backoffPolicy`),
@@ -19,6 +23,7 @@ The reconnection logic is modelled on Twisted's
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -34,7 +39,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._protocol import ALL_TRANSPORTS, Transport, redact_url, transport_order
-from txsignalr.errors import ConnectionClosed, InvalidURL, SignalRError
+from txsignalr.errors import (
+    ConnectionClosed,
+    InvalidStateError,
+    InvalidURL,
+    NegotiationError,
+    SignalRError,
+)
 
 __all__ = [
     "ClientCall",
@@ -43,9 +54,12 @@ __all__ = [
     "GaveUpError",
     "Handler",
     "HubProxyLike",
+    "MissingAccessToken",
     "Subscription",
     "SubscriptionError",
     "SubscriptionService",
+    "core_hub_name",
+    "read_access_token",
     "redact",
     "reports_success",
 ]
@@ -68,10 +82,30 @@ class HubProxyLike(Protocol):
 
 
 class ConnectionLike(Protocol):
-    """What the service needs from a connection (:class:`txsignalr.HubConnection`)."""
+    """
+    What the service needs from a connection (:class:`txsignalr.HubConnection`).
+
+    A classic connection is used through :meth:`hub` proxies; an ASP.NET Core one
+    (whose URL names its one hub) through :meth:`on`, :meth:`on_any` and
+    :meth:`invoke` of the connection itself.
+    """
+
+    @property
+    def protocol(self) -> str | None:
+        """``"core"`` or ``"classic"`` once started (read only when the service's
+        settings say ``protocol="auto"`` and nothing names a hub)."""
 
     def hub(self, name: str) -> HubProxyLike:
-        """Return the proxy for a hub; called before :meth:`start`."""
+        """Classic: return the proxy for a hub; called before :meth:`start`."""
+
+    def on(self, method: str, callback: Callable[..., object]) -> object:
+        """Core: register a client-method handler on the connection's hub."""
+
+    def on_any(self, callback: Callable[..., object]) -> object:
+        """Core: register ``callback(method, *args)`` for every client-method call."""
+
+    def invoke(self, method: str, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """Core: invoke a method of the connection's hub."""
 
     def start(self) -> Deferred[None]:
         """Connect."""
@@ -131,14 +165,19 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def _secret_values(
-    url: str, headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
+    url: str,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    query: Mapping[str, str],
+    tokens: Iterable[str] = (),
 ) -> tuple[str, ...]:
     """
     The exact values to keep out of logs for these connection settings: every header,
-    cookie and query value, the query values and password in ``url``, each also as
-    it looks URL-quoted, longest first (so a value is hidden before any part of it).
+    cookie and query value, the query values and password in ``url``, the access
+    ``tokens``, each also as it looks URL-quoted, longest first (so a value is hidden
+    before any part of it).
     """
-    raw: list[str] = [*headers.values(), *cookies.values(), *query.values()]
+    raw: list[str] = [*headers.values(), *cookies.values(), *query.values(), *tokens]
     for value in headers.values():
         raw.extend(value.split()[1:])  # "Bearer X": a server may echo only "X"
     try:
@@ -213,7 +252,8 @@ class Subscription:
     """
     A hub method invocation to make on every new connection.
 
-    :ivar hub: the hub name.
+    :ivar hub: the hub name; ``None`` for the hub an ASP.NET Core URL names (on Core a
+        name is accepted too, when it is that hub's: see :func:`core_hub_name`).
     :ivar method: the hub method, e.g. ``"Subscribe"``.
     :ivar args: its arguments (each one JSON value).
     :ivar check: judges the result; a ``False`` verdict is a failure that is logged and
@@ -225,7 +265,7 @@ class Subscription:
         every client call on :attr:`hub`.
     """
 
-    hub: str
+    hub: str | None
     method: str
     args: tuple[Any, ...] = attrs.field(default=(), converter=_values)
     check: ResultCheck = attrs.field(default=reports_success, repr=False)
@@ -236,9 +276,15 @@ class Subscription:
         if self.stale_after is not None and not self.stale_after > 0:
             raise ValueError(f"stale_after must be positive, not {self.stale_after!r}")
 
-    def describe(self) -> str:
-        """A short label for logs: ``hub.method``."""
-        return f"{self.hub}.{self.method}"
+    def describe(self, hub: str | None = None) -> str:
+        """
+        A short label for logs: ``hub.method``.
+
+        :param hub: the name to show when :attr:`hub` is ``None`` (the service passes
+            the Core URL's hub); without one such a subscription is just ``method``.
+        """
+        name = self.hub if self.hub is not None else hub
+        return self.method if name is None else f"{name}.{self.method}"
 
 
 @attrs.frozen
@@ -246,7 +292,8 @@ class ClientCall:
     """
     A server-to-client method call, as handed to a :class:`Handler`.
 
-    :ivar hub: the hub the call came from (as registered).
+    :ivar hub: the hub the call came from: as registered on a classic connection;
+        on an ASP.NET Core connection the hub its URL names (:func:`core_hub_name`).
     :ivar method: the client method name (as registered, or as the server spelled it
         for catch-all handlers).
     :ivar args: the call's arguments.
@@ -262,12 +309,12 @@ class Handler:
     """
     Routes client-method calls to a callback, on every connection the service makes.
 
-    :ivar hub: the hub name.
+    :ivar hub: the hub name; ``None`` for the hub an ASP.NET Core URL names.
     :ivar method: the client method name, or ``None`` for every call on the hub.
     :ivar callback: called with a :class:`ClientCall`; exceptions are logged.
     """
 
-    hub: str
+    hub: str | None
     method: str | None
     callback: Callable[[ClientCall], object] = attrs.field(repr=False)
 
@@ -294,6 +341,64 @@ def _transport_names(transports: tuple[Transport, ...]) -> str:
     return repr(tuple(t.value for t in transports))
 
 
+#: The ``protocol`` values of :class:`txsignalr.HubConnection`.
+PROTOCOLS = ("auto", "classic", "core")
+
+
+def _protocol(value: str) -> str:
+    protocol = str(value).lower()
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {value!r}")
+    return protocol
+
+
+#: What an environment variable's name may be (POSIX's portable names).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(_: object, attribute: object, value: str | None) -> None:
+    if value is not None and not ENV_NAME.fullmatch(value):
+        # The value is not repeated: it may be the token itself, given by mistake.
+        raise ValueError(
+            "access_token_env must be the name of an environment variable (letters, "
+            "digits and _, not starting with a digit), not the token itself"
+        )
+
+
+class MissingAccessToken(ValueError):
+    """The environment variable that should hold the access token is unset or empty."""
+
+
+def read_access_token(name: str) -> str:
+    """
+    The token in environment variable ``name``, now (surrounding white space dropped).
+
+    :raises MissingAccessToken: when the variable is unset or empty.
+    """
+    token = os.environ.get(name, "").strip()
+    if not token:
+        state = "empty" if name in os.environ else "not set"
+        raise MissingAccessToken(
+            f"environment variable {name}, which should hold the access token, is {state}"
+        )
+    return token
+
+
+def core_hub_name(url: str) -> str:
+    """
+    The name an ASP.NET Core connection's hub goes by in the service's logs and
+    :class:`ClientCall` objects: the last segment of the URL's path (``c3`` for
+    ``https://host/hubs/c3``), as the URL is the hub's.
+
+    :param url: the connection URL.
+    """
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        path = url.split("?", 1)[0]
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) or "hub"
+
+
 @attrs.frozen
 class ConnectionSettings:
     """
@@ -311,6 +416,18 @@ class ConnectionSettings:
         :class:`~txsignalr.Transport` values, kept as :class:`~txsignalr.Transport`
         values without repeats; all three by default, in that order.  An unknown name
         or an empty list raises :class:`ValueError`.
+    :ivar protocol: ``"auto"`` (the default), ``"classic"`` or ``"core"``, as
+        :class:`txsignalr.HubConnection` takes it.  With ``"auto"``, a hub named by a
+        subscription, handler or :attr:`hubs` means classic (hub proxies exist only
+        there); when nothing names a hub, the server decides, and a classic one is a
+        configuration error (classic connections must name their hubs).
+    :ivar access_token_env: the name of an environment variable holding a bearer
+        token, read each time one is needed: before every ASP.NET Core negotiate (so
+        a rotated token is picked up, reconnects included) and, for a classic
+        connection (protocol ``"classic"``, or ``"auto"`` with hubs named), when each
+        connection is made; sent as ``Authorization: Bearer``.
+        Unset or empty, it makes :meth:`connect` raise :class:`MissingAccessToken`.
+        Cannot be combined with an ``Authorization`` header.
     """
 
     url: str = attrs.field(repr=redact_url, metadata=_setting(None, hub_connection=False))
@@ -333,6 +450,55 @@ class ConnectionSettings:
         repr=_transport_names,
         metadata=_setting("transport"),
     )
+    protocol: str = attrs.field(default="auto", converter=_protocol, metadata=_setting("protocol"))
+    access_token_env: str | None = attrs.field(
+        default=None,
+        validator=_env_name,
+        metadata=_setting("access-token-env", hub_connection=False),
+    )
+    #: every token handed out, so that one rotated away still stays out of the logs
+    _tokens: set[str] = attrs.field(factory=set, init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.access_token_env is not None and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            raise ValueError(
+                "access_token_env and an Authorization header cannot be combined: the "
+                "token is sent as Authorization: Bearer"
+            )
+
+    @property
+    def core_hub(self) -> str:
+        """What an ASP.NET Core connection's hub is called: :func:`core_hub_name`."""
+        return core_hub_name(self.url)
+
+    def access_token(self) -> str:
+        """
+        The bearer token, read from :attr:`access_token_env` now.
+
+        :raises MissingAccessToken: when the variable is unset or empty (or no
+            variable was given).
+        """
+        name = self.access_token_env
+        if name is None:
+            raise MissingAccessToken("no access_token_env was given")
+        token = read_access_token(name)
+        self._tokens.add(token)
+        return token
+
+    def secret_values(self) -> tuple[str, ...]:
+        """
+        The exact values to keep out of logs: every header, cookie and query value,
+        the query values and password in :attr:`url`, and every access token read so
+        far and the current one, each also URL-quoted, longest first.
+        """
+        tokens = set(self._tokens)
+        if self.access_token_env is not None:
+            current = os.environ.get(self.access_token_env, "").strip()
+            if current:
+                tokens.add(current)
+        return _secret_values(self.url, self.headers, self.cookies, self.query, tokens)
 
     @classmethod
     def options(cls) -> dict[str, str]:
@@ -371,12 +537,21 @@ class ConnectionSettings:
         (besides the reactor and :attr:`url`).
 
         :returns: argument name -> value; the values are secret where the fields are.
+            With :attr:`access_token_env`, ``access_token_factory`` is
+            :meth:`access_token`, and the headers get ``Authorization: Bearer`` with
+            the token read now: a classic connection, which never calls the factory,
+            sends that; a Core one replaces it before every negotiate.
         """
-        return {
+        arguments = {
             f.name: getattr(self, f.name)
             for f in attrs.fields(type(self))
             if f.metadata.get(_HUB_CONNECTION)
         }
+        if self.access_token_env is not None:
+            arguments["access_token_factory"] = self.access_token
+            bearer = {"Authorization": f"Bearer {self.access_token()}"}
+            arguments["headers"] = {**self.headers, **bearer}
+        return arguments
 
     def connect(self, reactor: IReactorTime) -> ConnectionLike:
         """
@@ -385,9 +560,13 @@ class ConnectionSettings:
 
         :param reactor: the reactor to run it on.
         :returns: an unstarted connection.
+        :raises MissingAccessToken: when :attr:`access_token_env` is set but the
+            variable is not (a configuration error: the service gives up at once).
         """
         from txsignalr._connection import HubConnection
 
+        if self.access_token_env is not None:
+            self.access_token()  # fail now, not in every negotiate
         connection: ConnectionLike = HubConnection(reactor, self.url, **self.connection_arguments())
         return connection
 
@@ -400,8 +579,11 @@ class SubscriptionError(SignalRError):
     :ivar result: the result it got.
     """
 
-    def __init__(self, subscription: Subscription, result: Any):
-        super().__init__(f"{subscription.describe()} returned a failure: {result!r}")
+    def __init__(self, subscription: Subscription, result: Any, hub: str | None = None):
+        """
+        :param hub: the name to show for a subscription without a hub (the Core URL's).
+        """
+        super().__init__(f"{subscription.describe(hub)} returned a failure: {result!r}")
         self.subscription = subscription
         self.result = result
 
@@ -470,6 +652,21 @@ class SubscriptionService(Service):
     :param connection_factory: ``factory(reactor) -> connection``; defaults to
         :meth:`ConnectionSettings.connect`.
     :param on_gave_up: called with the :class:`GaveUpError` error when the service gives up.
+
+    ASP.NET Core (``settings.protocol`` ``"core"``, or ``"auto"`` with no hub named
+    anywhere): subscriptions and handlers address the hub the URL names, through the
+    connection itself; their ``hub`` is ``None`` or that hub's name
+    (:func:`core_hub_name`, compared ignoring case), and :class:`ClientCall` reports
+    that name.  A Core server keeps nothing of a connection across a reconnect (it is
+    a new connection, without its groups), so after every reconnect all
+    subscriptions are invoked again; until they succeed the service is not
+    :attr:`subscribed`.  Invocations cut short by the connection loss are not failed
+    attempts.  On classic the server keeps the subscriptions (groups) across a
+    reconnect, and nothing is invoked again.
+
+    :raises ValueError: for subscriptions or handlers that cannot work with
+        ``settings.protocol``: without a hub on classic, naming another hub than the
+        URL's on Core, or (``"auto"``) some with a hub and some without.
     """
 
     log = Logger(namespace="txsignalr.service")
@@ -500,8 +697,13 @@ class SubscriptionService(Service):
             connection_factory if connection_factory is not None else settings.connect
         )
         self._on_gave_up = on_gave_up
+        self._core_hub = settings.core_hub
+        self._mode = self._choose_mode()
 
         self._connection: ConnectionLike | None = None
+        self._family: str | None = None  # of the current connection, once started
+        self._resubscribing = False  # Core: subscribed, then reconnected; invoking again
+        self._hinted = False  # the "auto went classic" hint was logged
         self._failures = 0  # consecutive failed attempts
         self._generation = 0  # connections made since startService
         self._retry_call: IDelayedCall | None = None
@@ -515,9 +717,40 @@ class SubscriptionService(Service):
         self._gave_up: GaveUpError | None = None
         self._waiters: list[Deferred[ConnectionLike]] = []
         self._closing: set[Deferred[None]] = set()  # connections being closed
-        self._secrets = _secret_values(
-            settings.url, settings.headers, settings.cookies, settings.query
-        )
+
+    def _choose_mode(self) -> str:
+        """
+        ``"classic"`` (hub proxies), ``"core"`` (the connection itself) or ``"auto"``
+        (the connection itself, and the server must turn out to be Core).
+        """
+        protocol = self.settings.protocol
+        entries: list[Subscription | Handler] = [*self.subscriptions, *self.handlers]
+        named = [*self.settings.hubs, *(e.hub for e in entries if e.hub is not None)]
+        hubless = [e for e in entries if e.hub is None]
+        if protocol == "core":
+            other = [n for n in unique_ignoring_case(named) if n.lower() != self._core_hub.lower()]
+            if other:
+                raise ValueError(
+                    f"an ASP.NET Core URL names its one hub ({self._core_hub!r}, the end of "
+                    f"its path); hub {other[0]!r} is another: leave the hub out"
+                )
+            return "core"
+        if hubless and (protocol == "classic" or named):
+            why = (
+                "a classic connection"
+                if protocol == "classic"
+                else "with hubs named elsewhere, protocol 'auto' connects as classic, which"
+            )
+            raise ValueError(
+                f"{_entry(hubless[0])} names no hub, but {why} needs one for every "
+                "subscription and handler (on ASP.NET Core, use protocol 'core')"
+            )
+        # Nothing without a hub: classic's hub proxies, as before protocols existed.
+        return "auto" if hubless else "classic"
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        return self.settings.secret_values()
 
     # -------------------------------------------------------------- public API
 
@@ -590,10 +823,19 @@ class SubscriptionService(Service):
         return unique_ignoring_case(
             [
                 *self.settings.hubs,
-                *(s.hub for s in self.subscriptions),
-                *(h.hub for h in self.handlers),
+                *(s.hub for s in self.subscriptions if s.hub is not None),
+                *(h.hub for h in self.handlers if h.hub is not None),
             ]
         )
+
+    def _label(self, hub: str | None) -> str:
+        """The hub's name in logs and client calls: the Core URL's hub on Core."""
+        if hub is None or self._mode != "classic":
+            return self._core_hub
+        return hub
+
+    def _describe_sub(self, sub: Subscription) -> str:
+        return f"{self._label(sub.hub)}.{sub.method}"
 
     def _connect(self) -> None:
         self._retry_call = None
@@ -622,24 +864,39 @@ class SubscriptionService(Service):
             errbackArgs=(connection,),
         )
 
+    def _proxies(self, connection: ConnectionLike) -> dict[str, HubProxyLike]:
+        """The hub proxies of a new connection, by lower-case hub name."""
+        return {name.lower(): connection.hub(name) for name in self._hub_names()}
+
     def _register(self, connection: ConnectionLike) -> None:
-        proxies = {name.lower(): connection.hub(name) for name in self._hub_names()}
+        if self._mode == "classic":
+            proxies = self._proxies(connection)
+
+            def proxy_for(hub: str | None) -> HubProxyLike:
+                assert hub is not None  # _choose_mode saw to it
+                return proxies[hub.lower()]
+        else:  # Core: the connection is its hub's proxy
+
+            def proxy_for(hub: str | None) -> HubProxyLike:
+                return connection
+
         for handler in self.handlers:
-            proxy = proxies[handler.hub.lower()]
+            proxy = proxy_for(handler.hub)
+            label = self._label(handler.hub)
             if handler.method is None:
-                _on_any(proxy, handler.hub, self._dispatcher(connection, handler))
+                _on_any(proxy, label, self._dispatcher(connection, handler))
             else:
-                proxy.on(handler.method, self._method_dispatcher(connection, handler))
+                proxy.on(handler.method, self._method_dispatcher(connection, handler, label))
         for index, sub in enumerate(self.subscriptions):
             if sub.stale_after is None:
                 continue
-            proxy = proxies[sub.hub.lower()]
+            proxy = proxy_for(sub.hub)
             feed = self._feed_watcher(connection, index)
             if sub.watch:
                 for method in sub.watch:
                     proxy.on(method, _ignoring_args(feed))
             else:
-                _on_any(proxy, sub.hub, _ignoring_args(feed))
+                _on_any(proxy, self._label(sub.hub), _ignoring_args(feed))
         connection.on_reconnecting(lambda reason: self._reconnecting(connection, reason))
         connection.on_reconnected(lambda: self._reconnected(connection))
 
@@ -659,10 +916,10 @@ class SubscriptionService(Service):
         return dispatch
 
     def _method_dispatcher(
-        self, connection: ConnectionLike, handler: Handler
+        self, connection: ConnectionLike, handler: Handler, hub: str
     ) -> Callable[..., None]:
         dispatch = self._dispatcher(connection, handler)
-        hub, method = handler.hub, handler.method
+        method = handler.method
         assert method is not None
 
         def on_call(*args: Any) -> None:
@@ -693,6 +950,28 @@ class SubscriptionService(Service):
         connection.when_closed().addBoth(self._closed, connection)
         if connection is not self._connection:
             return  # it closed already
+        if self._mode == "auto":
+            self._family = connection.protocol
+            if self._family != "core":
+                entries: list[Subscription | Handler] = [*self.subscriptions, *self.handlers]
+                entry = _entry(entries[0])
+                self._permanent_failure(
+                    Failure(
+                        InvalidStateError(
+                            f"{redact_url(self.settings.url)} is a classic ASP.NET SignalR "
+                            f"server, whose connections must name their hubs, and {entry} "
+                            "names none: give the hub (HUB.METHOD)"
+                        )
+                    ),
+                    "cannot subscribe",
+                )
+                return
+        else:
+            self._family = self._mode
+        self._subscribe_all(connection)
+
+    def _subscribe_all(self, connection: ConnectionLike) -> None:
+        """Invoke every subscription on ``connection`` (new, or reconnected on Core)."""
         self._pending = set(range(len(self.subscriptions)))
         self._sub_failures = {}
         if not self._pending:
@@ -709,14 +988,28 @@ class SubscriptionService(Service):
         self._abandon(connection)
         if reason.check(InvalidURL):
             self._permanent_failure(reason, "could not connect")
-        else:
-            self._attempt_failed(reason, "could not connect")
+            return
+        if (
+            reason.check(NegotiationError)
+            and self.settings.protocol == "auto"
+            and self._mode == "classic"
+            and not self._hinted
+        ):
+            self._hinted = True
+            self.log.warn(
+                "hubs are named ({hubs}), so protocol 'auto' connects as classic ASP.NET "
+                "SignalR; if {url} is an ASP.NET Core hub, use protocol 'core' (or leave "
+                "the hub out)",
+                hubs=", ".join(self._hub_names()),
+                url=redact_url(self.settings.url),
+            )
+        self._attempt_failed(reason, "could not connect")
 
     def _closed(self, result: object, connection: ConnectionLike) -> None:
         if connection is not self._connection:
             return
         reason = result if isinstance(result, Failure) else None
-        healthy = self._subscribed
+        healthy = self._subscribed or self._resubscribing
         self._drop_connection_state()
         message = "connection lost" if reason is not None else "connection closed"
         self.log.warn(
@@ -730,16 +1023,31 @@ class SubscriptionService(Service):
             self._attempt_failed(reason or Failure(SignalRError("connection closed")), None)
 
     def _reconnecting(self, connection: ConnectionLike, reason: ConnectionClosed) -> None:
-        if connection is self._connection:
-            self.log.warn(
-                "transport lost ({reason}); reconnecting to {url}",
-                reason=redact(str(reason), self._secrets),
-                url=redact_url(self.settings.url),
-            )
+        if connection is not self._connection:
+            return
+        self.log.warn(
+            "transport lost ({reason}); reconnecting to {url}",
+            reason=redact(str(reason), self._secrets),
+            url=redact_url(self.settings.url),
+        )
+        if self._family == "core":
+            # The reconnect makes a new server-side connection: the subscriptions
+            # are gone with the old one, and are made again once reconnected.
+            self._resubscribing = self._resubscribing or self._subscribed
+            self._subscribed = False
+            self._pending = set()
+            self._cancel_subscription_timers()
 
     def _reconnected(self, connection: ConnectionLike) -> None:
-        if connection is self._connection:
-            self.log.info("reconnected to {url}", url=redact_url(self.settings.url))
+        if connection is not self._connection:
+            return
+        self.log.info("reconnected to {url}", url=redact_url(self.settings.url))
+        if self._family == "core":
+            self.log.info(
+                "an ASP.NET Core reconnect is a new connection: subscribing again on {url}",
+                url=redact_url(self.settings.url),
+            )
+            self._subscribe_all(connection)
 
     # -------------------------------------------------------------- subscribing
 
@@ -747,10 +1055,12 @@ class SubscriptionService(Service):
         self._sub_retry.pop(index, None)
         sub = self.subscriptions[index]
         try:
-            d = connection.hub(sub.hub).invoke(sub.method, *sub.args, timeout=self._invoke_timeout)
+            d = self._target(connection, sub.hub).invoke(
+                sub.method, *sub.args, timeout=self._invoke_timeout
+            )
         except Exception:
             d = fail()
-        d.addCallback(self._check_result, sub)
+        d.addCallback(self._check_result, sub, self._label(sub.hub))
         d.addCallbacks(
             self._subscription_succeeded,
             self._subscription_failed,
@@ -758,17 +1068,24 @@ class SubscriptionService(Service):
             errbackArgs=(connection, index),
         )
 
+    def _target(self, connection: ConnectionLike, hub: str | None) -> HubProxyLike:
+        """What a subscription on ``hub`` is invoked on: Core's connection itself."""
+        if self._mode == "classic":
+            assert hub is not None
+            return connection.hub(hub)
+        return connection
+
     @staticmethod
-    def _check_result(result: Any, sub: Subscription) -> Any:
+    def _check_result(result: Any, sub: Subscription, hub: str) -> Any:
         if not sub.check(result):
-            raise SubscriptionError(sub, result)
+            raise SubscriptionError(sub, result, hub)
         return result
 
     def _subscription_succeeded(self, result: Any, connection: ConnectionLike, index: int) -> None:
         if connection is not self._connection or index not in self._pending:
             return
         sub = self.subscriptions[index]
-        self.log.debug("{subscription} succeeded", subscription=sub.describe())
+        self.log.debug("{subscription} succeeded", subscription=self._describe_sub(sub))
         self._pending.discard(index)
         if sub.stale_after is not None:
             self._watchdogs[index] = self._reactor.callLater(
@@ -781,6 +1098,16 @@ class SubscriptionService(Service):
         if connection is not self._connection or index not in self._pending:
             return
         sub = self.subscriptions[index]
+        if self._family == "core" and reason.check(ConnectionClosed):
+            # Cut short by the connection loss: the reconnect (or, should it fail,
+            # the next connection) invokes it again.  No failed attempt.
+            self.log.info(
+                "subscription {subscription} interrupted ({reason}); it is made again "
+                "once connected",
+                subscription=self._describe_sub(sub),
+                reason=self._describe(reason),
+            )
+            return
         failures = self._sub_failures.get(index, 0)
         self._sub_failures[index] = failures + 1
         if self._max_attempts is not None and failures + 1 >= self._max_attempts:
@@ -789,7 +1116,7 @@ class SubscriptionService(Service):
         delay = self._policy(failures)
         self.log.warn(
             "subscription {subscription} failed ({reason}); retrying in {delay:.1f}s",
-            subscription=sub.describe(),
+            subscription=self._describe_sub(sub),
             reason=self._describe(reason),
             delay=delay,
             attempt=failures + 1,
@@ -797,11 +1124,13 @@ class SubscriptionService(Service):
         self._sub_retry[index] = self._reactor.callLater(delay, self._subscribe, connection, index)
 
     def _all_subscribed(self, connection: ConnectionLike) -> None:
+        again = self._generation > 1 or self._resubscribing
         self._subscribed = True
+        self._resubscribing = False
         self._failures = 0
         self.log.info(
             "{event} {count} subscriptions on {url}",
-            event="resubscribed" if self._generation > 1 else "subscribed",
+            event="resubscribed" if again else "subscribed",
             count=len(self.subscriptions),
             url=redact_url(self.settings.url),
         )
@@ -820,9 +1149,9 @@ class SubscriptionService(Service):
             "stale feed: no {watched} call on {hub} for {seconds}s after {subscription}; "
             "making a fresh connection",
             watched="/".join(sub.watch) or "client",
-            hub=sub.hub,
+            hub=self._label(sub.hub),
             seconds=sub.stale_after,
-            subscription=sub.describe(),
+            subscription=self._describe_sub(sub),
         )
         healthy, fed = self._subscribed, self._fed
         self._abandon(connection)
@@ -926,9 +1255,14 @@ class SubscriptionService(Service):
 
     def _drop_connection_state(self) -> None:
         self._connection = None
+        self._family = None
         self._subscribed = False
+        self._resubscribing = False
         self._fed = False
         self._pending = set()
+        self._cancel_subscription_timers()
+
+    def _cancel_subscription_timers(self) -> None:
         for call in (*self._sub_retry.values(), *self._watchdogs.values()):
             if call.active():
                 call.cancel()
@@ -943,6 +1277,13 @@ class SubscriptionService(Service):
     def _forget_waiter(self, d: Deferred[ConnectionLike]) -> None:
         if d in self._waiters:
             self._waiters.remove(d)
+
+
+def _entry(entry: Subscription | Handler) -> str:
+    """A subscription or handler as a user would recognise it in an error."""
+    if isinstance(entry, Subscription):
+        return f"subscription {entry.describe()!r}"
+    return f"handler for {entry.method or 'every call'!r}"
 
 
 def _passing_to(result: object, waiter: Deferred[None]) -> object:

@@ -7,6 +7,13 @@ alive and writes every client-method call as a JSON line ``{"time", "hub", "meth
 "args"}``.  ``twistd -n signalr --demo`` does the same against the embedded demo server
 from :mod:`txsignalr.testing`.
 
+ASP.NET Core: the URL names the hub, so ``--subscribe``/``--on`` need no hub part:
+``twistd -n signalr --url https://host/hubs/c3 --protocol core --subscribe
+'Subscribe:[["tick"]]'``; ``"hub"`` in the JSON lines is the last segment of the URL's
+path.  A ``HUB.`` part is accepted on Core when it is that name.  With ``--protocol
+auto`` (the default), a hub named anywhere means classic; with no hub named anywhere
+the server decides, and a classic one is an error.
+
 Exit status: 0 after a normal shutdown (by Twisted's convention a SIGTERM/SIGINT
 shutdown re-raises the signal); 1 for a usage error, when the ``--demo`` server cannot
 listen, and when ``--max-attempts`` made the service give up.
@@ -15,6 +22,7 @@ listen, and when ``--max-attempts`` made the service give up.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -24,6 +32,7 @@ from collections.abc import Callable
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -35,12 +44,17 @@ from txsignalr._protocol import Endpoints, Transport, transport_order
 from txsignalr.errors import InvalidURL, ProtocolError
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.service import (
+    ENV_NAME,
+    PROTOCOLS,
     ClientCall,
     ConnectionSettings,
     GaveUpError,
     Handler,
+    MissingAccessToken,
     Subscription,
     SubscriptionService,
+    core_hub_name,
+    read_access_token,
     unique_ignoring_case,
 )
 
@@ -61,11 +75,30 @@ DEMO_SUBSCRIPTION = Subscription("c3", "Subscribe", (["market_summaries", "tick"
 _DECODERS: dict[str, Callable[[Any], Any]] = {"deflate-base64": decode_deflate_base64}
 
 
-def _hub_method(option: str, text: str) -> tuple[str, str]:
-    hub, dot, method = text.partition(".")
-    if not dot or not hub.strip() or not method.strip() or any(c.isspace() for c in text):
-        raise usage.UsageError(f"{option} {text!r}: expected HUB.METHOD, e.g. c3.Subscribe")
-    return hub, method
+#: The hub the ``--demo`` server's feed comes from (its Core URL ends with it).
+DEMO_HUB = "c3"
+
+
+def _hub_method(option: str, text: str) -> tuple[str | None, str]:
+    """``HUB.METHOD`` or, for the hub an ASP.NET Core URL names, ``METHOD``."""
+    hub, dot, method = text.rpartition(".")
+    if (
+        (dot and not hub.strip())
+        or not method.strip()
+        or "." in hub
+        or any(c.isspace() for c in text)
+    ):
+        raise usage.UsageError(
+            f"{option} {text!r}: expected HUB.METHOD, or METHOD on an ASP.NET Core URL "
+            "(which names the hub), e.g. c3.Subscribe or Subscribe"
+        )
+    return (hub if dot else None), method
+
+
+def _same_hub(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.lower() == b.lower()
 
 
 def _pair(option: str, text: str, separator: str, example: str) -> tuple[str, str]:
@@ -108,10 +141,12 @@ class Options(usage.Options):
 
     synopsis = "[--url URL | --demo] [options]"
     longdesc = (
-        "Connect to a classic ASP.NET SignalR 2.x endpoint, make the --subscribe "
-        "invocations on every new connection, and write client-method calls as JSON "
-        'lines {"time", "hub", "method", "args"}. Reconnects with back-off and '
-        "re-subscribes until stopped."
+        "Connect to an ASP.NET Core SignalR hub or a classic ASP.NET SignalR 2.x "
+        "endpoint, make the --subscribe invocations on every new connection, and write "
+        'client-method calls as JSON lines {"time", "hub", "method", "args"}. '
+        "Reconnects with back-off and re-subscribes until stopped. On ASP.NET Core the "
+        'URL names the hub: give --subscribe/--on as METHOD; "hub" is then the last '
+        "segment of the URL's path."
     )
     optFlags = [
         ["demo", None, "Start the embedded demo server (txsignalr.testing) and subscribe to it."],
@@ -120,9 +155,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["url"] = None
-        # --hub, --header, --cookie, --query, --transport: declared with ConnectionSettings
+        # --hub, --header, --cookie, --query, --transport, --protocol, --access-token-env:
+        # declared with ConnectionSettings
         self.update(ConnectionSettings.option_defaults())
         self._chose_transports = False
+        self._chose_protocol = False
         self["subscriptions"] = []
         self["on"] = []
         self["output"] = "-"
@@ -159,7 +196,7 @@ class Options(usage.Options):
         self["hubs"] = [*self["hubs"], hub]
 
     def opt_subscribe(self, spec: str) -> None:
-        """HUB.METHOD[:JSON-ARGS] to invoke on every connection (repeatable); JSON-ARGS is the JSON array of arguments, e.g. c3.Subscribe:'[["tick"]]'."""  # noqa: E501
+        """[HUB.]METHOD[:JSON-ARGS] to invoke on every connection (repeatable); JSON-ARGS is the JSON array of arguments, e.g. c3.Subscribe:'[["tick"]]'; no HUB on an ASP.NET Core URL, which names the hub."""  # noqa: E501
         target, colon, raw = spec.partition(":")
         hub, method = _hub_method("--subscribe", target)
         args: list[Any] = []
@@ -178,13 +215,38 @@ class Options(usage.Options):
         self["subscriptions"].append((hub, method, tuple(args)))
 
     def opt_on(self, spec: str) -> None:
-        """HUB.METHOD client calls to output (repeatable; default: every client call)."""
+        """[HUB.]METHOD client calls to output (repeatable; default: every client call); no HUB on an ASP.NET Core URL."""  # noqa: E501
         hub, method = _hub_method("--on", spec)
+        self._add_on(hub, method)
+
+    def _add_on(self, hub: str | None, method: str) -> None:
         # Hub and method names are case-insensitive in SignalR: c3.tick and C3.Tick
         # are the same calls, and must be written once.
-        key = (hub.lower(), method.lower())
-        if all((h.lower(), m.lower()) != key for h, m in self["on"]):
+        if not any(_same_hub(h, hub) and m.lower() == method.lower() for h, m in self["on"]):
             self["on"].append((hub, method))
+
+    def opt_protocol(self, protocol: str) -> None:
+        """SignalR family: auto (the default: classic when a hub is named anywhere, else whatever the server is), classic (ASP.NET SignalR 2.x) or core (ASP.NET Core)."""  # noqa: E501
+        if protocol.lower() not in PROTOCOLS:
+            raise usage.UsageError(
+                f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}"
+            )
+        if self._chose_protocol:
+            raise usage.UsageError("--protocol given twice")
+        self._chose_protocol = True
+        self["protocol"] = protocol.lower()
+
+    def opt_access_token_env(self, name: str) -> None:
+        """Environment variable holding a bearer token, sent as Authorization: Bearer and read again before each ASP.NET Core negotiate (a rotated token is picked up; classic: when each connection is made); the token itself is never given on the command line."""  # noqa: E501
+        if not ENV_NAME.fullmatch(name):
+            # Not repeated: it may be the token itself, given here by mistake.
+            raise usage.UsageError(
+                "--access-token-env: expected the NAME of an environment variable that "
+                "holds the token (letters, digits, _), not the token itself"
+            )
+        if self["access_token_env"] is not None:
+            raise usage.UsageError("--access-token-env given twice")
+        self["access_token_env"] = name
 
     def opt_header(self, header: str) -> None:
         """'Name: value' HTTP header for every request (repeatable; each name once)."""
@@ -292,12 +354,16 @@ class Options(usage.Options):
                 raise usage.UsageError("--url is required (or --demo to try the demo server)")
             if self["demo-port"]:
                 raise usage.UsageError("--demo-port needs --demo")
-            if not (self["hubs"] or self["subscriptions"] or self["on"]):
+            if not (self["hubs"] or self["subscriptions"] or self["on"]) and (
+                self["protocol"] != "core"
+            ):
                 raise usage.UsageError("nothing to do: give --hub, --subscribe or --on")
         if self["stale-after"] is not None and not (self["subscriptions"] or self["demo"]):
             raise usage.UsageError("--stale-after needs at least one --subscribe")
         if self["url"] is not None:
             self._check_url()
+        self._check_hubs()
+        self._check_access_token()
         if self["output"] == "-" and self.parent is not None:
             if not self.parent.get("nodaemon", True):
                 raise usage.UsageError(
@@ -318,19 +384,91 @@ class Options(usage.Options):
         if urlsplit(url).port == 0:  # a bad port made from_url fail already
             raise usage.UsageError(f"--url {url!r}: port 0 cannot be connected to")
 
+    def _core_hub(self) -> str:
+        """The hub a Core connection reaches: the --url's, or the demo's."""
+        return core_hub_name(self["url"]) if self["url"] is not None else DEMO_HUB
+
+    def _check_hubs(self) -> None:
+        """
+        Core: every hub named must be the URL's, and is then dropped (the URL says
+        it).  Classic: everything must name its hub.  Auto: a hub named anywhere
+        means classic, so then everything must.
+        """
+        protocol = self["protocol"]
+        subscriptions: list[tuple[str | None, str, tuple[Any, ...]]] = self["subscriptions"]
+        on: list[tuple[str | None, str]] = self["on"]
+        if protocol == "core":
+            own = self._core_hub()
+            where = (
+                f"the --url ({own!r}, the end of its path)"
+                if self["url"]
+                else (f"the --demo server's Core URL ({own!r})")
+            )
+            named = [("--hub", h, h) for h in self["hubs"]]
+            named += [("--subscribe", f"{h}.{m}", h) for h, m, _ in subscriptions if h]
+            named += [("--on", f"{h}.{m}", h) for h, m in on if h]
+            for option, text, hub in named:
+                if hub.lower() != own.lower():
+                    raise usage.UsageError(
+                        f"{option} {text!r}: on ASP.NET Core the hub is the one {where} "
+                        f"names; leave the hub out"
+                    )
+            self["hubs"] = []
+            self["subscriptions"] = [(None, m, a) for _, m, a in subscriptions]
+            self["on"] = []
+            for _, method in on:
+                self._add_on(None, method)
+            return
+        hubless = [("--subscribe", m) for h, m, _ in subscriptions if h is None]
+        hubless += [("--on", m) for h, m in on if h is None]
+        if not hubless:
+            return
+        option, method = hubless[0]
+        if protocol == "classic":
+            raise usage.UsageError(
+                f"{option} {method!r} names no hub: a classic ASP.NET SignalR connection "
+                "needs HUB.METHOD (METHOD alone is for an ASP.NET Core URL, --protocol core)"
+            )
+        named_any = self["hubs"] or any(h for h, _, _ in subscriptions) or any(h for h, _ in on)
+        if named_any or self["demo"]:
+            why = "--demo" if self["demo"] else "a hub named elsewhere"
+            raise usage.UsageError(
+                f"{option} {method!r} names no hub, but with --protocol auto {why} means "
+                "classic ASP.NET SignalR, which needs HUB.METHOD everywhere; for an "
+                "ASP.NET Core URL give --protocol core"
+            )
+
+    def _check_access_token(self) -> None:
+        name: str | None = self["access_token_env"]
+        if name is None:
+            return
+        if any(h.lower() == "authorization" for h in self["headers"]):
+            raise usage.UsageError(
+                "--access-token-env and --header 'Authorization: ...' cannot be combined: "
+                "the token is sent as Authorization: Bearer"
+            )
+        try:
+            read_access_token(name)
+        except MissingAccessToken as e:
+            raise usage.UsageError(f"--access-token-env {name}: {e}") from None
+
     def subscriptions(self) -> list[Subscription]:
         """The subscriptions these options ask for (with their watchdogs)."""
         specs = [(s.hub, s.method, s.args) for s in self._default_subscriptions()]
         stale_after: float | None = self["stale-after"]
-        on: list[tuple[str, str]] = self["on"]
+        on: list[tuple[str | None, str]] = self["on"]
         result = []
         for hub, method, args in self["subscriptions"] or specs:
-            watch = tuple(m for h, m in on if h.lower() == hub.lower())
+            watch = tuple(m for h, m in on if _same_hub(h, hub))
             result.append(Subscription(hub, method, args, stale_after=stale_after, watch=watch))
         return result
 
     def _default_subscriptions(self) -> list[Subscription]:
-        return [DEMO_SUBSCRIPTION] if self["demo"] else []
+        if not self["demo"]:
+            return []
+        if self["protocol"] == "core":  # the demo's Core URL names the hub
+            return [attrs.evolve(DEMO_SUBSCRIPTION, hub=None)]
+        return [DEMO_SUBSCRIPTION]
 
     def settings(self, url: str) -> ConnectionSettings:
         """The connection settings for ``url`` (the --url, or the demo server's)."""
@@ -493,7 +631,8 @@ class DemoService(MultiService):
     """
     Runs the embedded demo server (:class:`txsignalr.testing.SignalRServer` with a
     :class:`~txsignalr.testing.C3Hub` pushing every 0.2 s) on 127.0.0.1, and a child
-    service made for its URL; stopping stops the child, then the server.
+    service made for its URL (the classic one, or with ``core`` the c3 hub's ASP.NET
+    Core URL); stopping stops the child, then the server.
 
     The port is bound in :meth:`privilegedStartService` (or :meth:`startService`,
     when that was not called), so that under ``twistd`` a port in use stops the
@@ -502,6 +641,9 @@ class DemoService(MultiService):
     :param reactor: the reactor (``IReactorTCP`` and ``IReactorTime``).
     :param port: the TCP port; 0 picks a free one.
     :param subscription_service: ``make(url) -> IService``, called once listening.
+    :param core: hand the child the ASP.NET Core URL of the c3 hub.
+    :param access_token: ``token() -> str``: the server's Core side then requires
+        ``Authorization: Bearer`` with what it returns (asked on every request).
     """
 
     def __init__(
@@ -509,11 +651,17 @@ class DemoService(MultiService):
         reactor: IReactorTime,
         port: int,
         subscription_service: Callable[[str], IService],
+        *,
+        core: bool = False,
+        access_token: Callable[[], str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         from txsignalr.testing import C3Hub, SignalRServer
 
         self._server = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)])
+        if access_token is not None:
+            self._server.core_access_token = lambda token: _token_matches(token, access_token)
+        self._core = core
         self._port = port
         self._make = subscription_service
         self._listening = False
@@ -527,7 +675,8 @@ class DemoService(MultiService):
         self._listen()
         super().startService()  # type: ignore[no-untyped-call]
         if self._child is None:
-            self._child = self._make(self._server.url)
+            url = self._server.core_url(DEMO_HUB) if self._core else self._server.url
+            self._child = self._make(url)
             self._child.setServiceParent(self)  # starts it
 
     def _listen(self) -> None:
@@ -557,6 +706,13 @@ class DemoService(MultiService):
 
         stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
         return stopped.addCallback(stop_server)
+
+
+def _token_matches(token: str, expected: Callable[[], str]) -> bool:
+    try:
+        return token == expected()
+    except MissingAccessToken:
+        return False
 
 
 def _exit_status_at_exit(status: int) -> None:
@@ -608,16 +764,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     def subscription_service(url: str) -> IService:
         settings = options.settings(url)
-        hubs = [*settings.hubs, *(s.hub for s in options.subscriptions())]
-        on: list[tuple[str, str]] = options["on"]  # already unique, ignoring case
+        subscriptions = options.subscriptions()
+        on: list[tuple[str | None, str]] = options["on"]  # already unique, ignoring case
         if on:
             handlers = [Handler(hub, method, output) for hub, method in on]
+        elif settings.protocol == "core" or any(s.hub is None for s in subscriptions):
+            handlers = [Handler(None, None, output)]  # the hub the URL names
         else:
+            hubs = [*settings.hubs, *(s.hub for s in subscriptions if s.hub is not None)]
             handlers = [Handler(hub, None, output) for hub in unique_ignoring_case(hubs)]
         return SubscriptionService(
             reactor,
             settings,
-            options.subscriptions(),
+            subscriptions,
             handlers,
             max_attempts=options["max-attempts"],
             invoke_timeout=options["invoke-timeout"],
@@ -625,7 +784,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
 
     if options["demo"]:
-        demo = DemoService(reactor, options["demo-port"], subscription_service)
+        token_env = options["access_token_env"]
+        demo = DemoService(
+            reactor,
+            options["demo-port"],
+            subscription_service,
+            core=options["protocol"] == "core",
+            access_token=None
+            if token_env is None
+            else functools.partial(read_access_token, token_env),
+        )
         demo.setServiceParent(root)  # type: ignore[no-untyped-call]
     else:
         subscription_service(options["url"]).setServiceParent(root)
