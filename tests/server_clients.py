@@ -355,3 +355,221 @@ class TransportClient:
         assert ex.code == 200, (ex.code, body)
         assert ex.header("content-type") == ["application/json; charset=UTF-8"]
         return json.loads(body)
+
+
+# -- ASP.NET Core SignalR raw clients -------------------------------------------------
+
+CORE_TRANSPORTS = ("WebSockets", "ServerSentEvents", "LongPolling")
+RS = b"\x1e"
+HANDSHAKE = b'{"protocol":"json","version":1}\x1e'
+
+
+async def core_negotiate(
+    url: str, version: int | None = 1, headers: dict[str, str] | None = None
+) -> tuple[Exchange, Any]:
+    """``POST {url}/negotiate[?negotiateVersion=N]``: the exchange and the parsed body."""
+    base, _, q = url.partition("?")
+    params = [p for p in q.split("&") if p]
+    if version is not None:
+        params.append(f"negotiateVersion={version}")
+    target = base.rstrip("/") + "/negotiate" + ("?" + "&".join(params) if params else "")
+    ex, body = await fetch("POST", target, None, headers)
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = body
+    return ex, parsed
+
+
+class _CoreWs(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.sink(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"closed: {code} {reason}"))
+        if not self.factory.closed.called:
+            self.factory.closed.callback(code)
+
+
+class CoreClient:
+    """
+    A raw ASP.NET Core SignalR client on one transport.  What the server sends lands
+    on ``chunks`` (one per WebSocket message / SSE event / poll body) and, split on
+    ``0x1E``, on ``records`` (parsed JSON; the handshake answer included).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        transport: str,
+        headers: dict[str, str] | None = None,
+        version: int | None = 1,
+    ) -> None:
+        self.base = url
+        self.transport = transport
+        self.headers = dict(headers or {})
+        self.version = version
+        self.neg: Any = None
+        self.token = ""
+        self.chunks: defer.DeferredQueue[bytes] = defer.DeferredQueue()
+        self.records: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        self.raw = bytearray()
+        self.closed: defer.Deferred[Any] = defer.Deferred()
+        self.close_code: Any = None
+        self.poll_statuses: list[int] = []
+        self._buffer = b""
+        self._ws: Any = None
+        self._sse: Exchange | None = None
+        self._polling = False
+        self._poll: Exchange | None = None
+
+    @property
+    def url(self) -> str:
+        sep = "&" if "?" in self.base else "?"
+        return f"{self.base}{sep}id={self.token}"
+
+    def _chunk(self, data: bytes) -> None:
+        self.chunks.put(data)
+        self._buffer += data
+        *done, self._buffer = self._buffer.split(RS)
+        for record in done:
+            self.records.put(json.loads(record))
+
+    async def negotiate(self) -> Any:
+        ex, self.neg = await core_negotiate(self.base, self.version, self.headers)
+        assert ex.code == 200, (ex.code, self.neg)
+        self.token = self.neg.get("connectionToken") or self.neg["connectionId"]
+        return self.neg
+
+    async def open(self) -> None:
+        """Open the transport (after :meth:`negotiate`)."""
+        if self.transport == "WebSockets":
+            factory = WebSocketClientFactory(
+                self.url.replace("http://", "ws://"), headers=self.headers or None
+            )
+            factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+            factory.protocol = _CoreWs
+            factory.sink = lambda payload, binary: self._chunk(payload)
+            factory.opened = defer.Deferred()
+            factory.closed = self.closed
+            self.closed.addCallback(self._set_code)
+            connectWS(factory)
+            self._ws = await within(factory.opened, 5)
+        elif self.transport == "ServerSentEvents":
+            ex = request("GET", self.url, headers={"Accept": "text/event-stream", **self.headers})
+            self._sse = ex
+            buffer = [b""]
+
+            def feed(data: bytes) -> None:
+                buffer[0] += data
+                while b"\r\n\r\n" in buffer[0]:
+                    event, buffer[0] = buffer[0].split(b"\r\n\r\n", 1)
+                    lines = [ln for ln in event.split(b"\r\n") if ln != b":" and ln != b""]
+                    payload = b"\n".join(ln[len(b"data: ") :] for ln in lines)
+                    if payload:
+                        self._chunk(payload)
+                # the opening comment
+                if buffer[0] == b":\r\n":
+                    buffer[0] = b""
+
+            ex.on_data = feed
+            ex.body.addBoth(lambda r: None if self.closed.called else self.closed.callback(r))
+            await within(ex.headers_received, 5)
+            assert ex.code == 200, ex.code
+        else:
+            ex, body = await fetch("GET", self.url + "&_=1", None, self.headers)
+            assert (ex.code, body) == (200, b""), (ex.code, body)
+            self._polling = True
+            self._next_poll()
+
+    def _set_code(self, code: Any) -> Any:
+        self.close_code = code
+        return code
+
+    def _next_poll(self) -> None:
+        ex = request("GET", self.url + "&_=2", None, self.headers)
+        self._poll = ex
+
+        def done(body: bytes) -> None:
+            self.poll_statuses.append(ex.code)
+            if ex.code == 200:
+                if body:
+                    self._chunk(body)
+                if self._polling:
+                    self._next_poll()
+                    return
+            self._polling = False
+            if not self.closed.called:
+                self.closed.callback(ex.code)
+
+        def failed(f: Failure) -> None:
+            self._polling = False
+            if not self.closed.called:
+                self.closed.callback(f)
+
+        ex.body.addCallbacks(done, failed)
+
+    async def connect(self, handshake: bytes = HANDSHAKE) -> Any:
+        """Negotiate, open, send the handshake; :returns: the handshake answer."""
+        await self.negotiate()
+        await self.open()
+        await self.send(handshake)
+        return await self.record()
+
+    async def send(self, data: bytes) -> Exchange | None:
+        if self.transport == "WebSockets":
+            self._ws.sendMessage(data, isBinary=False)
+            return None
+        ex, body = await fetch(
+            "POST", self.url, data, {"Content-Type": "text/plain;charset=UTF-8", **self.headers}
+        )
+        assert ex.code == 200, (ex.code, body)
+        return ex
+
+    async def invoke(
+        self,
+        target: str,
+        *args: Any,
+        invocation_id: str | None = None,
+        kind: int = 1,
+        stream_ids: list[str] | None = None,
+    ) -> None:
+        message: dict[str, Any] = {"target": target, "arguments": list(args), "type": kind}
+        if invocation_id is not None:
+            message["invocationId"] = invocation_id
+        if stream_ids:
+            message["streamIds"] = stream_ids
+        await self.send(json.dumps(message).encode() + RS)
+
+    async def record(self, timeout: float = 5.0, pings: bool = False) -> Any:
+        while True:
+            value = await within(self.records.get(), timeout)
+            if value == {"type": 6} and not pings:
+                continue
+            return value
+
+    async def stop(self) -> None:
+        """Stop like the TS client: Close, then close the transport (DELETE on LP)."""
+        self._polling = False
+        if self.transport == "WebSockets":
+            await self.send(b'{"type":7}\x1e')
+            self._ws.sendClose()
+        elif self.transport == "ServerSentEvents":
+            await self.send(b'{"type":7}\x1e')
+            assert self._sse is not None
+            self._sse.drop()
+        else:
+            await fetch("DELETE", self.url, None, self.headers)
+
+    def drop(self) -> None:
+        self._polling = False
+        if self._ws is not None:
+            self._ws.transport.abortConnection()
+        if self._sse is not None:
+            self._sse.drop()
+        if self._poll is not None:
+            self._poll.drop()

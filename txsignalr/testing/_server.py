@@ -23,11 +23,19 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from txsignalr.testing._core_endpoints import (
+    REDIRECT_PATH,
+    CoreEndpoints,
+    ServerRoot,
+    TokenCheck,
+)
+from txsignalr.testing._core_hubs import ClientResultError
+from txsignalr.testing._core_registry import CoreRegistry
+from txsignalr.testing._core_transports import CoreHttpTransports, CoreWebSockets
 from txsignalr.testing._endpoints import SERVED_TRANSPORTS, ClassicEndpoints
 from txsignalr.testing._events import EventLog
 from txsignalr.testing._http import (
     DispatchResource,
-    RootResource,
     TrackingFactory,
     access_log_line,
 )
@@ -74,6 +82,32 @@ class SignalRServer:
         says ``"TryWebSockets":false``.
     :param long_poll_delay: negotiate ``LongPollDelay`` in seconds; when not 0 long
         polling frames carry ``"L"`` (milliseconds).
+
+    ASP.NET Core SignalR (JSON hub protocol) is served too, each hub at its own URL
+    (:meth:`core_url`: ``{core_path}/{hub name, lower case}``, matched in any case),
+    over the same ``transports``:
+
+    :param core_path: the prefix of the Core hub URLs.
+    :param core_keepalive: seconds without sending after which a Core connection gets
+        a Ping (``KeepAliveInterval``, 15 s), ``None`` for none; never on long polling.
+    :param client_timeout: seconds without receiving after which a Core connection is
+        closed (``ClientTimeoutInterval``, 30 s), ``None`` for never.  As ASP.NET Core
+        2.2 does it: the timer starts with the first message after the handshake, and
+        the WebSocket is closed with 1000 (SSE: the response ends) without a Close
+        message.  Not on long polling.
+    :param core_poll_timeout: how long a long poll is held before it answers 200 empty
+        (``LongPollingOptions.PollTimeout``, 90 s).
+    :param core_disconnect_timeout: a negotiated connection without a transport, or a
+        long polling connection without a poll, ends after this (15 s).
+    :param core_handshake_timeout: seconds a transport may wait for its handshake (15 s).
+    :param core_max_message_size: the largest record (or handshake) accepted
+        (``MaximumReceiveMessageSize``, 32 KiB); a larger one closes the connection with
+        ``{"type":7,"error":"Connection closed with an error."}``.
+    :param core_negotiate_version: ``1`` answers ``?negotiateVersion=1`` with a v1
+        answer (``connectionToken``); ``0`` always answers v0 like ASP.NET Core 2.2.
+    :param core_access_token: require a bearer token (``Authorization: Bearer`` or
+        ``access_token=``) on every Core request: this string, or any token the callable
+        accepts; without it: ``401``.
     """
 
     def __init__(
@@ -93,6 +127,15 @@ class SignalRServer:
         disconnect_threshold: float = _DISCONNECT_THRESHOLD,
         transports: Iterable[str] = SERVED_TRANSPORTS,
         long_poll_delay: float = 0.0,
+        core_path: str = "/hubs",
+        core_keepalive: float | None = 15.0,
+        client_timeout: float | None = 30.0,
+        core_poll_timeout: float = 90.0,
+        core_disconnect_timeout: float = 15.0,
+        core_handshake_timeout: float = 15.0,
+        core_max_message_size: int = 32 * 1024,
+        core_negotiate_version: int = 1,
+        core_access_token: str | TokenCheck | None = None,
     ) -> None:
         self._reactor = reactor
         self.transports = tuple(transports)
@@ -132,6 +175,29 @@ class SignalRServer:
             self._websockets,
             HttpTransports(self._registry, self._timers, self),
         )
+        self.core_path = "/" + core_path.strip("/")
+        if self.core_path.lower() in (self.path.lower(), REDIRECT_PATH, "/client"):
+            raise ValueError(f"core_path {core_path!r} collides with another server path")
+        self.core_keepalive = core_keepalive
+        self.client_timeout = client_timeout
+        self.core_poll_timeout = core_poll_timeout
+        self.core_disconnect_timeout = core_disconnect_timeout
+        self.core_handshake_timeout = core_handshake_timeout
+        self.core_max_message_size = core_max_message_size
+        self.core_negotiate_version = core_negotiate_version
+        self.core_access_token = core_access_token
+        self._core = CoreRegistry(self, self._timers, self._events, self)
+        self._core_websockets = CoreWebSockets(self._core, self._timers, reactor)
+        self._core_endpoints = CoreEndpoints(
+            self,
+            self._hubs,
+            self._core,
+            self._events,
+            self._core_websockets,
+            CoreHttpTransports(self._core, self._timers, self),
+            self._endpoints,
+            self._base_url,
+        )
         self._started = False
         self._port: IListeningPort | None = None
         self._interface = "127.0.0.1"
@@ -159,10 +225,20 @@ class SignalRServer:
     @property
     def connections(self) -> list[str]:
         """
-        Ids of the connections the server considers alive: connected, or without a
-        socket but still inside the disconnect window.
+        Ids of the classic connections the server considers alive: connected, or
+        without a socket but still inside the disconnect window.
         """
         return list(self._registry.connections)
+
+    @property
+    def core_connections(self) -> list[str]:
+        """Ids of the open ASP.NET Core connections (handshake done, not closed)."""
+        return [c.id for c in self._core.open_connections()]
+
+    def core_hub_of(self, connection_id: str) -> str | None:
+        """:returns: the hub name of a Core connection, or ``None`` if unknown."""
+        conn = self._core.connection(connection_id)
+        return None if conn is None else conn.hub.name
 
     @property
     def log(self) -> deque[tuple[str, dict[str, Any]]]:
@@ -179,13 +255,43 @@ class SignalRServer:
     @property
     def url(self) -> str:
         """The connection URL, e.g. ``http://127.0.0.1:PORT/signalr``."""
+        return self._base_url() + self.path
+
+    def _base_url(self) -> str:
         if self._port is None:
             raise RuntimeError("the server is not listening")
         host = self._interface if self._interface not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         scheme = "https" if self._tls is not None else "http"
-        return f"{scheme}://{host}:{self.port}{self.path}"
+        return f"{scheme}://{host}:{self.port}"
+
+    def _core_hub(self, hub: Hub | str) -> Hub:
+        return self._registry.hub(hub)
+
+    def core_url(self, hub: Hub | str) -> str:
+        """
+        The ASP.NET Core hub URL of a hub, e.g. ``http://127.0.0.1:PORT/hubs/chat``
+        (``{core_path}/{hub name in lower case}``; the server matches it in any case).
+        Negotiate is ``POST {core_url}/negotiate``.
+
+        :raises KeyError: for a hub that is not registered.
+        """
+        return f"{self._base_url()}{self.core_path}/{self._core_hub(hub).name.lower()}"
+
+    def redirect_url(self, hub: Hub | str) -> str:
+        """
+        A URL whose negotiate (``POST {redirect_url}/negotiate``) answers like an app in
+        front of Azure SignalR Service: ``{"url": "http://127.0.0.1:PORT/client/?hub=<hub>",
+        "accessToken": <a fresh token>}``.  Every request under ``/client/`` then needs
+        that token (``Authorization: Bearer`` or ``access_token=``), else ``401``.
+        """
+        return f"{self._base_url()}{REDIRECT_PATH}/{self._core_hub(hub).name.lower()}"
+
+    @property
+    def redirect_tokens(self) -> set[str]:
+        """The access tokens issued by redirects so far (remove one to revoke it)."""
+        return self._core_endpoints.redirect_tokens
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -211,7 +317,7 @@ class SignalRServer:
         """
         if self._port is not None:
             raise RuntimeError("already listening")
-        root = RootResource(lambda: self.path, self._endpoints.render)
+        root = ServerRoot(lambda: self.path, self._endpoints.render, self._core_endpoints)
         site = Site(root, reactor=self._reactor, logFormatter=access_log_line)
         self._tls = tls
         if tls is not None:
@@ -233,7 +339,9 @@ class SignalRServer:
         behaves like a restarted server: old tokens are refused, cursors start afresh.
         """
         waits: list[defer.Deferred[Any]] = list(self._websockets.shutdown())
+        waits += self._core_websockets.shutdown()
         self._registry.shutdown()
+        self._core.shutdown()
         if self._tracker is not None:
             waits.append(self._tracker.abort_all())
         if self._port is not None:
@@ -250,6 +358,7 @@ class SignalRServer:
         self._timers.cancel_all()
         self._tracker = None
         self._registry.reset()
+        self._core.reset()
 
     # -- time ------------------------------------------------------------------------
 
@@ -300,6 +409,7 @@ class SignalRServer:
         until their disconnect timeout.
         """
         self._registry.drop_all()
+        self._core.drop_all()
 
     def stall_transports(self, stalled: bool = True) -> None:
         """
@@ -308,6 +418,7 @@ class SignalRServer:
         queued up meanwhile is delivered then.
         """
         self._registry.stall(stalled)
+        self._core.stall(stalled)
 
     def refuse_transport(
         self,
@@ -354,28 +465,85 @@ class SignalRServer:
         self._registry.publish_to_connection(connection_id, progress_message(invocation_id, value))
 
     def send_to_all(self, hub: Hub | str, method: str, *args: Any) -> None:
-        """Call a client method on every connection that listed ``hub``."""
+        """
+        Call a client method on every connection of ``hub``: classic connections that
+        listed it and Core connections to it.
+        """
         self._registry.send_to_all(hub, method, args)
+        self._core.send_to_all(self._registry.hub(hub), method, args)
 
     def send_to_connection(
         self, connection_id: str, hub: Hub | str, method: str, *args: Any
     ) -> None:
-        """Call a client method on one connection."""
+        """Call a client method on one connection (classic or Core)."""
         h = self._registry.hub(hub)
+        if self._core.connection(connection_id) is not None:
+            self._core.send_to_connection(connection_id, method, args)
+            return
         self._registry.publish_to_connection(connection_id, client_invocation(h.name, method, args))
 
     def send_to_group(self, hub: Hub | str, group: str, hub_method: str, *args: Any) -> None:
-        """Call a client method on every member of a hub group."""
+        """Call a client method on every member of a hub group (classic and Core)."""
         self._registry.send_to_group(hub, group, hub_method, args)
+        self._core.send_to_group(self._registry.hub(hub), group, hub_method, args)
 
     def add_to_group(self, connection_id: str, hub: Hub | str, group: str) -> None:
-        """Add a connection to a hub group (a new ``G`` token is sent to it)."""
+        """
+        Add a connection to a hub group (classic: a new ``G`` token is sent to it; a
+        Core connection only joins groups of its own hub).
+        """
+        conn = self._core.connection(connection_id)
+        if conn is not None:
+            if conn.hub is self._registry.hub(hub):
+                conn.groups.add(group)
+            return
         self._registry.add_to_group(connection_id, hub, group)
 
     def remove_from_group(self, connection_id: str, hub: Hub | str, group: str) -> None:
-        """Remove a connection from a hub group (a new ``G`` token is sent to it)."""
+        """Remove a connection from a hub group (classic: a new ``G`` token is sent)."""
+        conn = self._core.connection(connection_id)
+        if conn is not None:
+            if conn.hub is self._registry.hub(hub):
+                conn.groups.discard(group)
+            return
         self._registry.remove_from_group(connection_id, hub, group)
 
     def groups_of(self, connection_id: str) -> list[tuple[str, str]]:
         """:returns: ``(hub name, group)`` pairs the connection belongs to."""
+        conn = self._core.connection(connection_id)
+        if conn is not None:
+            return [(conn.hub.name, g) for g in sorted(conn.groups)]
         return self._registry.groups_of(connection_id)
+
+    # -- ASP.NET Core only -----------------------------------------------------------
+
+    def invoke_with_result(
+        self, connection_id: str, method: str, *args: Any
+    ) -> defer.Deferred[Any]:
+        """
+        Invoke a client method on a Core connection with an ``invocationId`` and wait
+        for the client's Completion (a client result, ASP.NET Core 7+).
+
+        :returns: a Deferred firing with the result (``None`` for a void Completion),
+            failing with :class:`ClientResultError` on an error Completion, when the
+            connection ends first, or when it is not an open Core connection.
+        """
+        conn = self._core.connection(connection_id)
+        if conn is None:
+            return defer.fail(ClientResultError(f"no open Core connection {connection_id!r}"))
+        return conn.invoke_with_result(method, args)
+
+    def close_core_connection(
+        self, connection_id: str, error: str | None = None, allow_reconnect: bool = False
+    ) -> bool:
+        """
+        Close a Core connection from the server: send ``{"type":7[,"error":…]
+        [,"allowReconnect":true]}`` and end the transport.
+
+        :returns: whether the connection was open.
+        """
+        conn = self._core.connection(connection_id)
+        if conn is None:
+            return False
+        conn.close(error, allow_reconnect)
+        return True
