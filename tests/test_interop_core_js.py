@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -131,6 +131,10 @@ class CoreClient(protocol.ProcessProtocol):
         """The client's requests: ``(via, method, "path query-keys", status)``."""
         return [(e["via"], e["method"], e["path"], e.get("status")) for e in self.named("http")]
 
+    def complaints(self) -> list[str]:
+        """What the client logged as warnings or errors, ``"<level>: <message>"``."""
+        return [f"{e['level']}: {e['message']}" for e in self.named("log")]
+
     async def _until(self, found: Callable[[], Any], what: str, timeout: float) -> Any:
         value = found()
         if value is not None:
@@ -193,8 +197,11 @@ class CoreClient(protocol.ProcessProtocol):
         message: str = reply["error"]
         return message
 
-    async def exit(self, timeout: float = 5.0) -> None:
-        """The ``exit`` step, then the process must end with code 0."""
+    async def exit(self, complaints: Sequence[str] = (), timeout: float = 5.0) -> None:
+        """The ``exit`` step, then the process must end with code 0.
+
+        :param complaints: every warning and error the client logged, in order."""
+        assert self.complaints() == list(complaints), self.report()
         await self.step("exit")
         await within(self.ended, timeout, lambda: f"node did not exit\n{self.report()}")
         assert self.exit_code == 0, self.report()
@@ -334,7 +341,7 @@ def core_client(reactor: Any, js_env: Any) -> Any:
 
 
 def hub_of(server: SignalRServer) -> InteropHub:
-    hub = server._registry.hub(HUB)
+    (hub,) = server.hubs
     assert isinstance(hub, InteropHub)
     return hub
 
@@ -610,7 +617,13 @@ async def test_groups_streams_uploads_and_client_results(
 
     assert await client.step("stop") == {"state": "Disconnected"}
     await assert_stopped(server, cid, transport)
-    await client.exit()
+    await client.exit(
+        [
+            "Error: A callback for the method 'refuse' threw error 'Error: client refuses [1]'.",
+            "Warning: No client method with the name 'nohandler' found.",
+            "Warning: No result given for 'nohandler' method and invocation ID 's4'.",
+        ]
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -675,7 +688,27 @@ async def test_reconnect_after_a_drop_and_close_from_the_server(
 
     assert await client.step("stop") == {"state": "Disconnected"}
     await assert_stopped(server, cid4, transport)
-    await client.exit()
+    # the client logged each unexpected end: the drop (as its transport saw it), the Closes
+    complaints = client.complaints()
+    assert complaints[-2:] == [
+        "Error: Connection disconnected with error "
+        "'Error: Server returned an error on close: Shutting down for the test'.",
+        "Error: Connection disconnected with error "
+        "'Error: Server returned an error on close: Come back'.",
+    ], complaints
+    drop = {
+        "WebSockets": [
+            "Error: Connection disconnected with error "
+            "'Error: WebSocket closed with status code: 1006 (no reason given).'."
+        ],
+        "ServerSentEvents": [],
+        "LongPolling": [
+            "Warning: Error from HTTP request. TypeError: fetch failed.",
+            "Error: Connection disconnected with error 'TypeError: fetch failed'.",
+        ],
+    }
+    assert complaints[:-2] == drop[transport], complaints
+    await client.exit(complaints)
 
 
 @pytest_twisted.ensureDeferred
@@ -719,7 +752,15 @@ async def test_refused_websocket_falls_back_with_a_new_negotiate(
     assert core_events(server, "handshake", cid)[0]["transport"] == "ServerSentEvents"
     assert (await client.step("invoke", method="Echo", args=["ok"]))["result"] == "ok"
     assert await client.step("stop") == {"state": "Disconnected"}
-    await client.exit()
+    await client.exit(
+        [
+            "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
+            "connect. The connection could not be found on the server, either the endpoint "
+            "may not be a SignalR endpoint, the connection ID is not present on the server, "
+            "or there is a proxy blocking WebSockets. If you have multiple servers check "
+            "that sticky sessions are enabled."
+        ]
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -778,7 +819,14 @@ async def test_bearer_token_required(make_server: Any, core_client: Any) -> None
 
     wrong = await core_client(server.core_url(HUB), transport="WebSockets", accessToken="nope")
     message = await wrong.error("start")
-    assert "401" in message, message
+    assert message == (
+        "Failed to complete negotiation with the server: Error: Unauthorized: Status code '401'"
+    )
     (unauthorized,) = core_events(server, "unauthorized")
     assert unauthorized["negotiate"] is True
-    await wrong.exit()
+    await wrong.exit(
+        [
+            f"Error: {message}",
+            f"Error: Failed to start the connection: Error: {message}",
+        ]
+    )

@@ -14,7 +14,8 @@
 //           {"reply": N, "ok": false, "error": "..."}     the step threw / rejected (message text)
 //           {"event": NAME, ...}                          what happened meanwhile: "call" (a client
 //                                                         method ran), "reconnecting", "reconnected",
-//                                                         "close", "http" (a request the client made)
+//                                                         "close", "http" (a request the client made),
+//                                                         "log" (the client logged a warning or error)
 //           {"event": "exit", "code": N, "why": "..."}    last line
 // Every step has its own timeout, and a watchdog ends the process if pytest goes quiet.
 
@@ -102,6 +103,10 @@ for (const name of ['request', 'get']) {
 const logLevel = process.env.CORE_JS_TRACE ? signalR.LogLevel.Trace : signalR.LogLevel.Information;
 const logger = {
   log(level, message) {
+    // warnings and errors are also events, so a test can check the client had no complaints
+    if (level >= signalR.LogLevel.Warning && level !== signalR.LogLevel.None) {
+      emit('log', { level: signalR.LogLevel[level], message: String(message) });
+    }
     if (level >= logLevel) {
       process.stderr.write(new Date().toISOString() + ' [' + signalR.LogLevel[level] + '] ' + message + '\n');
     }
