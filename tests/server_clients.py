@@ -477,7 +477,12 @@ class CoreClient:
                     buffer[0] = b""
 
             ex.on_data = feed
-            ex.body.addBoth(lambda r: None if self.closed.called else self.closed.callback(r))
+
+            def ended(result: Any) -> None:
+                if not self.closed.called:
+                    self.closed.callback("ended" if isinstance(result, bytes) else "lost")
+
+            ex.body.addBoth(ended)
             await within(ex.headers_received, 5)
             assert ex.code == 200, ex.code
         else:
@@ -485,6 +490,17 @@ class CoreClient:
             assert (ex.code, body) == (200, b""), (ex.code, body)
             self._polling = True
             self._next_poll()
+
+    async def open_without_id(self) -> None:
+        """A WebSocket to the bare hub URL (``skipNegotiation``)."""
+        factory = WebSocketClientFactory(self.base.replace("http://", "ws://"))
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        factory.protocol = _CoreWs
+        factory.sink = lambda payload, binary: self._chunk(payload)
+        factory.opened = defer.Deferred()
+        factory.closed = self.closed
+        connectWS(factory)
+        self._ws = await within(factory.opened, 5)
 
     def _set_code(self, code: Any) -> Any:
         self.close_code = code
@@ -509,7 +525,7 @@ class CoreClient:
         def failed(f: Failure) -> None:
             self._polling = False
             if not self.closed.called:
-                self.closed.callback(f)
+                self.closed.callback("lost")
 
         ex.body.addCallbacks(done, failed)
 

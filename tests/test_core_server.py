@@ -14,22 +14,14 @@ import pytest_twisted
 from helpers import running_reactor, sleep, wait_until, within
 from server_clients import CORE_TRANSPORTS, HANDSHAKE, CoreClient, core_negotiate, fetch, request
 
-from txsignalr.testing import ChatHub, Hub, HubCall, HubException, SignalRServer
+from txsignalr.testing import ChatHub, HubCall, HubException, SignalRServer
+from txsignalr.testing import EchoHub as DemoEchoHub
 
 
-class EchoHub(Hub):
-    """The transcripts' test hub."""
+class EchoHub(DemoEchoHub):
+    """The demo echo hub (the transcripts' test hub) and a few more methods."""
 
     name = "echo"
-
-    def Echo(self, call: HubCall, x: Any) -> Any:
-        return x
-
-    def Add(self, call: HubCall, a: Any, b: Any) -> Any:
-        return a + b
-
-    def Fail(self, call: HubCall) -> None:
-        raise HubException("Intentional failure")
 
     def Crash(self, call: HubCall) -> None:
         raise RuntimeError("boom")
@@ -40,27 +32,9 @@ class EchoHub(Hub):
     def Whoami(self, call: HubCall) -> str:
         return call.connection_id
 
-    def Broadcast(self, call: HubCall, msg: Any) -> None:
-        self.send_to_all("receive", msg)
-
-    def JoinGroup(self, call: HubCall, group: str) -> None:
-        call.groups.add(group)
-
-    def LeaveGroup(self, call: HubCall, group: str) -> None:
-        call.groups.remove(group)
-
-    def SendToGroup(self, call: HubCall, group: str, msg: Any) -> None:
-        self.send_to_group(group, "groupMessage", group, msg)
-
     def CallMe(self, call: HubCall, text: str) -> str:
         call.caller.invoke("called", text)
         return "ok"
-
-    async def Counter(self, call: HubCall, count: int, delay_ms: int) -> AsyncIterator[int]:
-        for i in range(count):
-            if delay_ms:
-                await self.server.sleep(delay_ms / 1000)
-            yield i
 
     async def Forever(self, call: HubCall) -> AsyncIterator[int]:
         i = 0
@@ -73,14 +47,8 @@ class EchoHub(Hub):
         yield 1
         raise HubException("stream broke")
 
-    async def Sum(self, call: HubCall, numbers: AsyncIterator[int]) -> int:
-        total = 0
-        async for n in numbers:
-            total += n
-        return total
-
-    async def AskClient(self, call: HubCall, question: str) -> Any:
-        answer = await call.caller.invoke_with_result("getMessage", question)  # type: ignore[attr-defined]
+    async def AskClient(self, call: HubCall, question: Any) -> Any:
+        answer = await call.caller.invoke_with_result("getMessage", question)
         return f"client said {answer}"
 
 
@@ -275,9 +243,14 @@ async def test_server_bytes_are_dotnet_order(server: SignalRServer, transport: s
         b'{"type":3,"invocationId":"0","result":"hello"}\x1e'
     )
     await client.invoke("CallMe", "x", invocation_id="1")
-    assert await within(client.chunks.get(), 5) == (
+    expected = (
         b'{"type":1,"target":"called","arguments":["x"]}\x1e'
+        b'{"type":3,"invocationId":"1","result":"ok"}\x1e'
     )
+    got = b""
+    while len(got) < len(expected):  # one poll may carry both records
+        got += await within(client.chunks.get(), 5)
+    assert got == expected
     client.drop()
 
 
@@ -376,3 +349,106 @@ async def test_websocket_post_is_405_delete_400(server: SignalRServer) -> None:
     ex, body = await fetch("DELETE", client.url)
     assert ex.code == 400
     client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_negotiation_websocket(server: SignalRServer) -> None:
+    """A WebSocket to the hub URL without id= (skipNegotiation) gets a fresh connection."""
+    client = CoreClient(server.core_url("echo"), "WebSockets")
+    client.neg = {}
+    await client.open_without_id()
+    await client.send(HANDSHAKE)
+    assert await client.record() == {}
+    await client.invoke("Whoami", invocation_id="1")
+    answer = await client.record()
+    assert answer["result"] in server.core_connections
+    assert server.events("negotiate")[-1]["skipped"] is True
+    client.drop()
+
+
+@transports
+@pytest_twisted.ensureDeferred
+async def test_demo_chat_hub_over_core(server: SignalRServer, transport: str) -> None:
+    """The demo ChatHub serves Core clients too: Send broadcasts addMessage."""
+    client = CoreClient(server.core_url("chat"), transport)
+    assert await client.connect() == {}
+    await client.invoke("Send", "me", "hello", invocation_id="1")
+    assert await client.record() == {
+        "type": 1,
+        "target": "addMessage",
+        "arguments": ["me", "hello"],
+    }
+    assert await client.record() == {"type": 3, "invocationId": "1"}
+    invoke = server.events("invoke")[-1]
+    assert (invoke["family"], invoke["target"], invoke["hub"]) == ("core", "Send", "chat")
+    client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_transport_request_refused(server: SignalRServer) -> None:
+    """A second WebSocket is 409; another transport for the same id is 400."""
+    client = CoreClient(server.core_url("echo"), "WebSockets")
+    await client.connect()
+    ex, body = await fetch("GET", client.url, None, {"Accept": "text/event-stream"})
+    assert (ex.code, body) == (400, b"Cannot change transports mid-connection")
+    again = CoreClient(server.core_url("echo"), "WebSockets")
+    again.token = client.token
+    with pytest.raises(ConnectionError):
+        await again.open()
+    client.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_c3_hub_over_core() -> None:
+    """The demo c3 hub over Core: Subscribe joins groups, ticks arrive as invocations."""
+    from txsignalr.testing import C3Hub
+
+    s = SignalRServer(running_reactor(), [C3Hub(interval=0.05), ChatHub()])
+    await s.listen()
+    try:
+        client = CoreClient(s.core_url("c3"), "WebSockets")
+        assert await client.connect() == {}
+        await client.invoke("Subscribe", ["tick"], invocation_id="1")
+        assert await client.record() == {
+            "type": 3,
+            "invocationId": "1",
+            "result": [{"Success": True, "ErrorCode": None}],
+        }
+        tick = await client.record()
+        assert tick["type"] == 1 and tick["target"] == "tick"
+        assert set(tick["arguments"][0]) == {"Seq", "Ts"}
+        client.drop()
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_echo_hub_ticker_and_client_result() -> None:
+    """The demo echo hub ticks tick(n) to every client and relays a client result."""
+    s = SignalRServer(running_reactor(), [DemoEchoHub(tick_interval=0.05)])
+    await s.listen()
+    try:
+        client = CoreClient(s.core_url("echo"), "WebSockets")
+        assert await client.connect() == {}
+        tick = await client.record()
+        assert tick["target"] == "tick" and isinstance(tick["arguments"][0], int)
+        await client.invoke("AskClient", "q?", invocation_id="1")
+        while True:
+            record = await client.record()
+            if record.get("target") != "tick":
+                break
+        assert record == {
+            "type": 1,
+            "invocationId": "s1",
+            "target": "getMessage",
+            "arguments": ["q?"],
+        }
+        await client.send(b'{"type":3,"invocationId":"s1","result":"a!"}\x1e')
+        while True:
+            record = await client.record()
+            if record.get("target") != "tick":
+                break
+        assert record == {"type": 3, "invocationId": "1", "result": "a!"}
+        client.drop()
+    finally:
+        await s.stop()

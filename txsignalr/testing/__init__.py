@@ -21,11 +21,30 @@ buffer, but messages addressed to that connection alone are gone.
 
 Sizes: client messages over 64 KiB drop the TCP connection (as on Microsoft's server);
 what the server sends is not limited.
+
+The same server also speaks ASP.NET Core SignalR (JSON hub protocol) over WebSockets,
+Server-Sent Events and long polling, each hub at :meth:`SignalRServer.core_url`
+(``/hubs/<hub>``), with Microsoft's negotiate (v0/v1), handshake, messages, streams both
+ways, client results (:class:`CoreHubCall`), pings, client timeout, Close, an Azure
+style redirect (:meth:`SignalRServer.redirect_url`) and bearer tokens.
 """
 
 from txsignalr.testing._context import HubContext
-from txsignalr.testing._demo import C3Hub, ChatHub
-from txsignalr.testing._hubs import Hub, HubCall, HubException
+from txsignalr.testing._core_hubs import CoreHubCall, UploadStream
+from txsignalr.testing._demo import C3Hub, ChatHub, EchoHub
+from txsignalr.testing._hubs import ClientResultError, Hub, HubCall, HubException
 from txsignalr.testing._server import SignalRServer
 
-__all__ = ["C3Hub", "ChatHub", "Hub", "HubCall", "HubContext", "HubException", "SignalRServer"]
+__all__ = [
+    "C3Hub",
+    "ChatHub",
+    "ClientResultError",
+    "CoreHubCall",
+    "EchoHub",
+    "Hub",
+    "HubCall",
+    "HubContext",
+    "HubException",
+    "SignalRServer",
+    "UploadStream",
+]

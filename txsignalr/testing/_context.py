@@ -49,3 +49,11 @@ class HubContext(Protocol):
 
     def remove_from_group(self, connection_id: str, hub: str, group: str) -> None:
         """Remove a connection from a hub group."""
+
+    def invoke_with_result(self, connection_id: str, method: str, *args: Any) -> Deferred[Any]:
+        """ASP.NET Core: invoke a client method and wait for its result."""
+
+    def close_core_connection(
+        self, connection_id: str, error: str | None = None, allow_reconnect: bool = False
+    ) -> bool:
+        """ASP.NET Core: send Close (with ``error``, ``allowReconnect``) and end the connection."""

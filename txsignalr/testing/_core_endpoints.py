@@ -141,7 +141,7 @@ class CoreEndpoints:
             return self._negotiate(request, info, hub, token if area == "service" else None)
         if area == "redirect":
             return respond(request, 404, b"", None)
-        return self._connection_request(request, info, hub, method, token)
+        return self._connection_request(request, info, hub, method, token, area)
 
     def _check_token(self, token: str | None) -> bool:
         required = self._settings.core_access_token
@@ -195,23 +195,43 @@ class CoreEndpoints:
         return respond(request, 200, body, b"application/json")
 
     def _redirect(self, request: Request, info: RequestInfo, hub: Hub) -> bytes:
+        refusal = self._refusals.negotiate_refusal
+        if refusal is not None:
+            self._event("redirect", hub=hub.name, url=None, access_token=None, query=info.query)
+            status, body, content_type = refusal
+            return respond(request, status, body, content_type)
         token = new_id()
         self.redirect_tokens.add(token)
         url = f"{self._base_url()}{SERVICE_PATH}/?hub={hub.name.lower()}"
         self._event("redirect", hub=hub.name, url=url, access_token=token, query=info.query)
-        refusal = self._refusals.negotiate_refusal
-        if refusal is not None:
-            status, body, content_type = refusal
-            return respond(request, status, body, content_type)
         return respond(request, 200, redirect_body(url, token), b"application/json")
 
     # -- connection requests ----------------------------------------------------------
 
     def _connection_request(
-        self, request: Request, info: RequestInfo, hub: Hub, method: str, token: str | None
+        self,
+        request: Request,
+        info: RequestInfo,
+        hub: Hub,
+        method: str,
+        token: str | None,
+        area: str,
     ) -> bytes | int:
         connection_token = info.arg("id")
         if connection_token is None:
+            if method == "GET" and "websocket" in info.headers.get("upgrade", "").lower():
+                # skipNegotiation: the connection is made on the fly (GetOrCreateConnection).
+                fresh = self._registry.create(hub, v1=True)
+                fresh.required_token = token if area == "service" else None
+                self._event(
+                    "negotiate",
+                    hub=hub.name,
+                    query=info.query,
+                    headers=info.headers,
+                    cookies=info.cookies,
+                    skipped=True,
+                )
+                return self._receive(request, info, fresh)
             return respond(request, 400, b"Connection ID required", TEXT)
         conn = self._registry.by_token.get(connection_token)
         if conn is None or conn.hub is not hub:

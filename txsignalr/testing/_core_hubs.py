@@ -28,15 +28,11 @@ from twisted.python.failure import Failure
 from txsignalr._protocol import dumps
 from txsignalr.testing._context import HubContext
 from txsignalr.testing._core_wire import completion_record, stream_item_record
-from txsignalr.testing._hubs import Hub, HubCall, HubException, _arity
+from txsignalr.testing._hubs import ClientResultError, Hub, HubCall, HubException, _arity
 
 __all__ = ["ClientResultError", "CoreHubCall", "UploadStream", "run_invocation", "run_stream"]
 
 _log = Logger(namespace="txsignalr.testing")
-
-
-class ClientResultError(Exception):
-    """A client result failed: the client answered with an error, or went away."""
 
 
 class CoreConnectionApi(Protocol):
@@ -95,7 +91,7 @@ class CoreHubCall(HubCall):
         super().__init__(server, hub, connection.id, invocation_id or "", {})
         self.connection = connection
         self.headers = dict(headers or {})
-        self.caller = _CoreCaller(self)  # type: ignore[assignment]
+        self.caller = _CoreCaller(self)  # type: ignore[assignment]  # same methods
 
     def report_progress(self, value: Any) -> None:
         """Progress messages do not exist in ASP.NET Core SignalR: use a stream."""

@@ -268,7 +268,13 @@ class CoreConnection:
                 self.close(self._closed_error(f"InvalidDataException: {e}"))
                 return
             if message is not None:
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except Exception:
+                    _log.failure(
+                        "Core connection {connection_id} could not handle a message",
+                        connection_id=self.id,
+                    )
 
     def _closed_error(self, detail: str) -> str:
         text = "Connection closed with an error."

@@ -1,11 +1,14 @@
 """
 Demo hubs shaped like the hubs of the recorded real-server transcripts: ``c3`` (an
-exchange feed) and ``chat``.
+exchange feed) and ``chat`` (classic transcripts; both also served over ASP.NET Core),
+and ``echo``, the test hub of the ASP.NET Core transcripts (``transcripts-core/``) with
+streams both ways and a client result.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -13,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from txsignalr.payloads import encode_deflate_base64
 from txsignalr.testing._hubs import Hub, HubCall, HubException
 
-__all__ = ["C3Hub", "ChatHub"]
+__all__ = ["C3Hub", "ChatHub", "EchoHub"]
 
 
 def _timestamp(seconds: float) -> str:
@@ -190,3 +193,90 @@ class ChatHub(Hub):
     def Whoami(self, call: HubCall) -> str:
         """The caller's connection id."""
         return call.connection_id
+
+
+class EchoHub(Hub):
+    """
+    The hub of the ASP.NET Core transcripts (``echo``): ``Echo(x)``, ``Add(a, b)``,
+    ``Fail()`` (HubException "Intentional failure"), ``Broadcast(msg)`` →
+    ``receive(msg)`` to all, ``JoinGroup(g)`` / ``LeaveGroup(g)`` /
+    ``SendToGroup(g, msg)`` → ``groupMessage(g, msg)``, ``GetConnectionId()``, the
+    server-to-client stream ``Counter(count, delayMs)``, the client-to-server stream
+    ``Sum(stream)``, and ``AskClient(question)``, which returns the caller's
+    ``getMessage(question)`` client result (ASP.NET Core only).
+
+    :param tick_interval: seconds between ``tick(n)`` calls to every client, or
+        ``None`` (the default) for no ticker.
+    """
+
+    name = "echo"
+
+    def __init__(self, tick_interval: float | None = None) -> None:
+        self.tick_interval = tick_interval
+        self.ticks = 0
+        self._timer: IDelayedCall | None = None
+
+    def on_start(self) -> None:
+        if self.tick_interval is not None:
+            self._timer = self.server.call_later(self.tick_interval, self._tick)
+
+    def on_stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _tick(self) -> None:
+        assert self.tick_interval is not None
+        self._timer = self.server.call_later(self.tick_interval, self._tick)
+        self.ticks += 1
+        self.send_to_all("tick", self.ticks)
+
+    def Echo(self, call: HubCall, x: Any) -> Any:
+        """Return the argument."""
+        return x
+
+    def Add(self, call: HubCall, a: Any, b: Any) -> Any:
+        """``a + b``."""
+        return a + b
+
+    def Fail(self, call: HubCall) -> None:
+        """Raise ``HubException("Intentional failure")``."""
+        raise HubException("Intentional failure")
+
+    def Broadcast(self, call: HubCall, msg: Any) -> None:
+        """``receive(msg)`` to every connection of the hub."""
+        self.send_to_all("receive", msg)
+
+    def JoinGroup(self, call: HubCall, group: str) -> None:
+        """Join a group."""
+        call.groups.add(group)
+
+    def LeaveGroup(self, call: HubCall, group: str) -> None:
+        """Leave a group."""
+        call.groups.remove(group)
+
+    def SendToGroup(self, call: HubCall, group: str, msg: Any) -> None:
+        """``groupMessage(group, msg)`` to the group's members."""
+        self.send_to_group(group, "groupMessage", group, msg)
+
+    def GetConnectionId(self, call: HubCall) -> str:
+        """The caller's connection id."""
+        return call.connection_id
+
+    async def Counter(self, call: HubCall, count: int, delayMs: int) -> AsyncIterator[int]:
+        """Stream ``0 .. count-1``, one every ``delayMs`` milliseconds."""
+        for i in range(int(count)):
+            if delayMs:
+                await self.server.sleep(float(delayMs) / 1000.0)
+            yield i
+
+    async def Sum(self, call: HubCall, numbers: AsyncIterator[Any]) -> Any:
+        """The sum of an uploaded stream."""
+        total = 0
+        async for n in numbers:
+            total += n
+        return total
+
+    async def AskClient(self, call: HubCall, question: Any) -> Any:
+        """The caller's result for ``getMessage(question)``."""
+        return await call.caller.invoke_with_result("getMessage", question)

@@ -18,7 +18,14 @@ from twisted.python.failure import Failure
 from txsignalr.testing._context import HubContext
 from txsignalr.testing._wire import Invocation, client_invocation, hub_result
 
-__all__ = ["Hub", "HubCall", "HubException", "invoke_hub_method", "run_hooks"]
+__all__ = [
+    "ClientResultError",
+    "Hub",
+    "HubCall",
+    "HubException",
+    "invoke_hub_method",
+    "run_hooks",
+]
 
 _log = Logger(namespace="txsignalr.testing")
 
@@ -44,6 +51,14 @@ class HubException(Exception):
         super().__init__(text)
         self.message = text
         self.data = data
+
+
+class ClientResultError(Exception):
+    """
+    A client result (ASP.NET Core: ``invoke_with_result``) failed: the client answered
+    with an error Completion (its text is the message), the connection ended first, or
+    the connection cannot give results (classic SignalR, or not an open Core connection).
+    """
 
 
 class Hub:
@@ -152,6 +167,15 @@ class _Caller:
         call = self._call
         payload = client_invocation(call.hub.name, method, args, call.state_changes())
         call.server.publish_to_connection(call.connection_id, payload)
+
+    def invoke_with_result(self, method: str, *args: Any) -> defer.Deferred[Any]:
+        """
+        Client results are an ASP.NET Core feature: over classic SignalR this fails
+        with :class:`ClientResultError`.
+        """
+        return defer.fail(
+            ClientResultError("client results need an ASP.NET Core SignalR connection")
+        )
 
 
 class HubCall:

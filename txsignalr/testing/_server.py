@@ -29,7 +29,6 @@ from txsignalr.testing._core_endpoints import (
     ServerRoot,
     TokenCheck,
 )
-from txsignalr.testing._core_hubs import ClientResultError
 from txsignalr.testing._core_registry import CoreRegistry
 from txsignalr.testing._core_transports import CoreHttpTransports, CoreWebSockets
 from txsignalr.testing._endpoints import SERVED_TRANSPORTS, ClassicEndpoints
@@ -39,7 +38,7 @@ from txsignalr.testing._http import (
     TrackingFactory,
     access_log_line,
 )
-from txsignalr.testing._hubs import Hub
+from txsignalr.testing._hubs import ClientResultError, Hub
 from txsignalr.testing._registry import ConnectionRegistry
 from txsignalr.testing._timers import Timers
 from txsignalr.testing._transport_http import HttpTransports
