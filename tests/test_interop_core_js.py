@@ -23,8 +23,7 @@ import pytest_twisted
 from helpers import sleep, wait_until, within
 from twisted.internet import defer, protocol
 
-from txsignalr.testing import Hub, HubCall, HubException, SignalRServer
-from txsignalr.testing._core_hubs import ClientResultError
+from txsignalr.testing import ClientResultError, Hub, HubCall, HubException, SignalRServer
 
 #: Seconds a node process may live before the test kills it (its own watchdog: 25 s).
 NODE_TIMEOUT = 30.0
