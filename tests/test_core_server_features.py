@@ -673,3 +673,48 @@ async def test_sse_client_gone_ends_connection(server: SignalRServer) -> None:
     assert server.events("disconnected")[-1]["reason"] == "transport lost"
     ex, _ = await fetch("POST", client.url, b'{"type":6}\x1e')
     assert ex.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_cors_option() -> None:
+    """With cors=True Core requests echo Origin and preflights get 204."""
+    s = SignalRServer(running_reactor(), [EchoHub()], cors=True)
+    await s.listen()
+    try:
+        origin = {"Origin": "http://example.test"}
+        ex, _ = await fetch(
+            "OPTIONS",
+            s.core_url("echo") + "/negotiate",
+            None,
+            {**origin, "Access-Control-Request-Headers": "x-requested-with"},
+        )
+        assert ex.code == 204
+        assert ex.header("access-control-allow-origin") == ["http://example.test"]
+        assert ex.header("access-control-allow-headers") == ["x-requested-with"]
+        ex, _ = await core_negotiate(s.core_url("echo"), headers=origin)
+        assert ex.code == 200
+        assert ex.header("access-control-allow-credentials") == ["true"]
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_timeout_with_close_message_on_clock() -> None:
+    """core_timeout_close=True sends Close with allowReconnect before closing."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()], core_timeout_close=True)  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = await connected(s, "WebSockets")
+        await client.send(b'{"type":6}\x1e')
+        await sleep(0.05)
+        s.core_keepalive = None
+        clock.advance(30.5)
+        assert await client.record() == {
+            "type": 7,
+            "error": "Connection closed with an error.",
+            "allowReconnect": True,
+        }
+        assert await within(client.closed, 5) == 1000
+    finally:
+        await s.stop()

@@ -51,6 +51,7 @@ class CoreEndpointSettings(Protocol):
     core_negotiate_version: int
     core_access_token: str | TokenCheck | None
     core_max_message_size: int
+    cors: bool
 
 
 class Refusals(Protocol):
@@ -124,6 +125,16 @@ class CoreEndpoints:
     def render(self, request: Request, area: str, hub: Hub, negotiate: bool) -> bytes | int:
         info = RequestInfo.from_request(request)
         method = request.method.decode("latin-1").upper()
+        origin = info.headers.get("origin")
+        if self._settings.cors and origin:
+            request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
+            request.setHeader(b"access-control-allow-credentials", b"true")
+            if method == "OPTIONS":
+                request.setHeader(b"access-control-allow-methods", b"GET, POST, DELETE")
+                wanted = info.headers.get("access-control-request-headers")
+                if wanted:
+                    request.setHeader(b"access-control-allow-headers", wanted.encode("latin-1"))
+                return respond(request, 204, b"", None)
         token = bearer_token(info)
         if area == "service":
             authorized = token is not None and token in self.redirect_tokens

@@ -90,6 +90,7 @@ class CoreSettings(Protocol):
 
     core_keepalive: float | None
     client_timeout: float | None
+    core_timeout_close: bool
     core_max_message_size: int
     core_handshake_timeout: float
     core_disconnect_timeout: float
@@ -131,7 +132,6 @@ class CoreConnection:
         self._keepalive_call: IDelayedCall | None = None
         self._timeout_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
-        self._timeout_armed = False
 
     @property
     def settings(self) -> CoreSettings:
@@ -243,7 +243,6 @@ class CoreConnection:
         if self.settings.client_timeout is not None and self.transport != "LongPolling":
             # ASP.NET Core 2.2: the client timeout starts with the first message after
             # the handshake, and any received data restarts it.
-            self._timeout_armed = True
             self.timers.cancel(self._timeout_call)
             self._timeout_call = self.timers.call_later(
                 self.settings.client_timeout, self._timed_out
@@ -305,6 +304,13 @@ class CoreConnection:
         if self.closed:
             return
         self._event("timeout", after=self.settings.client_timeout)
+        if self.settings.core_timeout_close:
+            # Newer servers abort with AbortAllowReconnect: a Close with an error first.
+            detail = (
+                "OperationCanceledException: Client hasn't sent a message/ping within the "
+                "configured ClientTimeoutInterval."
+            )
+            self.send(close_record(self._closed_error(detail), allow_reconnect=True))
         # ASP.NET Core 2.2 closes the transport without a Close message.
         self.registry.end(self, clean=False, reason="client timeout", send_close=False)
 

@@ -1,9 +1,11 @@
 """
-The in-process classic ASP.NET SignalR 2.x server: :class:`SignalRServer`, the public
-façade over the layers that do the work: the server transports (:mod:`._transport_ws`,
-:mod:`._transport_http`), the connection registry (:mod:`._registry`), the classic HTTP
-endpoints (:mod:`._endpoints`), timers, the event log and the sans-I/O pieces
-(:mod:`._wire`, :mod:`._bus`, :mod:`._tokens`, :mod:`._hubs`).
+The in-process SignalR server: :class:`SignalRServer`, the public façade over the layers
+that do the work, one family beside the other: classic ASP.NET SignalR 2.x (server
+transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection registry
+:mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
+:mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
+:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_hubs`,
+:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
@@ -52,8 +54,9 @@ _DISCONNECT_THRESHOLD = 5.0  # WebSocketTransport / TransportDisconnectBase
 
 class SignalRServer:
     """
-    An in-process classic ASP.NET SignalR 2.x hub server (WebSockets, Server-Sent Events
-    and long polling).
+    An in-process SignalR hub server: classic ASP.NET SignalR 2.x at :attr:`url` and
+    ASP.NET Core SignalR at :meth:`core_url` (WebSockets, Server-Sent Events and long
+    polling for both).
 
     :param reactor: provides ``IReactorTime`` (all timers) and ``IReactorTCP``
         (for :meth:`listen`).
@@ -93,7 +96,10 @@ class SignalRServer:
         closed (``ClientTimeoutInterval``, 30 s), ``None`` for never.  As ASP.NET Core
         2.2 does it: the timer starts with the first message after the handshake, and
         the WebSocket is closed with 1000 (SSE: the response ends) without a Close
-        message.  Not on long polling.
+        message (see ``core_timeout_close``).  Not on long polling.
+    :param core_timeout_close: on a client timeout, first send
+        ``{"type":7,"error":"Connection closed with an error.","allowReconnect":true}``
+        as newer servers do (their ``AbortAllowReconnect``).
     :param core_poll_timeout: how long a long poll is held before it answers 200 empty
         (``LongPollingOptions.PollTimeout``, 90 s).
     :param core_disconnect_timeout: a negotiated connection without a transport, or a
@@ -129,6 +135,7 @@ class SignalRServer:
         core_path: str = "/hubs",
         core_keepalive: float | None = 15.0,
         client_timeout: float | None = 30.0,
+        core_timeout_close: bool = False,
         core_poll_timeout: float = 90.0,
         core_disconnect_timeout: float = 15.0,
         core_handshake_timeout: float = 15.0,
@@ -179,6 +186,7 @@ class SignalRServer:
             raise ValueError(f"core_path {core_path!r} collides with another server path")
         self.core_keepalive = core_keepalive
         self.client_timeout = client_timeout
+        self.core_timeout_close = core_timeout_close
         self.core_poll_timeout = core_poll_timeout
         self.core_disconnect_timeout = core_disconnect_timeout
         self.core_handshake_timeout = core_handshake_timeout
