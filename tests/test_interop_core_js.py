@@ -829,3 +829,69 @@ async def test_bearer_token_required(make_server: Any, core_client: Any) -> None
             f"Error: Failed to start the connection: Error: {message}",
         ]
     )
+
+
+@pytest.mark.parametrize("transport", ["WebSockets", "ServerSentEvents"])
+@pytest_twisted.ensureDeferred
+async def test_server_pings_keep_the_client_alive(
+    make_server: Any, core_client: Any, transport: str
+) -> None:
+    """The server's Pings reset the client's server timeout; without them the client
+    gives up with its own error."""
+    server = await make_server(core_keepalive=0.2)
+    client, cid = await start_client(
+        core_client,
+        server.core_url(HUB),
+        transport,
+        serverTimeoutMs=1000,
+        keepAliveIntervalMs=300,
+    )
+    await client.step("sleep", ms=2500)
+    assert (await client.step("state"))["state"] == "Connected"
+    assert (await client.step("invoke", method="Echo", args=["alive"]))["result"] == "alive"
+    server.keepalives_enabled = False
+    close = await client.event("close", timeout=4)
+    assert close["error"] == "Server timeout elapsed without receiving a message from the server."
+    assert (await core_event(server, "disconnected", cid))["clean"] is False
+    await client.exit(
+        [
+            "Error: Connection disconnected with error 'Error: Server timeout elapsed "
+            "without receiving a message from the server.'."
+        ]
+    )
+
+
+@pytest.mark.parametrize("transport", ["WebSockets", "ServerSentEvents"])
+@pytest_twisted.ensureDeferred
+async def test_client_timeout_closes_with_allow_reconnect(
+    make_server: Any, core_client: Any, transport: str
+) -> None:
+    """A client that sends nothing for client_timeout is closed; with core_timeout_close the
+    Close carries allowReconnect, so Microsoft's client reconnects."""
+    server = await make_server(client_timeout=0.8, core_timeout_close=True)
+    client, cid1 = await start_client(
+        core_client,
+        server.core_url(HUB),
+        transport,
+        keepAliveIntervalMs=20000,
+        reconnectDelays=[0],
+    )
+    reconnecting = await client.event("reconnecting", timeout=4)
+    server.client_timeout = None
+    assert reconnecting["error"] == (
+        "Server returned an error on close: Connection closed with an error."
+    )
+    (timeout,) = core_events(server, "timeout", cid1)
+    assert timeout["after"] == 0.8
+    disconnected = await core_event(server, "disconnected", cid1)
+    assert (disconnected["reason"], disconnected["clean"]) == ("client timeout", False)
+    cid2 = (await client.event("reconnected", timeout=5))["connectionId"]
+    assert cid2 != cid1 and cid2 in server.core_connections
+    assert (await client.step("invoke", method="GetConnectionId"))["result"] == cid2
+    assert await client.step("stop") == {"state": "Disconnected"}
+    await client.exit(
+        [
+            "Error: Connection disconnected with error 'Error: Server returned an error "
+            "on close: Connection closed with an error.'."
+        ]
+    )

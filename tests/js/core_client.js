@@ -5,8 +5,9 @@
 // usage: node core_client.js URL OPTIONS_JSON
 //   OPTIONS: {"transport": "WebSockets" | "ServerSentEvents" | "LongPolling" | null (client default),
 //             "skipNegotiation": bool, "reconnectDelays": [ms, ...] | null (no automatic reconnect),
-//             "accessToken": string | null (accessTokenFactory returning it), "timeoutMs": watchdog,
-//             "stepTimeoutMs": limit of each step}
+//             "accessToken": string | null (accessTokenFactory returning it),
+//             "serverTimeoutMs", "keepAliveIntervalMs": withServerTimeout / withKeepAliveInterval,
+//             "timeoutMs": watchdog, "stepTimeoutMs": limit of each step}
 //
 // Protocol with pytest, one JSON object a line:
 //   stdin:  {"id": N, "op": "...", ...arguments}          one step; steps run one after another
@@ -126,6 +127,8 @@ if (options.accessToken) {
 }
 let builder = new signalR.HubConnectionBuilder().withUrl(url, httpOptions).configureLogging(logger);
 if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
+if (options.serverTimeoutMs) builder = builder.withServerTimeout(options.serverTimeoutMs);
+if (options.keepAliveIntervalMs) builder = builder.withKeepAliveInterval(options.keepAliveIntervalMs);
 const connection = builder.build();
 
 connection.onreconnecting((e) => emit('reconnecting', { error: e ? errorText(e) : null }));
