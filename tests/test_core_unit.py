@@ -72,7 +72,7 @@ def record(message: dict[str, Any]) -> bytes:
 
 
 class Core:
-    def __init__(self, transport: str = "webSockets", **kwargs: Any) -> None:
+    def __init__(self, transport: str | list[str] = "webSockets", **kwargs: Any) -> None:
         self.clock = Clock()
         self.server = CoreServer()
         self.stub = StubTreq(self.server)
@@ -83,7 +83,7 @@ class Core:
             protocol="core",
             http_client=self.stub,
             transport_factories={t: FakeTransport for t in Transport},
-            transports=[transport],
+            transports=[transport] if isinstance(transport, str) else transport,
             **kwargs,
         )
 
@@ -553,3 +553,37 @@ def test_core_style_reconnect_delays_work_for_classic_too(delay: Any) -> None:
     assert h.conn.state is ConnectionState.disconnected
     assert "gave up" in closed[0].reason
     assert h.clock.getDelayedCalls() == []
+
+
+def test_a_classic_policy_that_raises_gives_up_cleanly() -> None:
+    from test_connection_unit import Harness
+
+    def broken(attempt: int) -> float:
+        raise RuntimeError("policy bug")
+
+    h = Harness(reconnect_delay=broken)
+    h.connect()
+    closed: list[Any] = []
+    h.conn.on_closed(closed.append)
+    h.transport.lose("gone")
+    assert h.conn.state is ConnectionState.disconnected
+    assert "gave up" in closed[0].reason
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_fallback_negotiates_again_only_for_a_transport_it_will_try() -> None:
+    h = Core(["webSockets", "serverSentEvents"])
+    h.server.answer = (
+        200,
+        core_negotiate(
+            availableTransports=[{"transport": "WebSockets", "transferFormats": ["Text"]}]
+        ),
+    )
+    d = h.conn.start()
+    h.flush()
+    h.transport.lose("refused", status=403)
+    h.flush()
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert "does not offer ServerSentEvents" in str(failure.value)
+    assert len(h.server.requests) == 1  # no second negotiate for nothing

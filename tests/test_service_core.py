@@ -634,3 +634,22 @@ async def test_wrong_access_token_is_reported_redacted(monkeypatch: Any) -> None
     text = "\n".join(messages(events)) + repr(events)
     assert "401" in text
     assert "wrong-secret-token" not in text
+
+
+def test_core_reconnect_keeps_feeding_the_stale_watchdog() -> None:
+    """After a Core reconnect and re-subscribe, a live feed still resets its watchdog."""
+    sub = Subscription(None, "Subscribe", (["tick"],), stale_after=5.0, watch=("tick",))
+    service, clock, factory = make((sub,))
+    service.startService()
+    conn = factory.last
+    conn.connect()
+    conn.answer(0)
+    conn.reconnecting()
+    conn.reconnected()
+    conn.answer(1)
+    assert service.subscribed
+    for _ in range(8):  # one tick a second for longer than stale_after
+        clock.advance(1)
+        conn.own.call("tick", 1)
+    assert service.connection is conn
+    assert len(factory.connections) == 1

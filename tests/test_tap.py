@@ -802,6 +802,11 @@ def test_access_token_env_is_read_not_stored(monkeypatch: Any) -> None:
             "TXS_UNSET_VAR, which should hold the access",
         ),
         (
+            # a token of variable-name characters, given by mistake: never repeated
+            ["--protocol", "core", "--access-token-env", "sk_live_4eC39HqLyjWDarjt"],
+            "environment variable named by --access-token-env, which should hold",
+        ),
+        (
             ["--protocol", "core", "--access-token-env", "TXS_EMPTY_VAR"],
             "TXS_EMPTY_VAR, which should hold the access token, is empty",
         ),
@@ -832,6 +837,7 @@ def test_bad_core_options(args: list[str], message: str, monkeypatch: Any) -> No
         parse("--url", CORE_URL, *args)
     assert message in str(info.value)
     assert "eyJ" not in str(info.value)
+    assert "sk_live" not in str(info.value)
 
 
 def test_demo_over_core_subscribes_without_a_hub() -> None:

@@ -283,6 +283,6 @@ def test_twistd_access_token_env_unset_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
-    assert "--access-token-env TXS_E2E_UNSET: environment variable TXS_E2E_UNSET" in output
+    assert "--access-token-env: environment variable TXS_E2E_UNSET" in output
     assert "is not set" in output
     assert "Traceback" not in output

@@ -157,10 +157,12 @@ class Link:
         status: int | None = None
         failed = False
         for transport in order:
-            if failed and renew is not None:
+            skip = self._session.skip_reason(transport)
+            if skip is None and failed and renew is not None:
+                # Only right before a transport is really tried, as Microsoft's client.
                 await renew()
                 failed = False
-            skip = self._session.skip_reason(transport)
+                skip = self._session.skip_reason(transport)
             if skip is not None:
                 attempts.append((transport.value, skip))
                 continue

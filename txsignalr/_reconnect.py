@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 __all__ = ["ReconnectLoop", "RetryPolicy"]
+
+log = Logger()
 
 #: seconds, or ``policy(attempt) -> seconds`` (``None``: stop trying)
 RetryPolicy = float | Callable[[int], "float | None"]
@@ -56,7 +59,11 @@ class ReconnectLoop:
         if self._next is not None and self._next.active():
             self._next.cancel()
         policy = self._delay
-        delay = policy(self._attempts) if callable(policy) else policy
+        try:
+            delay = policy(self._attempts) if callable(policy) else policy
+        except Exception:
+            log.failure("the reconnect policy raised: giving up")
+            delay = None
         if delay is None:
             self.stop()
             if self._exhausted is not None:

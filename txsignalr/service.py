@@ -378,10 +378,18 @@ def read_access_token(name: str) -> str:
     token = os.environ.get(name, "").strip()
     if not token:
         state = "empty" if name in os.environ else "not set"
+        # The name is repeated only when it looks like one: a token given in its
+        # place by mistake must not end up in a log.
+        shown = name if _looks_like_variable(name) else "named by --access-token-env"
         raise MissingAccessToken(
-            f"environment variable {name}, which should hold the access token, is {state}"
+            f"environment variable {shown}, which should hold the access token, is {state}"
         )
     return token
+
+
+def _looks_like_variable(name: str) -> bool:
+    """An upper-case, shortish environment variable name (``HUB_TOKEN``)."""
+    return len(name) <= 40 and name.upper() == name and name.replace("_", "").isalnum()
 
 
 def core_hub_name(url: str) -> str:
@@ -1266,8 +1274,9 @@ class SubscriptionService(Service):
         for call in (*self._sub_retry.values(), *self._watchdogs.values()):
             if call.active():
                 call.cancel()
-        self._sub_retry = {}
-        self._watchdogs = {}
+        # Emptied in place: the feed watchers of a connection hold these dicts.
+        self._sub_retry.clear()
+        self._watchdogs.clear()
 
     def _fail_waiters(self, reason: Failure) -> None:
         waiters, self._waiters = self._waiters, []

@@ -450,7 +450,7 @@ class Options(usage.Options):
         try:
             read_access_token(name)
         except MissingAccessToken as e:
-            raise usage.UsageError(f"--access-token-env {name}: {e}") from None
+            raise usage.UsageError(f"--access-token-env: {e}") from None
 
     def subscriptions(self) -> list[Subscription]:
         """The subscriptions these options ask for (with their watchdogs)."""
