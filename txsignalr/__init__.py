@@ -1,18 +1,21 @@
 """
 txsignalr: a SignalR client for Twisted.
 
-Classic ASP.NET SignalR 2.x hubs over WebSockets, Server-Sent Events or long
-polling, with Deferred-based invocations, automatic reconnects that lose nothing,
-a twistd service that keeps subscriptions alive, and an in-process test server
-(:mod:`txsignalr.testing`).
+ASP.NET Core SignalR (JSON hub protocol) and classic ASP.NET SignalR 2.x hubs over
+WebSockets, Server-Sent Events or long polling, behind one API: Deferred-based
+invocations, streams, client results, automatic reconnects, a twistd service that
+keeps subscriptions alive, and an in-process test server (:mod:`txsignalr.testing`)
+for both families.
 """
 
 from txsignalr._connection import ConnectionState, HubConnection, HubProxy
 from txsignalr._protocol import Transport
+from txsignalr._streams import HubStream
 from txsignalr._tls import tls_policy
 from txsignalr._version import __version__
 from txsignalr.errors import (
     ConnectionClosed,
+    HandshakeError,
     HubError,
     InvalidStateError,
     InvalidURL,
@@ -28,9 +31,11 @@ from txsignalr.payloads import decode_deflate_base64, encode_deflate_base64
 __all__ = [
     "ConnectionClosed",
     "ConnectionState",
+    "HandshakeError",
     "HubConnection",
     "HubError",
     "HubProxy",
+    "HubStream",
     "InvalidStateError",
     "InvalidURL",
     "MessageTooLarge",

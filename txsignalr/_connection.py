@@ -386,9 +386,10 @@ class HubConnection:
         Call ``callback(*args)`` whenever the server calls client method ``method``
         (names match case-insensitively).  A callback may return a Deferred or a
         coroutine.  Core: when the server waits for a result (client results), the
-        one handler's return value, or what its Deferred or coroutine gives, is sent
+        handler's return value, or what its Deferred or coroutine gives, is sent
         back; an exception is sent as the error; with no handler the server is told
-        "Client didn't provide a result."
+        "Client didn't provide a result.", and when several handlers return a value,
+        "Client provided multiple results." (as Microsoft's client).
 
         :returns: a function that removes this handler.
         """
