@@ -432,7 +432,7 @@ class HubConnection:
         """
         proxy = self._proxy_for_calls("send")
         if self._family == "core":
-            return self._core.send(method, args)
+            return self._core.calls.send(method, args)
         d = self._invoke(proxy, method, args, None, None, sent_only=True)
         return d.addCallback(lambda _: None)
 
@@ -448,7 +448,7 @@ class HubConnection:
                 + (" (not started yet: the family is not known)" if self._family is None else "")
             )
             return HubStream.failed(method, error)
-        return self._core.stream(method, args)
+        return self._core.calls.stream(method, args)
 
     def on_state_change(
         self, callback: Callable[[ConnectionState, ConnectionState], object]
@@ -850,7 +850,7 @@ class HubConnection:
         sent_only: bool = False,
     ) -> Deferred[Any]:
         if self._family == "core":
-            return self._core.invoke(method, args, timeout)
+            return self._core.calls.invoke(method, args, timeout)
         if self._state is not ConnectionState.connected or self._link.transport is None:
             return fail(
                 InvalidStateError(f"cannot invoke {proxy.name}.{method} while {self._state.value}")

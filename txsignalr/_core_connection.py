@@ -8,8 +8,6 @@ client's ``HubConnection`` and ``HttpConnection``).
 
 from __future__ import annotations
 
-import inspect
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +15,12 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     TimeoutError,
-    ensureDeferred,
-    fail,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txsignalr._core_calls import CoreCalls
 from txsignalr._core_negotiate import CoreNegotiateResponse, Redirect
 from txsignalr._core_protocol import (
     Close,
@@ -38,15 +35,12 @@ from txsignalr._http import HttpSession
 from txsignalr._keepalive import KeepAliveWatch
 from txsignalr._link import Link
 from txsignalr._protocol import Transport, redact_url
-from txsignalr._routing import Handler, Router
+from txsignalr._routing import Router
 from txsignalr._state import ConnectionState
-from txsignalr._streams import HubStream
 from txsignalr._transport import ITransport, TransportFactory
 from txsignalr.errors import (
     ConnectionClosed,
     HandshakeError,
-    HubError,
-    InvalidStateError,
     MessageTooLarge,
     NegotiationError,
     ProtocolError,
@@ -69,9 +63,6 @@ CorePolicy = Callable[[int], "float | None"]
 #: "ask the policy" for _schedule_attempt
 _NEXT: Any = object()
 
-_CANCELED_TEXT = "Invocation canceled due to the underlying connection being closed."
-_NO_RESULT_TEXT = "Client didn't provide a result."
-_MULTIPLE_RESULTS_TEXT = "Client provided multiple results."
 _TIMEOUT_TEXT = "Server timeout elapsed without receiving a message from the server."
 
 
@@ -95,29 +86,6 @@ def core_policy(delay: Any) -> CorePolicy | None:
     if any(d < 0 for d in delays):
         raise ValueError("reconnect_delay must not hold negative delays")
     return lambda attempt: delays[attempt] if attempt < len(delays) else None
-
-
-class _Uploads:
-    """The client-to-server streams in flight: cancelled when the session ends."""
-
-    def __init__(self) -> None:
-        self.tasks: set[Deferred[None]] = set()
-
-    def add(self, task: Deferred[None]) -> None:
-        if task.called:
-            return
-        self.tasks.add(task)
-        task.addBoth(self._done, task)
-
-    def _done(self, result: object, task: Deferred[None]) -> None:
-        self.tasks.discard(task)
-        if isinstance(result, Failure):
-            result.trap(CancelledError, SignalRError)
-
-    def cancel(self) -> None:
-        tasks, self.tasks = self.tasks, set()
-        for task in tasks:
-            task.cancel()
 
 
 class CoreEngine:
@@ -164,7 +132,6 @@ class CoreEngine:
         self._keepalive_interval = keepalive_interval
         self._server_timeout = server_timeout
         self._policy = reconnect_policy
-        self._invoke_timeout = invoke_timeout
         self._skip = skip_negotiation
         self._stop_timeout = stop_timeout
         self.session = CoreSession(
@@ -176,14 +143,12 @@ class CoreEngine:
         )
         self.link = Link(reactor, self.session, http, factories, self, log, stop_timeout)
         self._watch = KeepAliveWatch(reactor, self._slow, self._timed_out)
-        self._ids = itertools.count()
-        self._calls: dict[str, tuple[str, Deferred[Any] | HubStream]] = {}
-        self._uploads = _Uploads()
+        #: invocations, streams, uploads, client results and the send queue
+        self.calls = CoreCalls(
+            reactor, self.session, self.link, router, hub, log, invoke_timeout, lambda: owner.state
+        )
         self._handshake: Deferred[None] | None = None
         self._buffer: list[Any] = []
-        self._queue: list[tuple[bytes, Deferred[None]]] = []
-        self._in_flight: Deferred[bytes] | None = None
-        self._last_sent = 0.0
         self._ping_call: IDelayedCall | None = None
         self._retry_call: IDelayedCall | None = None
         self._attempt_task: Deferred[None] | None = None
@@ -276,7 +241,6 @@ class CoreEngine:
         self._handshake = waiter
         limit = self.session.handshake_timeout
         waiter.addTimeout(limit, self._reactor)
-        self._last_sent = self._seconds()
         self._watch.last_received = self._seconds()
 
         def not_sent(f: Failure) -> None:
@@ -398,13 +362,11 @@ class CoreEngine:
     def _dispatch(self, message: Any) -> None:
         kind = type(message)
         if kind is Invocation:
-            self._client_call(message)
+            self.calls.client_call(message)
         elif kind is StreamItem:
-            entry = self._calls.get(message.invocation_id)
-            if entry is not None and type(entry[1]) is HubStream:
-                entry[1]._item(message.item)
+            self.calls.stream_item(message)
         elif kind is Completion:
-            self._completion(message)
+            self.calls.completion(message)
         elif kind is Ping:
             pass
         elif kind is Close:
@@ -413,106 +375,6 @@ class CoreEngine:
             self._report(message)
         else:
             self._log.debug("ignored {kind}", kind=kind.__name__)
-
-    def _completion(self, message: Completion) -> None:
-        entry = self._calls.pop(message.invocation_id, None)
-        if entry is None:
-            # Some servers send a second Completion for a failed call: ignore it.
-            self._log.debug("completion for unknown invocation {id}", id=message.invocation_id)
-            return
-        method, call = entry
-        error = message.error
-        if type(call) is HubStream:
-            call._finish(None if error is None else Failure(HubError(error, method=method)))
-            return
-        assert isinstance(call, Deferred)
-        if error is not None:
-            call.errback(HubError(error, method=method))
-        else:
-            call.callback(message.result)
-
-    def _client_call(self, message: Invocation) -> None:
-        invocation_id = message.invocation_id
-        if invocation_id is None:
-            handlers = self._router.route(self._hub, message.target)
-            if handlers:
-                self._router.call_handlers(handlers, message.arguments, self._hub, message.target)
-            else:
-                self._log.warn("no handler for client method {method!r}", method=message.target)
-            return
-        # The server waits for a result: it comes from the on() handlers; on_any()
-        # callbacks only hear of the call.
-        proxy = self._router.proxy_for(self._hub)
-        handlers = [] if proxy is None else proxy.result_handlers(message.target)
-        observers = [] if proxy is None else proxy.any_handlers(message.target)
-        if observers:
-            self._router.call_handlers(observers, message.arguments, self._hub, message.target)
-        if not handlers:
-            self._log.warn(
-                "no handler for client method {method!r}; the server waits for its result",
-                method=message.target,
-            )
-            self._answer(invocation_id, error=_NO_RESULT_TEXT)
-            return
-        transport = self.link.transport
-        d = Deferred.fromCoroutine(self._results(handlers, message))
-
-        def answer(outcome: tuple[Any, str | None]) -> None:
-            if self.link.transport is not transport:
-                self._log.info(
-                    "client result for {id} dropped: the connection changed", id=invocation_id
-                )
-                return
-            result, error = outcome
-            self._answer(invocation_id, result=result, error=error)
-
-        d.addCallback(answer)
-
-    async def _results(
-        self, handlers: list[Handler], message: Invocation
-    ) -> tuple[Any, str | None]:
-        """
-        Call every handler in turn, as Microsoft's client: the last one's outcome is
-        the answer, and more than one returned value is an error.
-        """
-        result: Any = None
-        error: str | None = None
-        given = 0
-        for handler in handlers:
-            try:
-                outcome = handler(*message.arguments)
-                if inspect.isawaitable(outcome):
-                    outcome = await ensureDeferred(outcome)  # type: ignore[arg-type]
-            except Exception as e:
-                self._router.handler_failed(Failure(), self._hub, message.target)
-                error = str(e) or type(e).__name__
-                continue
-            error = None
-            if outcome is not None:
-                given += 1
-                result = outcome
-        if given > 1:
-            self._log.error(
-                "several handlers of {method!r} returned a result: sending an error",
-                method=message.target,
-            )
-            return None, _MULTIPLE_RESULTS_TEXT
-        return result, error
-
-    def _answer(self, invocation_id: str, result: Any = None, error: str | None = None) -> None:
-        try:
-            if error is None:
-                payload = self.session.encode_completion(invocation_id, result)
-            else:
-                payload = self.session.encode_completion(invocation_id, error=error)
-        except TypeError as e:
-            payload = self.session.encode_completion(
-                invocation_id, error=f"the client's result is not JSON-serialisable: {e}"
-            )
-        self._send(payload).addErrback(self._log_send_failure, "client result")
-
-    def _log_send_failure(self, f: Failure, what: str) -> None:
-        self._log.info("{what} not sent: {error}", what=what, error=f.getErrorMessage())
 
     def _server_closed(self, message: Close) -> None:
         if message.error is not None:
@@ -533,171 +395,9 @@ class CoreEngine:
 
     def _write(self, payload: bytes) -> Deferred[None]:
         """Send now (the handshake); no queue, no state check."""
-        self._last_sent = self._seconds()
+        self.calls.last_sent = self._seconds()
         d = self.link.send(payload)
         return d.addCallback(lambda _: None)
-
-    def _send(self, payload: bytes) -> Deferred[None]:
-        """
-        Send while connected.  Over HTTP transports one POST is in flight at a time and
-        what queues meanwhile goes in the next one, so the server reads messages in
-        the order they were sent.
-        """
-        link = self.link
-        if link.transport is None or not self._connected():
-            return fail(ConnectionClosed("not connected"))
-        self._last_sent = self._seconds()
-        if link.in_use is Transport.web_sockets:
-            return link.send(payload).addCallback(lambda _: None)
-        d: Deferred[None] = Deferred()
-        self._queue.append((payload, d))
-        if self._in_flight is None:
-            self._flush()
-        return d
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        if self.link.transport is None:
-            for _, d in batch:
-                d.errback(ConnectionClosed("not connected"))
-            return
-        sent = self.link.send(b"".join(p for p, _ in batch))
-        self._in_flight = sent
-
-        def done(result: object) -> None:
-            self._in_flight = None
-            for _, d in batch:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(None)
-            self._flush()
-
-        sent.addBoth(done)
-
-    def _fail_queue(self, reason: ConnectionClosed) -> None:
-        queue, self._queue = self._queue, []
-        for _, d in queue:
-            d.errback(reason)
-
-    def _split_streams(self, args: Sequence[Any]) -> tuple[list[Any], list[tuple[str, Any]]]:
-        plain: list[Any] = []
-        uploads: list[tuple[str, Any]] = []
-        for arg in args:
-            if hasattr(arg, "__aiter__"):
-                uploads.append((str(next(self._ids)), arg))
-            else:
-                plain.append(arg)
-        return plain, uploads
-
-    def _encode_call(
-        self, method: str, args: Sequence[Any], invocation_id: str | None, stream: bool = False
-    ) -> tuple[bytes, list[tuple[str, Any]]]:
-        plain, uploads = self._split_streams(args)
-        ids = [sid for sid, _ in uploads]
-        try:
-            if stream:
-                assert invocation_id is not None
-                payload = self.session.encode_stream_invocation(method, plain, invocation_id, ids)
-            else:
-                payload = self.session.encode_invocation(method, plain, invocation_id, ids)
-        except TypeError as e:
-            raise TypeError(f"arguments of {method} are not JSON-serialisable: {e}") from None
-        return payload, uploads
-
-    def _not_connected(self, what: str) -> InvalidStateError:
-        return InvalidStateError(f"cannot {what} while {self._owner.state.value}")
-
-    def invoke(self, method: str, args: Sequence[Any], timeout: float | None) -> Deferred[Any]:
-        if not self._connected() or self.link.transport is None:
-            return fail(self._not_connected(f"invoke {method}"))
-        invocation_id = str(next(self._ids))
-        try:
-            payload, uploads = self._encode_call(method, args, invocation_id)
-        except TypeError as e:
-            return fail(e)
-
-        def cancel(d: Deferred[Any]) -> None:
-            self._calls.pop(invocation_id, None)
-
-        deferred: Deferred[Any] = Deferred(cancel)
-        self._calls[invocation_id] = (method, deferred)
-        if timeout is None:
-            timeout = self._invoke_timeout
-        if timeout is not None:
-            deferred.addTimeout(timeout, self._reactor)
-        self._send(payload).addErrback(self._call_send_failed, invocation_id)
-        self._start_uploads(uploads)
-        return deferred
-
-    def send(self, method: str, args: Sequence[Any]) -> Deferred[None]:
-        if not self._connected() or self.link.transport is None:
-            return fail(self._not_connected(f"send {method}"))
-        try:
-            payload, uploads = self._encode_call(method, args, None)
-        except TypeError as e:
-            return fail(e)
-        d = self._send(payload)
-        self._start_uploads(uploads)
-        return d
-
-    def stream(self, method: str, args: Sequence[Any]) -> HubStream:
-        if not self._connected() or self.link.transport is None:
-            return HubStream.failed(method, self._not_connected(f"stream {method}"))
-        invocation_id = str(next(self._ids))
-        try:
-            payload, uploads = self._encode_call(method, args, invocation_id, stream=True)
-        except TypeError as e:
-            return HubStream.failed(method, e)
-        stream = HubStream(method, invocation_id, self._cancel_stream)
-        self._calls[invocation_id] = (method, stream)
-        self._send(payload).addErrback(self._call_send_failed, invocation_id)
-        self._start_uploads(uploads)
-        return stream
-
-    def _cancel_stream(self, stream: HubStream) -> None:
-        if self._calls.pop(stream.invocation_id, None) is None:
-            return
-        if self._connected():
-            self._send(self.session.encode_cancel(stream.invocation_id)).addErrback(
-                self._log_send_failure, "CancelInvocation"
-            )
-
-    def _call_send_failed(self, failure: Failure, invocation_id: str) -> None:
-        entry = self._calls.pop(invocation_id, None)
-        if entry is None:
-            return
-        error = failure.value
-        if not isinstance(error, SignalRError):
-            error = SignalRError(f"send failed: {failure.getErrorMessage()}")
-        call = entry[1]
-        if type(call) is HubStream:
-            call._finish(Failure(error))
-        else:
-            assert isinstance(call, Deferred)
-            call.errback(error)
-
-    def _start_uploads(self, uploads: list[tuple[str, Any]]) -> None:
-        for stream_id, source in uploads:
-            self._uploads.add(Deferred.fromCoroutine(self._upload(stream_id, source)))
-
-    async def _upload(self, stream_id: str, source: Any) -> None:
-        session = self.session
-        transport = self.link.transport
-        error: str | None = None
-        try:
-            async for item in source:
-                if self.link.transport is not transport:
-                    return
-                await self._send(session.encode_stream_item(stream_id, item))
-        except (CancelledError, ConnectionClosed):
-            return
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-        if self.link.transport is transport:
-            await self._send(session.encode_completion(stream_id, error=error))
 
     # ------------------------------------------------------------------ keep-alive
 
@@ -718,7 +418,7 @@ class CoreEngine:
     def _arm_ping(self) -> None:
         interval = self._keepalive_interval
         assert interval
-        delay = max(self._last_sent + interval - self._seconds(), 0.0)
+        delay = max(self.calls.last_sent + interval - self._seconds(), 0.0)
         self._ping_call = self._reactor.callLater(delay, self._ping_due)
 
     def _ping_due(self) -> None:
@@ -726,8 +426,9 @@ class CoreEngine:
         interval = self._keepalive_interval
         if not interval or not self._connected():
             return
-        if self._seconds() - self._last_sent >= interval:
-            self._send(self.session.ping()).addErrback(self._log_send_failure, "ping")
+        calls = self.calls
+        if self._seconds() - calls.last_sent >= interval:
+            calls.write(self.session.ping()).addErrback(calls.log_send_failure, "ping")
         self._arm_ping()
 
     def _slow(self, idle: float) -> None:
@@ -747,20 +448,6 @@ class CoreEngine:
 
     # ------------------------------------------------------------------ reconnect
 
-    def _end_calls(self, reason: ConnectionClosed | None) -> None:
-        """Fail every pending call and stream, stop uploads and queued sends."""
-        error = ConnectionClosed(_CANCELED_TEXT, reason)
-        calls, self._calls = self._calls, {}
-        for _, call in calls.values():
-            if type(call) is HubStream:
-                call._finish(Failure(error))
-            else:
-                assert isinstance(call, Deferred)
-                call.errback(error)
-        self._uploads.cancel()
-        self._fail_queue(error)
-        self.link.cancel_sends()
-
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
         self._stop_keepalive()
         first = None if self._policy is None else self._delay(0)
@@ -772,7 +459,7 @@ class CoreEngine:
         owner._set_state(ConnectionState.reconnecting)
         if owner.state is not ConnectionState.reconnecting:
             return  # a state-change callback stopped the connection
-        self._end_calls(reason)
+        self.calls.end(reason)
         if owner.state is not ConnectionState.reconnecting:
             return  # a failed call's callback stopped the connection
         self._log.warn("connection lost ({reason}); reconnecting", reason=reason.reason)
@@ -854,7 +541,7 @@ class CoreEngine:
         if task is not None:
             task.cancel()
         self.link.drop()
-        self._end_calls(reason)
+        self.calls.end(reason)
         self._buffer = []
 
     def _close_for_good(self, reason: ConnectionClosed) -> None:
