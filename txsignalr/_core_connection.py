@@ -1,9 +1,9 @@
 """
 The ASP.NET Core family under :class:`~txsignalr.HubConnection`: negotiate (redirects
 and bearer tokens), the transports in fallback order, the handshake, the receive path,
-invocations and streams both ways, client results, pings and the server timeout, and
-reconnecting by policy with a fresh negotiate each time (as Microsoft's TypeScript
-client's ``HubConnection`` and ``HttpConnection``).
+pings and the server timeout, and reconnecting by policy with a fresh negotiate each
+time (as Microsoft's TypeScript client's ``HubConnection`` and ``HttpConnection``).
+The hub calls themselves are :class:`~txsignalr._core_calls.CoreCalls`.
 """
 
 from __future__ import annotations
@@ -328,13 +328,15 @@ class CoreEngine:
         except ProtocolError as e:
             self._handshake_failed(e)
             return
+        connected = self._connected()
         for message in messages:
             if type(message) is HandshakeResponse:
                 waiter = self._handshake
                 if waiter is not None and not waiter.called:
                     waiter.callback(None)  # start() may become connected right here
+                connected = self._connected()
                 continue
-            if not self._connected():
+            if not connected:
                 self._buffer.append(message)
                 continue
             self._dispatch(message)
