@@ -322,7 +322,7 @@ class CoreEngine:
             if self._handshake is not None:
                 self._handshake_failed(e)
             else:
-                self._report(e)
+                self._owner._report_error(e)
                 self._close_for_good(ConnectionClosed(str(e), e))
             return
         except ProtocolError as e:
@@ -352,7 +352,7 @@ class CoreEngine:
             return
         if isinstance(reason.cause, MessageTooLarge) and self._connected():
             # Reconnecting would only fetch the same message again.
-            self._report(reason.cause)
+            self._owner._report_error(reason.cause)
             self._close_for_good(reason)
         elif self._connected():
             self._begin_reconnecting(reason)
@@ -374,7 +374,7 @@ class CoreEngine:
         elif kind is Close:
             self._server_closed(message)
         elif isinstance(message, ProtocolError):
-            self._report(message)
+            self._owner._report_error(message)
         else:
             self._log.debug("ignored {kind}", kind=kind.__name__)
 
@@ -388,10 +388,6 @@ class CoreEngine:
             self._begin_reconnecting(reason)
         else:
             self._close_for_good(reason)
-
-    def _report(self, error: SignalRError) -> None:
-        self._log.error("{error}", error=str(error))
-        self._owner._on_error.fire(error)
 
     # ------------------------------------------------------------------ sending
 
