@@ -12,6 +12,7 @@ from collections import abc
 from collections.abc import Mapping
 from typing import Any, Final
 
+from txsignalr._core_codecs import JSON, HubCodec
 from txsignalr._core_negotiate import (
     CORE_TRANSPORT_NAMES,
     CoreNegotiateResponse,
@@ -21,7 +22,6 @@ from txsignalr._core_negotiate import (
     negotiate_url,
     parse_core_negotiate,
 )
-from txsignalr._core_codecs import JSON, HubCodec
 from txsignalr._core_protocol import (
     _NO_RESULT,
     DEFAULT_MAX_MESSAGE_SIZE,
