@@ -425,3 +425,20 @@ def test_hub_errors_still_arrive_once() -> None:
 
 def test_tracked_kinds() -> None:
     assert StreamInvocation in TRACKED and Ack not in TRACKED
+
+
+def test_sockets_lost_before_the_servers_sequence_count_as_failed_resumes() -> None:
+    """A server that takes every new WebSocket and drops it at once cannot keep the
+    client resuming for ever: the attempts run out, then the reconnect policy runs."""
+    h = stateful("json", reconnect_delay=None)
+    h.connect()
+    h.transport.lose("socket reset")
+    for _ in range(4):
+        calls = h.clock.getDelayedCalls()
+        h.clock.advance(min(c.getTime() for c in calls) - h.clock.seconds())
+        h.transport.open_ok()
+        h.transport.lose("dropped again")
+    assert h.conn.state is ConnectionState.disconnected
+    closed = h.conn.when_closed()
+    assert "could not resume after 4 attempt(s)" in str(closed.result.value)
+    closed.addErrback(lambda f: None)

@@ -556,11 +556,16 @@ class CoreEngine:
         self._stop_keepalive()
         self._cancel_ack()
         calls = self.calls
-        assert calls.buffer is not None
+        buffer = calls.buffer
+        assert buffer is not None
+        if not buffer.awaiting_sequence:
+            # A socket that was lost before the server's Sequence came does not count
+            # as resumed: a server that takes the socket and drops it again cannot
+            # keep this going for ever.
+            self._resume_attempts = 0
         calls.resuming = True
-        calls.buffer.resuming()
+        buffer.resuming()
         self._resume_reason = reason
-        self._resume_attempts = 0
         self._log.warn(
             "WebSocket lost ({reason}); resuming the connection (stateful reconnect)",
             reason=reason.reason,
