@@ -14,9 +14,11 @@ from test_connection_unit import FakeTransport
 from test_core_unit import TOKEN, Core, core_negotiate
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from txsignalr import ConnectionClosed, ConnectionState, HubConnection, HubError
 from txsignalr._core_codecs import HUB_PROTOCOLS, HubCodec
+from txsignalr._core_msgpack import MessagePackExt, frame, pack, parse_body
 from txsignalr._core_protocol import (
     Ack,
     Completion,
@@ -27,6 +29,7 @@ from txsignalr._core_protocol import (
     StreamItem,
 )
 from txsignalr._stateful import TRACKED
+from txsignalr.errors import ProtocolError
 
 RS = b"\x1e"
 
@@ -247,13 +250,14 @@ def test_drop_resumes_on_the_same_token_without_handshake_and_replays(
     first.lose("socket reset")
     assert h.conn.state is ConnectionState.connected  # resuming is invisible
     sent_during = h.conn.send("During")  # buffered, replayed
-    assert sent_during.called
+    assert not sent_during.called  # it has not gone out yet
     h.clock.advance(0)
     second = h.transport
     assert second is not first
     assert second.request.url == first.request.url and f"id={TOKEN}" in second.request.url
     assert len(h.server.requests) == 1  # no new negotiate
     second.open_ok()
+    assert sent_during.called and sent_during.result is None
     assert h.messages(second) == [
         Sequence(2),
         Invocation("Fast", (), "1"),
@@ -442,3 +446,165 @@ def test_sockets_lost_before_the_servers_sequence_count_as_failed_resumes() -> N
     closed = h.conn.when_closed()
     assert "could not resume after 4 attempt(s)" in str(closed.result.value)
     closed.addErrback(lambda f: None)
+
+
+def invalid_tracked(h: H) -> bytes:
+    """A tracked message (an Invocation) that the client cannot parse."""
+    if h.codec.name == "json":
+        return b'{"type":1,"target":"tick"}' + RS  # no "arguments"
+    return frame(pack([1, {}, None, "", []]))  # empty target
+
+
+def acks(h: H, transport: Any = None) -> list[Ack]:
+    return [m for m in h.messages(transport) if type(m) is Ack]
+
+
+# -- found in review ---------------------------------------------------------------
+
+
+@PROTOCOLS
+def test_replayed_duplicates_are_acknowledged_again(hub_protocol: str) -> None:
+    """
+    The client acked message 1 on the old socket, but that Ack died with it: the
+    server's Sequence(1) and its replay of message 1 say so.  Microsoft's TS client
+    (MessageBuffer._shouldProcessMessage: ``currentId === _latestReceivedSequenceId``
+    -> ``_ackTimer()``) acknowledges again; this client never does, so the server keeps
+    (and on every later resume replays) messages the client processed long ago, and
+    its replay buffer never drains while it has nothing new to send.
+    """
+    h = stateful(hub_protocol)
+    h.connect()
+    got: list[int] = []
+    h.conn.on("tick", got.append)
+    first = h.transport
+    h.server_sends(h.tick(1))
+    h.clock.advance(1)
+    assert acks(h, first) == [Ack(1)]  # sent, but lost with the socket
+    first.lose("socket reset")
+    h.clock.advance(0)
+    second = h.transport
+    second.open_ok()
+    h.server_sends(h.codec.encode_sequence(1), h.tick(1))  # it never got our Ack
+    assert got == [1]  # the duplicate is dropped: good
+    h.clock.advance(5)
+    assert acks(h, second) == [Ack(1)]
+
+
+@PROTOCOLS
+def test_an_invalid_tracked_message_still_counts_in_the_sequence(hub_protocol: str) -> None:
+    """
+    The server numbers every tracked message it sends, valid for this client or not.
+    The client reports an unparsable one through on_error and skips it (as the README
+    promises) but does not count it, so from then on its count is one behind: it acks
+    1 where the server sent 2, and after a resume it takes the server's replay of
+    message 2 for a new message and handles it a second time.
+    """
+    h = stateful(hub_protocol)
+    h.connect()
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    got: list[int] = []
+    h.conn.on("tick", got.append)
+    h.server_sends(invalid_tracked(h), h.tick(2))  # server ids 1 and 2
+    assert len(errors) == 1 and isinstance(errors[0], ProtocolError)
+    assert got == [2]
+    h.clock.advance(1)  # the client acks what it counted
+    h.transport.lose("socket reset")
+    h.clock.advance(0)
+    h.transport.open_ok()
+    # The server got Ack(1), so it replays from its message 2.
+    h.server_sends(h.codec.encode_sequence(2), h.tick(2))
+    assert got == [2], "message 2 was handled twice"
+
+
+@PROTOCOLS
+def test_send_during_a_resume_that_fails_does_not_report_success(hub_protocol: str) -> None:
+    """
+    README: "The Deferred of send() fires once its message went out".  While the
+    WebSocket is being replaced, send() only buffers the message but fires at once.
+    When the resume is then refused and the ordinary reconnect runs, the buffer is
+    thrown away: the message never went out on any socket, yet send() said it did
+    (while invoke() in the same situation fails with ConnectionClosed).
+    """
+    h = stateful(hub_protocol)
+    h.connect()
+    first = h.transport
+    first.lose("socket reset")
+    during = h.conn.send("Order", 42)
+    h.clock.advance(0)
+    second = h.transport
+    second.lose("No Connection with that ID", status=404)  # refused
+    assert h.conn.state is ConnectionState.reconnecting
+    went_out = [m for t in (first, second) for m in h.messages(t) if type(m) is Invocation]
+    assert went_out == []  # it was never sent
+    assert during.called
+    outcome = during.result
+    during.addErrback(lambda f: None)
+    assert isinstance(outcome, Failure) and outcome.check(ConnectionClosed), (
+        f"send() of a lost message fired with {outcome!r}"
+    )
+
+
+@PROTOCOLS
+def test_a_sequence_below_one_is_a_protocol_error(hub_protocol: str) -> None:
+    """
+    Sequence ids start at 1.  A Sequence(0) (JSON also takes -1; MessagePack refuses
+    negatives) sets the expected id below 1, so the next new message counts as a
+    duplicate and is dropped without a word.
+    """
+    h = stateful(hub_protocol)
+    h.connect()
+    got: list[int] = []
+    h.conn.on("tick", got.append)
+    h.transport.lose("socket reset")
+    h.clock.advance(0)
+    h.transport.open_ok()
+    errors: list[Any] = []
+    h.conn.on_error(errors.append)
+    h.server_sends(h.codec.encode_sequence(0), h.tick(1))
+    assert got == [] and "Sequence ID below 1" in str(errors[0])
+    assert h.conn.state is ConnectionState.reconnecting
+
+
+@PROTOCOLS
+def test_a_blocked_invoke_that_times_out_never_goes_out(hub_protocol: str) -> None:
+    """An invocation still waiting for room when its timeout fires is dropped from the
+    queue: the server never runs a call the client gave up on."""
+    h = stateful(hub_protocol, stateful_buffer_size=10)
+    h.connect()
+    first = h.conn.send("Fill", "x" * 20)
+    late = h.conn.invoke("Late", timeout=1.0)
+    h.clock.advance(1.1)
+    assert late.called
+    late.addErrback(lambda f: None)
+    h.server_sends(h.codec.encode_ack(1))
+    assert first.called
+    assert [m.target for m in h.messages() if type(m) is Invocation] == ["Fill"]
+
+
+@PROTOCOLS
+def test_a_proxys_503_on_resume_is_retried(hub_protocol: str) -> None:
+    h = stateful(hub_protocol)
+    h.connect()
+    pending = h.conn.invoke("Slow")
+    h.transport.lose("socket reset")
+    h.clock.advance(0)
+    h.transport.lose("Service Unavailable", status=503)
+    assert h.conn.state is ConnectionState.connected
+    h.clock.advance(1)
+    h.transport.open_ok()
+    h.server_sends(h.codec.encode_sequence(1), h.result("0", "done"))
+    assert pending.result == "done"
+
+
+def test_classic_with_stateful_reconnect_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"ASP\.NET Core's"):
+        HubConnection(Clock(), "http://x/s", protocol="classic", stateful_reconnect=True)
+
+
+def test_extension_types_reserved_by_messagepack_cannot_be_sent() -> None:
+    message = parse_body(bytes.fromhex("95 01 80 c0 a1 74 91 d4 fe 01"))  # ext -2
+    assert type(message) is Invocation
+    assert message.arguments[0] == MessagePackExt(-2, b"\x01")
+    with pytest.raises(TypeError, match="reserved"):
+        pack(message.arguments[0])

@@ -192,6 +192,11 @@ class HubConnection:
                 "classic ASP.NET SignalR has only JSON: hub_protocol='messagepack' needs "
                 "protocol='core' or 'auto'"
             )
+        if protocol == "classic" and stateful_reconnect:
+            raise ValueError(
+                "stateful_reconnect is ASP.NET Core's (classic resumes from its cursor "
+                "anyway): it needs protocol='core' or 'auto'"
+            )
         if stateful_buffer_size < 1:
             raise ValueError("stateful_buffer_size must be at least 1 byte")
         if stateful_reconnect and skip_negotiation:

@@ -98,6 +98,8 @@ class CoreCalls:
         self.resuming = False
         #: tracked messages waiting for room in the replay buffer (back-pressure)
         self._blocked: deque[tuple[bytes, Deferred[None]]] = deque()
+        #: writes buffered while resuming: they fire once replayed
+        self._replay_waiters: list[Deferred[None]] = []
         #: bumped whenever the calls of a connection end (a full reconnect or the
         #: end): what belongs to an older generation is dropped
         self.generation = 0
@@ -252,19 +254,36 @@ class CoreCalls:
         buffer = self.buffer
         assert buffer is not None
         if self._blocked or not buffer.has_room():
-            d: Deferred[None] = Deferred()
-            self._blocked.append((payload, d))
-            return d
-        self._send_tracked(buffer, payload)
-        return succeed(None)
+            entry: tuple[bytes, Deferred[None]]
 
-    def _send_tracked(self, buffer: MessageBuffer, payload: bytes) -> None:
+            def unblock(d: Deferred[None]) -> None:
+                # Given up on (cancelled, timed out) before it went: it never goes.
+                if entry in self._blocked:
+                    self._blocked.remove(entry)
+
+            d: Deferred[None] = Deferred(unblock)
+            entry = (payload, d)
+            self._blocked.append(entry)
+            return d
+        return self._send_tracked(buffer, payload)
+
+    def _send_tracked(self, buffer: MessageBuffer, payload: bytes) -> Deferred[None]:
         buffer.track(payload)
         if self.resuming or self.link.transport is None:
-            return  # replayed once the new WebSocket is open
+            # Replayed once the new WebSocket is open; only then has it gone out.
+            waiter: Deferred[None] = Deferred()
+            self._replay_waiters.append(waiter)
+            return waiter
         self.last_sent = self._seconds()
         # A send that fails is not lost: it is in the buffer, replayed on resume.
         self.link.send(payload).addErrback(lambda f: None)
+        return succeed(None)
+
+    def replayed(self) -> None:
+        """What was buffered while resuming has gone out on the new WebSocket."""
+        waiters, self._replay_waiters = self._replay_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def acked(self, sequence_id: int) -> None:
         """
@@ -284,8 +303,7 @@ class CoreCalls:
         blocked = self._blocked
         while buffer is not None and blocked and buffer.has_room():
             payload, d = blocked.popleft()
-            self._send_tracked(buffer, payload)
-            d.callback(None)
+            self._send_tracked(buffer, payload).chainDeferred(d)
             buffer = self.buffer  # a callback may have ended the connection
 
     def resumed(self) -> list[bytes]:
@@ -366,8 +384,12 @@ class CoreCalls:
         except TypeError as e:
             return fail(e)
 
+        written: Deferred[None] | None = None
+
         def cancel(d: Deferred[Any]) -> None:
             self._calls.pop(invocation_id, None)
+            if written is not None and not written.called:
+                written.cancel()  # still waiting for room: it never goes out
 
         deferred: Deferred[Any] = Deferred(cancel)
         self._calls[invocation_id] = (method, deferred)
@@ -375,7 +397,8 @@ class CoreCalls:
             timeout = self._invoke_timeout
         if timeout is not None:
             deferred.addTimeout(timeout, self._reactor)
-        self.write(payload).addErrback(self._call_send_failed, invocation_id)
+        written = self.write(payload)
+        written.addErrback(self._call_send_failed, invocation_id)
         self._start_uploads(uploads)
         return deferred
 
@@ -453,7 +476,8 @@ class CoreCalls:
         self.resuming = False
         error = ConnectionClosed(_CANCELED_TEXT, reason)
         blocked, self._blocked = self._blocked, deque()
-        for _, d in blocked:
+        waiters, self._replay_waiters = self._replay_waiters, []
+        for d in [*(d for _, d in blocked), *waiters]:
             d.errback(error)
         calls, self._calls = self._calls, {}
         for _, call in calls.values():

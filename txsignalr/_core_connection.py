@@ -40,7 +40,7 @@ from txsignalr._link import Link
 from txsignalr._protocol import Transport, redact_url
 from txsignalr._routing import Router
 from txsignalr._state import ConnectionState
-from txsignalr._stateful import DEFAULT_BUFFER_SIZE, TRACKED, MessageBuffer
+from txsignalr._stateful import DEFAULT_BUFFER_SIZE, TRACKED, TRACKED_TYPES, MessageBuffer
 from txsignalr._transport import ITransport, TransportFactory
 from txsignalr.errors import (
     ConnectionClosed,
@@ -73,12 +73,19 @@ _TIMEOUT_TEXT = "Server timeout elapsed without receiving a message from the ser
 #: well inside the server's 15 s DisconnectTimeout; then the ordinary reconnect runs.
 RESUME_DELAYS = (0.0, 1.0, 2.0, 4.0)
 
+#: Seconds after a resume past which a new drop starts the attempts over even when
+#: nothing new arrived in between.
+_RESUME_RESET = 30.0
+
+#: HTTP answers to a resume that mean the server will not take it back.
+_REFUSALS = frozenset({400, 401, 403, 404})
+
 #: Stateful reconnect: seconds after a received message before it is acknowledged (at
 #: most one Ack per period, as Microsoft's clients).
 ACK_INTERVAL = 1.0
 
-#: What the stateful receive filter looks at.
-_STATEFUL_KINDS = frozenset({Ack, SequenceMessage, *TRACKED})
+#: What the stateful receive filter looks at (an invalid tracked message still counts).
+_STATEFUL_KINDS = frozenset({Ack, SequenceMessage, ProtocolError, *TRACKED})
 
 
 def core_policy(delay: Any) -> CorePolicy | None:
@@ -182,6 +189,8 @@ class CoreEngine:
         self._resume_reason: ConnectionClosed | None = None
         #: how many dropped WebSockets were replaced without losing the connection
         self.resumes = 0
+        self._resume_mark = 0
+        self._resumed_at = float("-inf")
 
     # ------------------------------------------------------------------ state
 
@@ -453,11 +462,13 @@ class CoreEngine:
             except ProtocolError as e:
                 self._owner._report_error(e)
             return False
-        if kind in TRACKED:
-            if not buffer.accept():
-                return False
-            if self._ack_call is None:
+        if kind in TRACKED or (kind is ProtocolError and message.message_type in TRACKED_TYPES):
+            # The server numbered it whether or not it is valid here.
+            new = buffer.accept()
+            if buffer.received > buffer.acked and self._ack_call is None:
+                # A replayed duplicate too: the Ack for it died with the old socket.
                 self._ack_call = self._reactor.callLater(ACK_INTERVAL, self._send_ack)
+            return new
         return True
 
     def _send_ack(self) -> None:
@@ -558,11 +569,16 @@ class CoreEngine:
         calls = self.calls
         buffer = calls.buffer
         assert buffer is not None
-        if not buffer.awaiting_sequence:
-            # A socket that was lost before the server's Sequence came does not count
-            # as resumed: a server that takes the socket and drops it again cannot
+        now = self._seconds()
+        if not buffer.awaiting_sequence and (
+            buffer.received > self._resume_mark or now - self._resumed_at > _RESUME_RESET
+        ):
+            # A socket lost before the server's Sequence came, or one that brought
+            # nothing new just after a resume, does not count as resumed: a server
+            # that drops every new socket (or replays a message that loses it) cannot
             # keep this going for ever.
             self._resume_attempts = 0
+        self._resume_mark = buffer.received
         calls.resuming = True
         buffer.resuming()
         self._resume_reason = reason
@@ -608,8 +624,10 @@ class CoreEngine:
         # WebSocket sends are written at once: nothing can come between these.
         for payload in calls.resumed():
             self.link.send(payload).addErrback(calls.log_send_failure, "replay")
+        calls.replayed()
         self.resumes += 1
-        self._watch.last_received = self._seconds()
+        self._resumed_at = self._seconds()
+        self._watch.last_received = self._resumed_at
         self._start_keepalive()
         self._log.info(
             "resumed the connection over a new WebSocket ({unacked} message(s) replayed)",
@@ -627,9 +645,11 @@ class CoreEngine:
         error = failure.value
         text = str(error) if isinstance(error, Exception) else failure.getErrorMessage()
         status = getattr(error, "status", None)
-        if status is not None:
-            # The server answered: it no longer has the connection (404 after its
-            # DisconnectTimeout, or it restarted).  Only a new connection helps.
+        if status in _REFUSALS:
+            # The server no longer has the connection (404 after its
+            # DisconnectTimeout, or it restarted) or will not take this request
+            # (400, 401, 403): only a new connection (and token) helps.  Other
+            # answers (a proxy's 502 or 503 in a failover) are retried.
             self._log.info("the server refused to resume the connection: {error}", error=text)
             self._begin_reconnecting(
                 ConnectionClosed(f"the server refused to resume the connection: {text}", error)
@@ -723,6 +743,7 @@ class CoreEngine:
 
     def _attempt_failed(self, failure: Failure) -> None:
         self._attempt_task = None
+        self._cancel_ack()
         self.link.drop()
         if failure.check(CancelledError) or self._owner.state is not ConnectionState.reconnecting:
             return
@@ -774,7 +795,7 @@ class CoreEngine:
         link = self.link
         transport = link.transport
         in_use = link.in_use
-        was_connected = self._connected() and transport is not None
+        was_connected = self._connected() and transport is not None and not self.calls.resuming
         link.detach()
         delete_url = None
         if in_use is Transport.long_polling and self.session.negotiated is not None:
