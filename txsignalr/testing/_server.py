@@ -4,8 +4,8 @@ that do the work, one family beside the other: classic ASP.NET SignalR 2.x (serv
 transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection registry
 :mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
 :mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
-:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_hubs`,
-:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
+:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_connection`,
+:mod:`._core_hubs`, :mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
