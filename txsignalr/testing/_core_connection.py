@@ -18,17 +18,17 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from txsignalr._core_codecs import Splitter
 from txsignalr._core_protocol import (
     CancelInvocation,
     Close,
     Completion,
     Invocation,
-    RecordSeparatorSplitter,
     StreamInvocation,
     StreamItem,
-    parse_record,
 )
 from txsignalr.errors import MessageTooLarge, ProtocolError
+from txsignalr.testing._core_codecs import JSON, ServerCodec, server_codecs
 from txsignalr.testing._core_hubs import (
     Binding,
     ClientResultError,
@@ -41,13 +41,9 @@ from txsignalr.testing._core_hubs import (
 )
 from txsignalr.testing._core_wire import (
     HANDSHAKE_OK,
-    PING,
     RS,
     HandshakeFailed,
-    close_record,
-    completion_record,
     handshake_error,
-    invocation_record,
     parse_handshake,
 )
 from txsignalr.testing._hubs import Hub, run_hooks
@@ -64,8 +60,11 @@ _log = Logger(namespace="txsignalr.testing")
 class CoreChannel(Protocol):
     """Where a Core connection's bytes go (a WebSocket, an SSE response, long polling)."""
 
-    def write(self, data: bytes) -> None:
-        """Send bytes (one WebSocket message, one SSE event, or poll data)."""
+    def write(self, data: bytes, binary: bool) -> None:
+        """
+        Send bytes (one WebSocket message, one SSE event, or poll data); ``binary``:
+        as a WebSocket binary message.
+        """
 
     def end(self) -> None:
         """End politely (WebSocket close 1000, SSE response finished, polls get 204)."""
@@ -95,6 +94,7 @@ class CoreConnection:
     :ivar token: what goes into ``id=`` (the connection token, or the id for v0).
     :ivar transport: ``"WebSockets"``, ``"ServerSentEvents"``, ``"LongPolling"`` or
         ``None`` before the first transport request.
+    :ivar codec: the hub protocol of the handshake (JSON until then).
     """
 
     def __init__(self, registry: CoreRegistry, hub: Hub, connection_id: str, token: str) -> None:
@@ -109,11 +109,14 @@ class CoreConnection:
         self.handshake_done = False
         self.closed = False
         self.protocol: tuple[str, int] | None = None
+        self.codec: ServerCodec = JSON
+        #: messages go as WebSocket binary messages (MessagePack, after the handshake)
+        self._binary = False
         self.groups: set[str] = set()
         #: written while stalled (or, long polling, not yet polled).
         self.pending = bytearray()
         self._handshake = bytearray()
-        self._splitter = RecordSeparatorSplitter(registry.settings.core_max_message_size)
+        self._splitter: Splitter | None = None
         self._streams: dict[str, StreamRun] = {}
         self._uploads: dict[str, UploadStream] = {}
         self._results: dict[str, defer.Deferred[Any]] = {}
@@ -150,7 +153,7 @@ class CoreConnection:
         self._event("connect")
 
     def send(self, data: bytes) -> None:
-        """Write records to the client (queued while stalled)."""
+        """Write encoded messages to the client (queued while stalled)."""
         if self.closed:
             return
         if self.registry.stalled or self.channel is None:
@@ -161,7 +164,7 @@ class CoreConnection:
     def _write(self, data: bytes) -> None:
         assert self.channel is not None
         try:
-            self.channel.write(data)
+            self.channel.write(data, self._binary)
         except Exception:
             _log.failure(
                 "could not write to Core connection {connection_id}", connection_id=self.id
@@ -178,7 +181,7 @@ class CoreConnection:
         """The connection ends: write what is pending, stalled or not."""
         if self.pending and self.channel is not None:
             data, self.pending = bytes(self.pending), bytearray()
-            self.channel.write(data)
+            self.channel.write(data, self._binary)
 
     def _schedule_keepalive(self) -> None:
         interval = self.settings.core_keepalive
@@ -196,7 +199,7 @@ class CoreConnection:
         if self.registry.stalled or not self.settings.keepalives_enabled:
             self._schedule_keepalive()
             return
-        self.send(PING)
+        self.send(self.codec.ping)
         if self.channel is None or self.registry.stalled:
             self._schedule_keepalive()
 
@@ -220,11 +223,17 @@ class CoreConnection:
             record = bytes(self._handshake[:end])
             rest = bytes(self._handshake[end + 1 :])
             self._handshake = bytearray()
+            codecs = server_codecs()
             try:
-                self.protocol = parse_handshake(record)
+                name, version = parse_handshake(
+                    record, {name: codec.version for name, codec in codecs.items()}
+                )
             except HandshakeFailed as e:
                 self._fail_handshake(str(e))
                 return
+            self.protocol = (name, version)
+            self.codec = codecs[name]
+            self._splitter = self.codec.splitter(limit)
             self._handshake_ok()
             if not rest or self.closed:
                 return
@@ -236,6 +245,7 @@ class CoreConnection:
             self._timeout_call = self.timers.call_later(
                 self.settings.client_timeout, self._timed_out
             )
+        assert self._splitter is not None
         try:
             records = self._splitter.feed(data)
         except MessageTooLarge:
@@ -247,11 +257,15 @@ class CoreConnection:
                 )
             )
             return
+        except ProtocolError as e:
+            self.close(self._closed_error(f"InvalidDataException: {e}"))
+            return
+        parse = self.codec.parse
         for record in records:
             if self.closed:
                 return
             try:
-                message = parse_record(record)
+                message = parse(record)
             except ProtocolError as e:
                 self.close(self._closed_error(f"InvalidDataException: {e}"))
                 return
@@ -299,7 +313,7 @@ class CoreConnection:
                 "OperationCanceledException: Client hasn't sent a message/ping within the "
                 "configured ClientTimeoutInterval."
             )
-            self.send(close_record(self._closed_error(detail), allow_reconnect=True))
+            self.send(self.codec.close(self._closed_error(detail), allow_reconnect=True))
         # ASP.NET Core 2.2 closes the transport without a Close message.
         self.registry.end(self, clean=False, reason="client timeout", send_close=False)
 
@@ -380,13 +394,13 @@ class CoreConnection:
         bound = bind(self.hub, target, tuple(arguments) + tuple(uploads), detailed)
         if isinstance(bound, str):
             if invocation_id is not None:
-                self.send(completion_record(invocation_id, error=bound))
+                self.send(self.codec.completion(invocation_id, error=bound))
             return
         binding: Binding = bound
         if binding.is_stream and not streaming:
             if invocation_id is not None:
                 self.send(
-                    completion_record(
+                    self.codec.completion(
                         invocation_id,
                         error=f"The client attempted to invoke the streaming '{target}' method "
                         "with a non-streaming invocation.",
@@ -399,14 +413,14 @@ class CoreConnection:
         if streaming:
             assert invocation_id is not None
             run = run_stream(
-                binding, call, target, invocation_id, self.send, detailed, lambda: not self.closed
+                binding, call, target, invocation_id, detailed, lambda: not self.closed
             )
             if run.deferred is not None and not run.deferred.called:
                 self._streams[invocation_id] = run
                 run.deferred.addBoth(self._stream_done, invocation_id, run)
             d = run.deferred
         else:
-            d = run_invocation(binding, call, target, invocation_id, self.send, detailed)
+            d = run_invocation(binding, call, target, invocation_id, detailed)
         if uploads and d is not None:
             d.addBoth(self._drop_uploads, uploads)
 
@@ -426,7 +440,7 @@ class CoreConnection:
     def invoke_client(self, method: str, args: tuple[Any, ...]) -> None:
         """A non-blocking Invocation of a client method."""
         if self.handshake_done:
-            self.send(invocation_record(method, args))
+            self.send(self.codec.invocation(method, args))
 
     def invoke_with_result(self, method: str, args: tuple[Any, ...]) -> defer.Deferred[Any]:
         """An Invocation with an id; fires with the client's result."""
@@ -436,7 +450,7 @@ class CoreConnection:
         invocation_id = f"s{self._next_id}"
         d: defer.Deferred[Any] = defer.Deferred()
         self._results[invocation_id] = d
-        self.send(invocation_record(method, args, invocation_id))
+        self.send(self.codec.invocation(method, args, invocation_id))
         return d
 
     def close(self, error: str | None = None, allow_reconnect: bool = False) -> None:
@@ -445,7 +459,7 @@ class CoreConnection:
             return
         self._event("close", error=error, allow_reconnect=allow_reconnect)
         if self.handshake_done:
-            self.send(close_record(error, allow_reconnect))
+            self.send(self.codec.close(error, allow_reconnect))
         self.registry.end(self, clean=error is None, reason="server close", send_close=False)
 
     def shutdown(self, reason: str) -> None:

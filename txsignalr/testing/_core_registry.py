@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from txsignalr.testing._context import HubContext
+from txsignalr.testing._core_codecs import ServerCodec
 from txsignalr.testing._core_connection import CoreChannel, CoreConnection, CoreSettings
-from txsignalr.testing._core_wire import invocation_record
 from txsignalr.testing._events import EventLog
 from txsignalr.testing._hubs import Hub, run_hooks
 from txsignalr.testing._timers import Timers
@@ -136,15 +136,22 @@ class CoreRegistry:
     # -- messaging --------------------------------------------------------------------
 
     def send_to_all(self, hub: Hub, method: str, args: tuple[Any, ...]) -> None:
-        record = invocation_record(method, args)
-        for conn in self.open_connections(hub):
-            conn.send(record)
+        self._broadcast(self.open_connections(hub), method, args)
 
     def send_to_group(self, hub: Hub, group: str, method: str, args: tuple[Any, ...]) -> None:
-        record = invocation_record(method, args)
-        for conn in self.open_connections(hub):
-            if group in conn.groups:
-                conn.send(record)
+        members = [c for c in self.open_connections(hub) if group in c.groups]
+        self._broadcast(members, method, args)
+
+    @staticmethod
+    def _broadcast(connections: list[CoreConnection], method: str, args: tuple[Any, ...]) -> None:
+        """One Invocation to each connection, encoded once per hub protocol."""
+        encoded: dict[ServerCodec, bytes] = {}
+        for conn in connections:
+            codec = conn.codec
+            record = encoded.get(codec)
+            if record is None:
+                record = encoded[codec] = codec.invocation(method, args)
+            conn.send(record)
 
     def send_to_connection(self, connection_id: str, method: str, args: tuple[Any, ...]) -> None:
         conn = self.connection(connection_id)

@@ -68,9 +68,9 @@ class _CoreWebSocket(WebSocketServerProtocol):
 
     # -- CoreChannel ----------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)  # type: ignore[no-untyped-call]
+            self.sendMessage(data, isBinary=binary)  # type: ignore[no-untyped-call]
 
     def end(self) -> None:
         owner, self.owner = self.owner, None
@@ -172,7 +172,7 @@ class _SseChannel:
             self.done = True
             self._registry.lost(self._conn, self, clean=True)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         if not self.done:
             self._request.write(sse_event(data))
 
@@ -288,7 +288,7 @@ class _LongPollChannel:
 
     # -- CoreChannel ------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         self._buffer += data
         self._deliver()
 

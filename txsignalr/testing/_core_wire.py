@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import abc
 from typing import Any, Final
 
+from txsignalr._core_protocol import _NO_RESULT
 from txsignalr._protocol import _JSONError, dumps, loads
 
 __all__ = [
@@ -42,8 +43,6 @@ CORE_TRANSPORTS: Final = {
     "ServerSentEvents": ("Text",),
     "LongPolling": ("Text", "Binary"),
 }
-
-_NO_RESULT: Final[Any] = object()
 
 
 def _record(message: dict[str, Any]) -> bytes:
@@ -125,14 +124,11 @@ class HandshakeFailed(Exception):
     """The handshake request is refused; ``str(e)`` is the text for ``{"error":…}``."""
 
 
-#: The protocols the server speaks and the highest version of each.
-SUPPORTED_PROTOCOLS: Final = {"json": 2}
-
-
-def parse_handshake(record: bytes) -> tuple[str, int]:
+def parse_handshake(record: bytes, supported: abc.Mapping[str, int]) -> tuple[str, int]:
     """
     Check a handshake request (without its ``0x1E``).
 
+    :param supported: the protocols the server speaks and the highest version of each.
     :returns: ``(protocol, version)``.
     :raises HandshakeFailed: with the .NET server's text.
     """
@@ -146,7 +142,7 @@ def parse_handshake(record: bytes) -> tuple[str, int]:
     version = obj.get("version")
     if type(protocol) is not str or type(version) is not int:
         raise HandshakeFailed("An unexpected error occurred during connection handshake.")
-    highest = SUPPORTED_PROTOCOLS.get(protocol)
+    highest = supported.get(protocol)
     if highest is None:
         raise HandshakeFailed(f"The protocol '{protocol}' is not supported.")
     if not 1 <= version <= highest:
