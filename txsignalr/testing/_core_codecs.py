@@ -2,7 +2,9 @@
 The ASP.NET Core hub protocols as the test server speaks them: each connection gets one
 :class:`ServerCodec` from its handshake.  Reading (framing and parsing what the client
 sends) is the client library's own :class:`~txsignalr._core_codecs.HubCodec`; writing
-follows Microsoft's .NET server (JSON records ``type`` first, :mod:`._core_wire`).
+follows Microsoft's .NET server (JSON records ``type`` first; MessagePack Invocations
+of 6 elements and Closes of 3, :mod:`._core_wire`).  MessagePack is offered when its
+library (``ormsgpack``, the ``txsignalr[messagepack]`` extra) is installed.
 
 Reference: ``core.md`` §4, §5, §6.1, §6.2.
 """
@@ -12,12 +14,12 @@ from __future__ import annotations
 from collections import abc
 from typing import Any, Final, Protocol
 
-from txsignalr import _core_codecs
+from txsignalr import _core_codecs, _core_msgpack
 from txsignalr._core_codecs import HubCodec, Splitter
 from txsignalr._core_protocol import _NO_RESULT, HubMessage
 from txsignalr.testing import _core_wire
 
-__all__ = ["JSON", "ServerCodec", "server_codecs"]
+__all__ = ["JSON", "MESSAGEPACK", "ServerCodec", "server_codecs"]
 
 
 class ServerCodec(Protocol):
@@ -102,10 +104,41 @@ class _JsonServerCodec:
         return "<server hub protocol json>"
 
 
+class _MessagePackServerCodec:
+    name = "messagepack"
+    version = 2
+    transfer_format = "Binary"
+    binary = True
+    ping = _core_msgpack.PING_FRAME
+    _reader: HubCodec = _core_codecs.MESSAGEPACK
+
+    def splitter(self, max_size: int) -> Splitter:
+        return self._reader.splitter(max_size)
+
+    def parse(self, record: bytes) -> HubMessage | None:
+        return self._reader.parse(record)
+
+    invocation = staticmethod(_core_wire.msgpack_invocation)
+    # the client's layouts of these are .NET's too
+    stream_item = staticmethod(_core_msgpack.encode_stream_item)
+    completion = staticmethod(_core_msgpack.encode_completion)
+    close = staticmethod(_core_wire.msgpack_close)
+    ack = staticmethod(_core_msgpack.encode_ack)
+    sequence = staticmethod(_core_msgpack.encode_sequence)
+
+    def __repr__(self) -> str:
+        return "<server hub protocol messagepack>"
+
+
 #: The JSON hub protocol.
 JSON: Final[ServerCodec] = _JsonServerCodec()
+#: The MessagePack hub protocol (usable when ormsgpack is installed).
+MESSAGEPACK: Final[ServerCodec] = _MessagePackServerCodec()
+
+_ALL: Final = {"json": JSON, "messagepack": MESSAGEPACK}
+_JSON_ONLY: Final = {"json": JSON}
 
 
 def server_codecs() -> dict[str, ServerCodec]:
     """:returns: handshake name -> codec, for every protocol this server can speak."""
-    return {"json": JSON}
+    return _ALL if _core_msgpack.available() else _JSON_ONLY

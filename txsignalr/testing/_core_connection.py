@@ -40,6 +40,7 @@ from txsignalr.testing._core_hubs import (
     run_stream,
 )
 from txsignalr.testing._core_wire import (
+    CORE_TRANSPORTS,
     HANDSHAKE_OK,
     RS,
     HandshakeFailed,
@@ -231,9 +232,17 @@ class CoreConnection:
             except HandshakeFailed as e:
                 self._fail_handshake(str(e))
                 return
+            codec = codecs[name]
+            assert self.transport is not None
+            if codec.transfer_format not in CORE_TRANSPORTS[self.transport]:
+                self._fail_handshake(
+                    f"Cannot use the '{name}' protocol on the current transport. The "
+                    f"transport does not support '{codec.transfer_format}' transfer format."
+                )
+                return
             self.protocol = (name, version)
-            self.codec = codecs[name]
-            self._splitter = self.codec.splitter(limit)
+            self.codec = codec
+            self._splitter = codec.splitter(limit)
             self._handshake_ok()
             if not rest or self.closed:
                 return
@@ -258,7 +267,7 @@ class CoreConnection:
             )
             return
         except ProtocolError as e:
-            self.close(self._closed_error(f"InvalidDataException: {e}"))
+            self.close(self._closed_error(f"InvalidDataException: {e.message}"))
             return
         parse = self.codec.parse
         for record in records:
@@ -267,7 +276,7 @@ class CoreConnection:
             try:
                 message = parse(record)
             except ProtocolError as e:
-                self.close(self._closed_error(f"InvalidDataException: {e}"))
+                self.close(self._closed_error(f"InvalidDataException: {e.message}"))
                 return
             if message is not None:
                 try:
@@ -289,6 +298,7 @@ class CoreConnection:
 
     def _handshake_ok(self) -> None:
         self.handshake_done = True
+        self._binary = self.codec.binary
         self.timers.cancel(self._expiry_call)
         self._expiry_call = None
         assert self.protocol is not None

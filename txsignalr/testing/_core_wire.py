@@ -1,10 +1,11 @@
 """
 What the Core test server writes and reads, without I/O: hub message records in the
-key order of Microsoft's .NET server (``type`` first), the negotiate answers (v0 like
+key order of Microsoft's .NET server (``type`` first), the two MessagePack messages
+whose .NET layout differs from the client's (Invocation, Close), the negotiate answers (v0 like
 ASP.NET Core 2.2, v1 with ``connectionToken``, a redirect, an error), the handshake
 request checks with the server's error texts, and Server-Sent Events framing.
 
-Reference: ``core.md`` §2.2, §3.2, §4, §6.1; ``transcripts-core/aspnet-*``.
+Reference: ``core.md`` §2.2, §3.2, §4, §6.1, §6.2; ``transcripts-core/aspnet-*``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections import abc
 from typing import Any, Final
 
+from txsignalr._core_msgpack import frame, pack
 from txsignalr._core_protocol import _NO_RESULT
 from txsignalr._protocol import _JSONError, dumps, loads
 
@@ -24,6 +26,8 @@ __all__ = [
     "close_record",
     "completion_record",
     "invocation_record",
+    "msgpack_close",
+    "msgpack_invocation",
     "negotiate_body",
     "parse_handshake",
     "redirect_body",
@@ -86,6 +90,24 @@ def close_record(error: str | None = None, allow_reconnect: bool = False) -> byt
     if allow_reconnect:
         message["allowReconnect"] = True
     return _record(message)
+
+
+def msgpack_invocation(
+    target: str, arguments: abc.Sequence[Any], invocation_id: str | None = None
+) -> bytes:
+    """
+    A MessagePack Invocation as .NET writes it: always 6 elements
+    ``[1, {}, id or nil, target, arguments, []]`` (Microsoft's clients write 5 when
+    there are no stream ids; ASP.NET Core 2.2, before streams, wrote 5 too).
+
+    :raises TypeError: when an argument cannot be encoded.
+    """
+    return frame(pack([1, {}, invocation_id, target, list(arguments), []]))
+
+
+def msgpack_close(error: str | None = None, allow_reconnect: bool = False) -> bytes:
+    """A MessagePack Close as .NET writes it: ``[7, error or nil, allowReconnect]``."""
+    return frame(pack([7, error or None, allow_reconnect]))
 
 
 def negotiate_body(

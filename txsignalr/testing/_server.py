@@ -86,9 +86,12 @@ class SignalRServer:
     :param long_poll_delay: negotiate ``LongPollDelay`` in seconds; when not 0 long
         polling frames carry ``"L"`` (milliseconds).
 
-    ASP.NET Core SignalR (JSON hub protocol) is served too, each hub at its own URL
-    (:meth:`core_url`: ``{core_path}/{hub name, lower case}``, matched in any case),
-    over the same ``transports``:
+    ASP.NET Core SignalR is served too, each hub at its own URL (:meth:`core_url`:
+    ``{core_path}/{hub name, lower case}``, matched in any case), over the same
+    ``transports``, with the hub protocol the client's handshake names: ``json``, or
+    ``messagepack`` (when ``ormsgpack``, the ``txsignalr[messagepack]`` extra, is
+    installed; written in .NET's layout, in binary WebSocket messages; refused over
+    Server-Sent Events with .NET's handshake error, as that transport is Text only):
 
     :param core_path: the prefix of the Core hub URLs.
     :param core_keepalive: seconds without sending after which a Core connection gets
