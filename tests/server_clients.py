@@ -420,12 +420,15 @@ class CoreClient:
         headers: dict[str, str] | None = None,
         version: int | None = 1,
         protocol: str = "json",
+        stateful: bool = False,
     ) -> None:
         self.base = url
         self.transport = transport
         self.headers = dict(headers or {})
         self.version = version
         self.protocol = protocol
+        #: ask for stateful reconnect (negotiate query) and send a version 2 handshake
+        self.stateful = stateful
         self.binary: list[bool] = []
         self._answered = False
         self._splitter: Any = None
@@ -479,7 +482,10 @@ class CoreClient:
         self._chunk(payload)
 
     async def negotiate(self) -> Any:
-        ex, self.neg = await core_negotiate(self.base, self.version, self.headers)
+        url = self.base
+        if self.stateful:
+            url += ("&" if "?" in url else "?") + "useStatefulReconnect=true"
+        ex, self.neg = await core_negotiate(url, self.version, self.headers)
         assert ex.code == 200, (ex.code, self.neg)
         self.token = self.neg.get("connectionToken") or self.neg["connectionId"]
         return self.neg
@@ -530,6 +536,20 @@ class CoreClient:
             self._polling = True
             self._next_poll()
 
+    async def reopen(self) -> None:
+        """
+        A new WebSocket to the same ``id=`` (a stateful reconnect: no handshake); what it
+        receives goes on to ``chunks`` and ``records``.
+        """
+        self.closed = defer.Deferred()
+        self.close_code = None
+        self._buffer = b""
+        if self._splitter is not None:
+            from txsignalr._core_msgpack import VarIntSplitter
+
+            self._splitter = VarIntSplitter(2**31 - 1)
+        await self.open()
+
     async def open_without_id(self) -> None:
         """A WebSocket to the bare hub URL (``skipNegotiation``)."""
         factory = WebSocketClientFactory(self.base.replace("http://", "ws://"))
@@ -572,6 +592,8 @@ class CoreClient:
         """Negotiate, open, send the handshake; :returns: the handshake answer."""
         if handshake is None:
             handshake = MSGPACK_HANDSHAKE if self.protocol == "messagepack" else HANDSHAKE
+            if self.stateful:
+                handshake = handshake.replace(b'"version":1', b'"version":2')
         await self.negotiate()
         await self.open()
         await self.send(handshake, binary=False)

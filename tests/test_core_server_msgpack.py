@@ -56,25 +56,11 @@ class EchoHub(ServerEchoHub):
         return 2**70
 
 
-@pytest.fixture
-def quiet_log() -> Any:
-    """Every test here: nothing the server does logs a traceback or a warning."""
-    from twisted.logger import LogLevel, globalLogPublisher
-
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-    loud = [
-        e
-        for e in events
-        if "log_failure" in e or e.get("log_level", LogLevel.info) >= LogLevel.warn
-    ]
-    assert loud == []
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 @pytest.fixture
-def server(quiet_log: Any) -> Any:
+def server() -> Any:
     s = SignalRServer(running_reactor(), [EchoHub()])
     pytest_twisted.blockon(defer.ensureDeferred(s.listen()))
     yield s

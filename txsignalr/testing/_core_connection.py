@@ -39,6 +39,7 @@ from txsignalr.testing._core_hubs import (
     run_invocation,
     run_stream,
 )
+from txsignalr.testing._core_stateful import StatefulLink
 from txsignalr.testing._core_wire import (
     CORE_TRANSPORTS,
     HANDSHAKE_OK,
@@ -83,6 +84,8 @@ class CoreSettings(Protocol):
     core_max_message_size: int
     core_handshake_timeout: float
     core_disconnect_timeout: float
+    core_stateful_buffer_size: int
+    core_ack_interval: float
     detailed_errors: bool
     keepalives_enabled: bool
 
@@ -96,6 +99,9 @@ class CoreConnection:
     :ivar transport: ``"WebSockets"``, ``"ServerSentEvents"``, ``"LongPolling"`` or
         ``None`` before the first transport request.
     :ivar codec: the hub protocol of the handshake (JSON until then).
+    :ivar stateful_offered: negotiate answered ``useStatefulReconnect``.
+    :ivar stateful: the connection's stateful reconnect, when the handshake (version 2,
+        over WebSockets) turned it on, else ``None``.
     """
 
     def __init__(self, registry: CoreRegistry, hub: Hub, connection_id: str, token: str) -> None:
@@ -125,6 +131,9 @@ class CoreConnection:
         self._keepalive_call: IDelayedCall | None = None
         self._timeout_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
+        self.stateful_offered = False
+        self.stateful: StatefulLink | None = None
+        self._ack_call: IDelayedCall | None = None
 
     @property
     def settings(self) -> CoreSettings:
@@ -154,13 +163,35 @@ class CoreConnection:
         self._event("connect")
 
     def send(self, data: bytes) -> None:
-        """Write encoded messages to the client (queued while stalled)."""
+        """
+        Write encoded hub messages (types 1-5) to the client (queued while stalled); with
+        stateful reconnect each is numbered and kept until acknowledged.
+        """
         if self.closed:
             return
+        if self.stateful is not None:
+            self.stateful.send(data)
+            return
+        self._out(data)
+
+    def _send_control(self, data: bytes) -> None:
+        """Ping, Close, Ack: never numbered; lost while a stateful connection has no socket."""
+        if self.closed or (self.stateful is not None and not self.stateful.connected):
+            return
+        self._out(data)
+
+    def _out(self, data: bytes) -> None:
         if self.registry.stalled or self.channel is None:
             self.pending += data
             return
         self._write(data)
+
+    def writable(self) -> defer.Deferred[None] | None:
+        """
+        :returns: ``None``, or while a stateful connection's buffer is full a Deferred
+            fired when the client's Acks made room.
+        """
+        return None if self.stateful is None else self.stateful.writable()
 
     def _write(self, data: bytes) -> None:
         assert self.channel is not None
@@ -200,7 +231,7 @@ class CoreConnection:
         if self.registry.stalled or not self.settings.keepalives_enabled:
             self._schedule_keepalive()
             return
-        self.send(self.codec.ping)
+        self._send_control(self.codec.ping)
         if self.channel is None or self.registry.stalled:
             self._schedule_keepalive()
 
@@ -270,6 +301,7 @@ class CoreConnection:
             self.close(self._closed_error(f"InvalidDataException: {e.message}"))
             return
         parse = self.codec.parse
+        stateful = self.stateful
         for record in records:
             if self.closed:
                 return
@@ -278,14 +310,26 @@ class CoreConnection:
             except ProtocolError as e:
                 self.close(self._closed_error(f"InvalidDataException: {e.message}"))
                 return
-            if message is not None:
+            if message is None:
+                continue
+            if stateful is not None:
                 try:
-                    self._dispatch(message)
-                except Exception:
-                    _log.failure(
-                        "Core connection {connection_id} could not handle a message",
-                        connection_id=self.id,
+                    if not stateful.received(message):
+                        continue
+                except ProtocolError as e:
+                    self.close(self._closed_error(f"InvalidOperationException: {e.message}"))
+                    return
+                if self._ack_call is None:
+                    self._ack_call = self.timers.call_later(
+                        self.settings.core_ack_interval, self._send_ack
                     )
+            try:
+                self._dispatch(message)
+            except Exception:
+                _log.failure(
+                    "Core connection {connection_id} could not handle a message",
+                    connection_id=self.id,
+                )
 
     def _closed_error(self, detail: str) -> str:
         text = "Connection closed with an error."
@@ -293,7 +337,7 @@ class CoreConnection:
 
     def _fail_handshake(self, text: str) -> None:
         self._event("handshake", ok=False, error=text)
-        self.send(handshake_error(text))
+        self._out(handshake_error(text))
         self.registry.end(self, clean=False, reason="handshake failed", send_close=False)
 
     def _handshake_ok(self) -> None:
@@ -302,8 +346,16 @@ class CoreConnection:
         self.timers.cancel(self._expiry_call)
         self._expiry_call = None
         assert self.protocol is not None
-        self._event("handshake", ok=True, protocol=self.protocol[0], version=self.protocol[1])
-        self.send(HANDSHAKE_OK)
+        name, version = self.protocol
+        # .NET turns it off for a version 1 handshake; it needs a WebSocket
+        if self.stateful_offered and version >= 2 and self.transport == "WebSockets":
+            self.stateful = StatefulLink(
+                self.settings.core_stateful_buffer_size, self._out, self.registry.stateful_counts
+            )
+        self._event(
+            "handshake", ok=True, protocol=name, version=version, stateful=self.stateful is not None
+        )
+        self._out(HANDSHAKE_OK)
         self._event("connected")
         run_hooks([self.hub], lambda h: h.on_connected(self.id))
 
@@ -323,7 +375,7 @@ class CoreConnection:
                 "OperationCanceledException: Client hasn't sent a message/ping within the "
                 "configured ClientTimeoutInterval."
             )
-            self.send(self.codec.close(self._closed_error(detail), allow_reconnect=True))
+            self._send_control(self.codec.close(self._closed_error(detail), allow_reconnect=True))
         # ASP.NET Core 2.2 closes the transport without a Close message.
         self.registry.end(self, clean=False, reason="client timeout", send_close=False)
 
@@ -469,14 +521,16 @@ class CoreConnection:
             return
         self._event("close", error=error, allow_reconnect=allow_reconnect)
         if self.handshake_done:
-            self.send(self.codec.close(error, allow_reconnect))
+            self._send_control(self.codec.close(error, allow_reconnect))
         self.registry.end(self, clean=error is None, reason="server close", send_close=False)
 
     def shutdown(self, reason: str) -> None:
         """Release everything this connection holds (the registry already forgot it)."""
-        for call in (self._keepalive_call, self._timeout_call, self._expiry_call):
+        for call in (self._keepalive_call, self._timeout_call, self._expiry_call, self._ack_call):
             self.timers.cancel(call)
-        self._keepalive_call = self._timeout_call = self._expiry_call = None
+        self._keepalive_call = self._timeout_call = self._expiry_call = self._ack_call = None
+        if self.stateful is not None:
+            self.stateful.close()
         results, self._results = self._results, {}
         for d in results.values():
             d.errback(ClientResultError(f"connection {self.id} closed: {reason}"))
@@ -500,3 +554,68 @@ class CoreConnection:
         self._expiry_call = None
         self.registry.end(self, clean=False, reason="disconnect timeout", send_close=False)
         self.registry.forget(self)
+
+    # -- stateful reconnect -------------------------------------------------------------
+
+    def suspend(self) -> bool:
+        """
+        The WebSocket dropped (not closed by the client): a stateful connection waits
+        ``core_disconnect_timeout`` for the client's new socket, its hub calls, streams
+        and client results going on meanwhile.
+
+        :returns: ``False`` when the connection has no stateful reconnect (it ends).
+        """
+        link = self.stateful
+        if link is None or self.closed:
+            return False
+        link.disconnected()
+        self.channel = None
+        for call in (self._keepalive_call, self._timeout_call):
+            self.timers.cancel(call)
+        self._keepalive_call = self._timeout_call = None
+        # what was waiting for an unstall is in the replay buffer, or is not needed
+        self.pending = bytearray()
+        self.expire_later(self.settings.core_disconnect_timeout)
+        self._event(
+            "suspended",
+            unacknowledged=link.buffer.unacknowledged,
+            held=link.held,
+            timeout=self.settings.core_disconnect_timeout,
+        )
+        return True
+
+    def resume(self, channel: CoreChannel) -> None:
+        """
+        The client's new WebSocket (same ``id=``, no handshake): Sequence, then the
+        unacknowledged messages again; the client's messages are dropped until its own
+        Sequence, and those it replays that were handled already.
+        """
+        link = self.stateful
+        if link is None or self.closed:
+            channel.abort()
+            return
+        old, self.channel = self.channel, channel
+        if old is not None:
+            old.abort()  # .NET cancels the previous socket of the connection
+        self.keep()
+        # a message the drop cut in two is lost with the old socket
+        self._splitter = self.codec.splitter(self.settings.core_max_message_size)
+        self.pending = bytearray()
+        sequence_id, replay = link.resume()
+        counts = self.registry.stateful_counts
+        counts["resumes"] += 1
+        counts["replayed"] += len(replay)
+        self._event("resumed", sequence_id=sequence_id, replayed=len(replay))
+        self._out(self.codec.sequence(sequence_id) + b"".join(replay))
+        if self._ack_call is None and link.buffer.received > link.buffer.acked:
+            self._ack_call = self.timers.call_later(self.settings.core_ack_interval, self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_call = None
+        link = self.stateful
+        if link is None or self.closed:
+            return
+        sequence_id = link.ack_due()
+        if sequence_id is not None:
+            self.registry.stateful_counts["acks_sent"] += 1
+            self._send_control(self.codec.ack(sequence_id))

@@ -44,6 +44,9 @@ class CoreConnectionApi(Protocol):
     def send(self, data: bytes) -> None:
         """Write a hub message (types 1-3) to the client."""
 
+    def writable(self) -> defer.Deferred[None] | None:
+        """``None``, or a Deferred to wait on before sending more (back-pressure)."""
+
     def invoke_with_result(self, method: str, args: tuple[Any, ...]) -> defer.Deferred[Any]:
         """Invoke a client method with an invocation id; fires with its result."""
 
@@ -289,8 +292,9 @@ def run_stream(
     as .NET sends.
     """
     run = StreamRun()
-    codec = call.connection.codec
-    send = call.connection.send
+    connection = call.connection
+    codec = connection.codec
+    send = connection.send
     streaming_error = "An error occurred on the server while streaming results."
     non_streaming = (
         f"The client attempted to invoke the non-streaming '{target}' method with a "
@@ -312,6 +316,9 @@ def run_stream(
         error: str | None = None
         try:
             while not run.cancelled and is_open():
+                wait = connection.writable()
+                if wait is not None:
+                    await wait
                 try:
                     item = await iterator.__anext__()
                 except StopAsyncIteration:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections import Counter
 from typing import Any
 
 from txsignalr.testing._context import HubContext
@@ -56,14 +57,21 @@ class CoreRegistry:
         self.by_token: dict[str, CoreConnection] = {}
         self.by_id: dict[str, CoreConnection] = {}
         self.stalled = False
+        #: stateful reconnect counters (see ``SignalRServer.core_stateful_counts``)
+        self.stateful_counts: Counter[str] = Counter()
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def create(self, hub: Hub, v1: bool) -> CoreConnection:
-        """A negotiated connection; it expires unless a transport comes in time."""
+    def create(self, hub: Hub, v1: bool, stateful: bool = False) -> CoreConnection:
+        """
+        A negotiated connection; it expires unless a transport comes in time.
+
+        :param stateful: negotiate offered stateful reconnect.
+        """
         connection_id = new_id()
         token = new_id() if v1 else connection_id
         conn = CoreConnection(self, hub, connection_id, token)
+        conn.stateful_offered = stateful
         self.by_token[token] = conn
         self.by_id[connection_id] = conn
         conn.expire_later(self.settings.core_disconnect_timeout)
@@ -95,20 +103,39 @@ class CoreRegistry:
             del self.by_token[conn.token]
         self.by_id.pop(conn.id, None)
 
-    def lost(self, conn: CoreConnection, channel: CoreChannel, clean: bool = False) -> None:
+    def lost(
+        self,
+        conn: CoreConnection,
+        channel: CoreChannel,
+        clean: bool = False,
+        resumable: bool = False,
+    ) -> None:
         """
         The WebSocket or SSE stream went away; ``clean`` when the client ended it
-        (ASP.NET Core runs ``OnDisconnectedAsync(null)`` for a closed event stream).
+        (ASP.NET Core runs ``OnDisconnectedAsync(null)`` for a closed event stream);
+        ``resumable`` when it dropped without a close handshake, which a connection with
+        stateful reconnect survives (:meth:`CoreConnection.suspend`).
         """
         if conn.channel is not channel:
             return
         conn.channel = None
+        if resumable and conn.suspend():
+            return
         self.end(
             conn,
             clean=clean,
             reason="client closed the stream" if clean else "transport lost",
             send_close=False,
         )
+
+    def expire(self, conn: CoreConnection) -> None:
+        """End a connection at once as its disconnect timeout would: its transport is
+        dropped (no Close), its token forgotten."""
+        channel, conn.channel = conn.channel, None
+        if channel is not None:
+            channel.abort()
+        self.end(conn, clean=False, reason="expired", send_close=False)
+        self.forget(conn)
 
     def shutdown(self) -> None:
         """Forget every connection, dropping channels without callbacks (server stop)."""

@@ -114,6 +114,7 @@ def negotiate_body(
     connection_id: str,
     connection_token: str | None,
     transports: abc.Iterable[str],
+    stateful_reconnect: bool = False,
 ) -> bytes:
     """
     The negotiate answer: v1 (``negotiateVersion``, ``connectionId``,
@@ -121,8 +122,12 @@ def negotiate_body(
     2.2 (``connectionId`` and ``availableTransports`` only).
 
     :param transports: wire names (``WebSockets``...), in preference order.
+    :param stateful_reconnect: write ``"useStatefulReconnect":true`` (first, as
+        ``NegotiateProtocol.WriteResponse`` does).
     """
     body: dict[str, Any] = {}
+    if stateful_reconnect:
+        body["useStatefulReconnect"] = True
     if connection_token is not None:
         body["negotiateVersion"] = 1
     body["connectionId"] = connection_id
