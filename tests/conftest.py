@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,34 @@ def js_env() -> JsEnv:
         if not _node_modules_current(digest):
             pytest.fail(f"`npm ci` in {JS_DIR} did not install package.json's versions")
     return JsEnv(node=node, directory=JS_DIR)
+
+
+# --------------------------------------------------------------------------------------
+# Test server: bad input must give the .NET behaviour or a clear close, never a logged
+# traceback (tests/test_core_server_msgpack.py, tests/test_core_server_stateful.py).
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_log() -> Any:
+    """
+    Collects what is logged during the test, which must hold no failure (from anywhere:
+    an unhandled error in a Deferred, a resource that raised) and no warning of
+    txsignalr's own (a test that expects one removes it from the list).
+    """
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+    loud = [
+        e
+        for e in events
+        if "log_failure" in e
+        or (
+            str(e.get("log_namespace", "")).startswith("txsignalr")
+            and e.get("log_level", LogLevel.info) >= LogLevel.warn
+        )
+    ]
+    assert loud == []

@@ -362,6 +362,14 @@ class TransportClient:
 CORE_TRANSPORTS = ("WebSockets", "ServerSentEvents", "LongPolling")
 RS = b"\x1e"
 HANDSHAKE = b'{"protocol":"json","version":1}\x1e'
+MSGPACK_HANDSHAKE = b'{"protocol":"messagepack","version":1}\x1e'
+
+
+def msgpack_frame(message: list[Any]) -> bytes:
+    """A MessagePack hub message with its varint length prefix."""
+    from txsignalr._core_msgpack import frame, pack
+
+    return frame(pack(message))
 
 
 async def core_negotiate(
@@ -389,6 +397,7 @@ class _CoreWs(WebSocketClientProtocol):
         self.factory.sink(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        self.factory.clean = wasClean
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(f"closed: {code} {reason}"))
         if not self.factory.closed.called:
@@ -398,8 +407,10 @@ class _CoreWs(WebSocketClientProtocol):
 class CoreClient:
     """
     A raw ASP.NET Core SignalR client on one transport.  What the server sends lands
-    on ``chunks`` (one per WebSocket message / SSE event / poll body) and, split on
-    ``0x1E``, on ``records`` (parsed JSON; the handshake answer included).
+    on ``chunks`` (one per WebSocket message / SSE event / poll body; for WebSockets
+    ``binary`` says which were binary messages) and, split, on ``records``: parsed
+    JSON (the handshake answer included), or with ``protocol="messagepack"`` the JSON
+    handshake answer and then each message as the decoded MessagePack array.
     """
 
     def __init__(
@@ -408,11 +419,19 @@ class CoreClient:
         transport: str,
         headers: dict[str, str] | None = None,
         version: int | None = 1,
+        protocol: str = "json",
+        stateful: bool = False,
     ) -> None:
         self.base = url
         self.transport = transport
         self.headers = dict(headers or {})
         self.version = version
+        self.protocol = protocol
+        #: ask for stateful reconnect (negotiate query) and send a version 2 handshake
+        self.stateful = stateful
+        self.binary: list[bool] = []
+        self._answered = False
+        self._splitter: Any = None
         self.neg: Any = None
         self.token = ""
         self.chunks: defer.DeferredQueue[bytes] = defer.DeferredQueue()
@@ -434,13 +453,39 @@ class CoreClient:
 
     def _chunk(self, data: bytes) -> None:
         self.chunks.put(data)
+        if self.protocol == "messagepack":
+            self._msgpack_chunk(data)
+            return
         self._buffer += data
         *done, self._buffer = self._buffer.split(RS)
         for record in done:
             self.records.put(json.loads(record))
 
+    def _msgpack_chunk(self, data: bytes) -> None:
+        from txsignalr._core_msgpack import VarIntSplitter, unpack
+
+        if not self._answered:
+            self._buffer += data
+            end = self._buffer.find(RS)
+            if end < 0:
+                return
+            answer, data = self._buffer[:end], self._buffer[end + 1 :]
+            self._buffer = b""
+            self._answered = True
+            self._splitter = VarIntSplitter(2**31 - 1)
+            self.records.put(json.loads(answer))
+        for body in self._splitter.feed(data):
+            self.records.put(unpack(body))
+
+    def _ws_message(self, payload: bytes, binary: bool) -> None:
+        self.binary.append(binary)
+        self._chunk(payload)
+
     async def negotiate(self) -> Any:
-        ex, self.neg = await core_negotiate(self.base, self.version, self.headers)
+        url = self.base
+        if self.stateful:
+            url += ("&" if "?" in url else "?") + "useStatefulReconnect=true"
+        ex, self.neg = await core_negotiate(url, self.version, self.headers)
         assert ex.code == 200, (ex.code, self.neg)
         self.token = self.neg.get("connectionToken") or self.neg["connectionId"]
         return self.neg
@@ -453,7 +498,7 @@ class CoreClient:
             )
             factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
             factory.protocol = _CoreWs
-            factory.sink = lambda payload, binary: self._chunk(payload)
+            factory.sink = self._ws_message
             factory.opened = defer.Deferred()
             factory.closed = self.closed
             self.closed.addCallback(self._set_code)
@@ -490,6 +535,20 @@ class CoreClient:
             assert (ex.code, body) == (200, b""), (ex.code, body)
             self._polling = True
             self._next_poll()
+
+    async def reopen(self) -> None:
+        """
+        A new WebSocket to the same ``id=`` (a stateful reconnect: no handshake); what it
+        receives goes on to ``chunks`` and ``records``.
+        """
+        self.closed = defer.Deferred()
+        self.close_code = None
+        self._buffer = b""
+        if self._splitter is not None:
+            from txsignalr._core_msgpack import VarIntSplitter
+
+            self._splitter = VarIntSplitter(2**31 - 1)
+        await self.open()
 
     async def open_without_id(self) -> None:
         """A WebSocket to the bare hub URL (``skipNegotiation``)."""
@@ -529,22 +588,37 @@ class CoreClient:
 
         ex.body.addCallbacks(done, failed)
 
-    async def connect(self, handshake: bytes = HANDSHAKE) -> Any:
+    async def connect(self, handshake: bytes | None = None) -> Any:
         """Negotiate, open, send the handshake; :returns: the handshake answer."""
+        if handshake is None:
+            handshake = MSGPACK_HANDSHAKE if self.protocol == "messagepack" else HANDSHAKE
+            if self.stateful:
+                handshake = handshake.replace(b'"version":1', b'"version":2')
         await self.negotiate()
         await self.open()
-        await self.send(handshake)
+        await self.send(handshake, binary=False)
         return await self.record()
 
-    async def send(self, data: bytes) -> Exchange | None:
+    async def send(self, data: bytes, binary: bool | None = None) -> Exchange | None:
+        """
+        Send bytes: a WebSocket message (binary for MessagePack unless ``binary`` is
+        ``False``, as Microsoft's client sends its handshake as text) or a POST.
+        """
+        if binary is None:
+            binary = self.protocol == "messagepack"
         if self.transport == "WebSockets":
-            self._ws.sendMessage(data, isBinary=False)
+            self._ws.sendMessage(data, isBinary=binary)
             return None
+        content_type = "application/octet-stream" if binary else "text/plain;charset=UTF-8"
         ex, body = await fetch(
-            "POST", self.url, data, {"Content-Type": "text/plain;charset=UTF-8", **self.headers}
+            "POST", self.url, data, {"Content-Type": content_type, **self.headers}
         )
         assert ex.code == 200, (ex.code, body)
         return ex
+
+    async def send_message(self, *message: Any) -> None:
+        """One MessagePack hub message, e.g. ``send_message(6)`` for a Ping."""
+        await self.send(msgpack_frame(list(message)))
 
     async def invoke(
         self,
@@ -554,6 +628,13 @@ class CoreClient:
         kind: int = 1,
         stream_ids: list[str] | None = None,
     ) -> None:
+        if self.protocol == "messagepack":
+            # Microsoft's client: 5 elements without stream ids
+            packed: list[Any] = [kind, {}, invocation_id, target, list(args)]
+            if stream_ids:
+                packed.append(stream_ids)
+            await self.send_message(*packed)
+            return
         message: dict[str, Any] = {"target": target, "arguments": list(args), "type": kind}
         if invocation_id is not None:
             message["invocationId"] = invocation_id
@@ -564,18 +645,19 @@ class CoreClient:
     async def record(self, timeout: float = 5.0, pings: bool = False) -> Any:
         while True:
             value = await within(self.records.get(), timeout)
-            if value == {"type": 6} and not pings:
+            if value in ({"type": 6}, [6]) and not pings:
                 continue
             return value
 
     async def stop(self) -> None:
         """Stop like the TS client: Close, then close the transport (DELETE on LP)."""
         self._polling = False
+        close = b"\x03\x92\x07\xc0" if self.protocol == "messagepack" else b'{"type":7}\x1e'
         if self.transport == "WebSockets":
-            await self.send(b'{"type":7}\x1e')
+            await self.send(close)
             self._ws.sendClose()
         elif self.transport == "ServerSentEvents":
-            await self.send(b'{"type":7}\x1e')
+            await self.send(close)
             assert self._sse is not None
             self._sse.drop()
         else:

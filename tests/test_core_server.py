@@ -259,8 +259,8 @@ async def test_server_bytes_are_dotnet_order(server: SignalRServer, transport: s
 async def test_handshake_errors(server: SignalRServer, transport: str) -> None:
     """An unknown protocol or version gets {"error":...} and the connection ends."""
     client = CoreClient(server.core_url("echo"), transport)
-    answer = await client.connect(b'{"protocol":"messagepack","version":1}\x1e')
-    assert answer == {"error": "The protocol 'messagepack' is not supported."}
+    answer = await client.connect(b'{"protocol":"xml","version":1}\x1e')
+    assert answer == {"error": "The protocol 'xml' is not supported."}
     await within(client.closed, 5)
     client2 = CoreClient(server.core_url("echo"), transport)
     answer = await client2.connect(b'{"protocol":"json","version":3}\x1e')

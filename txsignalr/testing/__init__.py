@@ -22,8 +22,9 @@ buffer, but messages addressed to that connection alone are gone.
 Sizes: client messages over 64 KiB drop the TCP connection (as on Microsoft's server);
 what the server sends is not limited.
 
-The same server also speaks ASP.NET Core SignalR (JSON hub protocol) over WebSockets,
-Server-Sent Events and long polling, each hub at :meth:`SignalRServer.core_url`
+The same server also speaks ASP.NET Core SignalR (the JSON hub protocol, and MessagePack
+when ``ormsgpack`` is installed) over WebSockets, Server-Sent Events (JSON only) and long
+polling, each hub at :meth:`SignalRServer.core_url`
 (``/hubs/<hub>``), with Microsoft's negotiate (v0/v1), handshake, messages, streams both
 ways, client results (:class:`CoreHubCall`), pings, client timeout, Close, an Azure
 style redirect (:meth:`SignalRServer.redirect_url`) and bearer tokens.

@@ -57,6 +57,7 @@ class CoreEndpointSettings(Protocol):
     core_path: str
     transports: tuple[str, ...]
     core_negotiate_version: int
+    core_stateful_reconnect: bool
     core_access_token: str | TokenCheck | None
     core_max_message_size: int
     cors: bool
@@ -208,9 +209,12 @@ class CoreEndpoints:
                 }
                 return respond(request, 200, dumps(error), b"application/json")
         v1 = version >= 1 and self._settings.core_negotiate_version >= 1
-        conn = self._registry.create(hub, v1)
+        # .NET: only when the server allows it and the client asks (bool.TryParse)
+        asked = (info.arg("useStatefulReconnect") or "").strip().lower() == "true"
+        stateful = asked and self._settings.core_stateful_reconnect
+        conn = self._registry.create(hub, v1, stateful)
         conn.required_token = required_token
-        body = negotiate_body(conn.id, conn.token if v1 else None, self._served())
+        body = negotiate_body(conn.id, conn.token if v1 else None, self._served(), stateful)
         return respond(request, 200, body, b"application/json")
 
     def _redirect(self, request: Request, info: RequestInfo, hub: Hub) -> bytes:
@@ -293,14 +297,16 @@ class CoreEndpoints:
         if conn.transport is not None and conn.transport != transport:
             return respond(request, 400, b"Cannot change transports mid-connection", TEXT)
         first = conn.transport is None
+        # stateful reconnect: a new WebSocket replaces the connection's old one
+        resume = not first and conn.stateful is not None and not conn.closed
         refusal = self._refusals.transport_refusals.get(CLASSIC_NAMES[transport])
-        if refusal is not None and first:
-            self._event("refused", connection_id=conn.id, transport=transport)
+        if refusal is not None and (first or resume):
+            self._event("refused", connection_id=conn.id, transport=transport, resume=resume)
             status, body, content_type = refusal
             return respond(request, status, body, content_type)
         if transport == "LongPolling":
             return self._http.poll(request, conn)
-        if not first or conn.closed:
+        if (not first and not resume) or conn.closed:
             return respond(request, 409, b"", None)
         self._event(
             "transport",
@@ -309,9 +315,10 @@ class CoreEndpoints:
             query=info.query,
             headers=info.headers,
             cookies=info.cookies,
+            resume=resume,
         )
         if transport == "WebSockets":
-            return self._websockets.render(request, conn)
+            return self._websockets.render(request, conn, resume)
         return self._http.sse(request, conn)
 
     def _send(self, request: Request, conn: CoreConnection) -> bytes:

@@ -25,9 +25,8 @@ from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from txsignalr._protocol import dumps
 from txsignalr.testing._context import HubContext
-from txsignalr.testing._core_wire import completion_record, stream_item_record
+from txsignalr.testing._core_codecs import ServerCodec
 from txsignalr.testing._hubs import ClientResultError, Hub, HubCall, HubException, _arity
 
 __all__ = ["ClientResultError", "CoreHubCall", "UploadStream", "run_invocation", "run_stream"]
@@ -39,9 +38,14 @@ class CoreConnectionApi(Protocol):
     """What a Core hub call needs of its connection."""
 
     id: str
+    #: how this connection's messages are encoded
+    codec: ServerCodec
 
     def send(self, data: bytes) -> None:
-        """Write records to the client."""
+        """Write a hub message (types 1-3) to the client."""
+
+    def writable(self) -> defer.Deferred[None] | None:
+        """``None``, or a Deferred to wait on before sending more (back-pressure)."""
 
     def invoke_with_result(self, method: str, args: tuple[Any, ...]) -> defer.Deferred[Any]:
         """Invoke a client method with an invocation id; fires with its result."""
@@ -210,36 +214,35 @@ def _as_deferred(outcome: Any) -> defer.Deferred[Any]:
 
 
 def run_invocation(
-    binding: Binding,
-    call: CoreHubCall,
-    target: str,
-    invocation_id: str | None,
-    send: Callable[[bytes], None],
-    detailed: bool,
+    binding: Binding, call: CoreHubCall, target: str, invocation_id: str | None, detailed: bool
 ) -> defer.Deferred[None]:
     """
     Run a non-streaming invocation; with an ``invocation_id`` send its Completion
-    (result, void for ``None``, or error).  The Deferred never fails.
+    (result, void for ``None``, or error) on the caller's connection.  The Deferred
+    never fails.
     """
     unexpected = f"An unexpected error occurred invoking '{target}' on the server."
+    connection = call.connection
+    codec = connection.codec
+    send = connection.send
 
     def on_result(result: Any) -> None:
         if invocation_id is None:
             return
         try:
-            dumps(result)
+            if result is None:
+                record = codec.completion(invocation_id)
+            else:
+                record = codec.completion(invocation_id, result)
         except Exception as e:
             _log.warn(
-                "hub method {method} returned a value that is not JSON: {error}",
+                "hub method {method} returned a value that {protocol} cannot encode: {error}",
                 method=binding.name,
+                protocol=codec.name,
                 error=_text(e),
             )
-            send(completion_record(invocation_id, error=build_error(unexpected, e, detailed)))
-            return
-        if result is None:
-            send(completion_record(invocation_id))
-        else:
-            send(completion_record(invocation_id, result))
+            record = codec.completion(invocation_id, error=build_error(unexpected, e, detailed))
+        send(record)
 
     def on_error(failure: Failure) -> None:
         exc: BaseException = failure.value or Exception("unknown error")
@@ -251,7 +254,7 @@ def run_invocation(
                 method=binding.name,
             )
         if invocation_id is not None:
-            send(completion_record(invocation_id, error=build_error(unexpected, exc, detailed)))
+            send(codec.completion(invocation_id, error=build_error(unexpected, exc, detailed)))
 
     try:
         d = _as_deferred(binding.fn(call, *binding.args))
@@ -280,15 +283,18 @@ def run_stream(
     call: CoreHubCall,
     target: str,
     invocation_id: str,
-    send: Callable[[bytes], None],
     detailed: bool,
     is_open: Callable[[], bool],
 ) -> StreamRun:
     """
-    Run a StreamInvocation: a StreamItem per item, then a Completion (void, or the
-    streaming error text); after a cancel, a void Completion as .NET sends.
+    Run a StreamInvocation on the caller's connection: a StreamItem per item, then a
+    Completion (void, or the streaming error text); after a cancel, a void Completion
+    as .NET sends.
     """
     run = StreamRun()
+    connection = call.connection
+    codec = connection.codec
+    send = connection.send
     streaming_error = "An error occurred on the server while streaming results."
     non_streaming = (
         f"The client attempted to invoke the non-streaming '{target}' method with a "
@@ -301,15 +307,18 @@ def run_stream(
             if not binding.is_stream:
                 outcome = await _as_deferred(outcome)
                 if not hasattr(outcome, "__aiter__"):
-                    send(completion_record(invocation_id, error=non_streaming))
+                    send(codec.completion(invocation_id, error=non_streaming))
                     return
         except Exception as e:
-            send(completion_record(invocation_id, error=build_error(streaming_error, e, detailed)))
+            send(codec.completion(invocation_id, error=build_error(streaming_error, e, detailed)))
             return
         iterator = outcome.__aiter__()
         error: str | None = None
         try:
             while not run.cancelled and is_open():
+                wait = connection.writable()
+                if wait is not None:
+                    await wait
                 try:
                     item = await iterator.__anext__()
                 except StopAsyncIteration:
@@ -317,7 +326,7 @@ def run_stream(
                 if run.cancelled or not is_open():
                     break
                 try:
-                    record = stream_item_record(invocation_id, item)
+                    record = codec.stream_item(invocation_id, item)
                 except Exception as e:
                     error = build_error(streaming_error, e, detailed)
                     break
@@ -336,7 +345,7 @@ def run_stream(
                 except Exception:
                     pass
         if is_open():
-            send(completion_record(invocation_id, error=error))
+            send(codec.completion(invocation_id, error=error))
 
     run.deferred = defer.ensureDeferred(pump())
     run.deferred.addErrback(lambda f: None if f.check(defer.CancelledError) else f)

@@ -1,63 +1,24 @@
 """
-The ASP.NET Core SignalR side of the test server: :class:`CoreConnection` (one
-negotiated connection in exactly one hub: handshake, record framing, hub messages,
-pings, client timeout, client results, streams both ways) and :class:`CoreRegistry`
-(every Core connection, their tokens and groups, broadcasts, fault injection).
-
-Transports hand a connection received bytes (:meth:`CoreConnection.receive`) and give
-it a channel to write to (:class:`CoreChannel`).
+The ASP.NET Core SignalR side of the test server: :class:`CoreRegistry`, every Core
+connection (:class:`~txsignalr.testing._core_connection.CoreConnection`) of one server,
+their tokens and groups, broadcasts and fault injection.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from typing import Any, Protocol
+from collections import Counter
+from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
-
-from txsignalr._core_protocol import (
-    CancelInvocation,
-    Close,
-    Completion,
-    Invocation,
-    RecordSeparatorSplitter,
-    StreamInvocation,
-    StreamItem,
-    parse_record,
-)
-from txsignalr.errors import MessageTooLarge, ProtocolError
 from txsignalr.testing._context import HubContext
-from txsignalr.testing._core_hubs import (
-    Binding,
-    ClientResultError,
-    CoreHubCall,
-    StreamRun,
-    UploadStream,
-    bind,
-    run_invocation,
-    run_stream,
-)
-from txsignalr.testing._core_wire import (
-    HANDSHAKE_OK,
-    PING,
-    RS,
-    HandshakeFailed,
-    close_record,
-    completion_record,
-    handshake_error,
-    invocation_record,
-    parse_handshake,
-)
+from txsignalr.testing._core_codecs import ServerCodec
+from txsignalr.testing._core_connection import CoreChannel, CoreConnection, CoreSettings
 from txsignalr.testing._events import EventLog
 from txsignalr.testing._hubs import Hub, run_hooks
 from txsignalr.testing._timers import Timers
 
 __all__ = ["CoreChannel", "CoreConnection", "CoreRegistry", "CoreSettings", "new_id"]
-
-_log = Logger(namespace="txsignalr.testing")
 
 #: Wire transport name -> the classic spelling used by fault injection and ``transports=``.
 CLASSIC_NAMES = {
@@ -70,423 +31,6 @@ CLASSIC_NAMES = {
 def new_id() -> str:
     """16 random bytes, base64url without padding: how .NET makes ids and tokens."""
     return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
-
-
-class CoreChannel(Protocol):
-    """Where a Core connection's bytes go (a WebSocket, an SSE response, long polling)."""
-
-    def write(self, data: bytes) -> None:
-        """Send bytes (one WebSocket message, one SSE event, or poll data)."""
-
-    def end(self) -> None:
-        """End politely (WebSocket close 1000, SSE response finished, polls get 204)."""
-
-    def abort(self) -> None:
-        """Drop the TCP connection under the channel."""
-
-
-class CoreSettings(Protocol):
-    """The server options Core connections read (live)."""
-
-    core_keepalive: float | None
-    client_timeout: float | None
-    core_timeout_close: bool
-    core_max_message_size: int
-    core_handshake_timeout: float
-    core_disconnect_timeout: float
-    detailed_errors: bool
-    keepalives_enabled: bool
-
-
-class CoreConnection:
-    """
-    One Core connection, from negotiate to its end.
-
-    :ivar id: the public connection id (``Context.ConnectionId``).
-    :ivar token: what goes into ``id=`` (the connection token, or the id for v0).
-    :ivar transport: ``"WebSockets"``, ``"ServerSentEvents"``, ``"LongPolling"`` or
-        ``None`` before the first transport request.
-    """
-
-    def __init__(self, registry: CoreRegistry, hub: Hub, connection_id: str, token: str) -> None:
-        self.registry = registry
-        self.hub = hub
-        self.id = connection_id
-        self.token = token
-        self.transport: str | None = None
-        self.channel: CoreChannel | None = None
-        #: bearer token every request of this connection must carry (redirects).
-        self.required_token: str | None = None
-        self.handshake_done = False
-        self.closed = False
-        self.protocol: tuple[str, int] | None = None
-        self.groups: set[str] = set()
-        #: written while stalled (or, long polling, not yet polled).
-        self.pending = bytearray()
-        self._handshake = bytearray()
-        self._splitter = RecordSeparatorSplitter(registry.settings.core_max_message_size)
-        self._streams: dict[str, StreamRun] = {}
-        self._uploads: dict[str, UploadStream] = {}
-        self._results: dict[str, defer.Deferred[Any]] = {}
-        self._next_id = 0
-        self._keepalive_call: IDelayedCall | None = None
-        self._timeout_call: IDelayedCall | None = None
-        self._expiry_call: IDelayedCall | None = None
-
-    @property
-    def settings(self) -> CoreSettings:
-        return self.registry.settings
-
-    @property
-    def timers(self) -> Timers:
-        return self.registry.timers
-
-    def _event(self, kind: str, **info: Any) -> None:
-        info.setdefault("connection_id", self.id)
-        info.setdefault("hub", self.hub.name)
-        info.setdefault("transport", self.transport)
-        info["family"] = "core"
-        self.registry.events.record(kind, info)
-
-    # -- channel ----------------------------------------------------------------------
-
-    def attach(self, channel: CoreChannel, transport: str) -> None:
-        """The transport opened (WebSocket up, SSE stream started, first poll)."""
-        self.transport = transport
-        self.channel = channel
-        self.timers.cancel(self._expiry_call)
-        self._expiry_call = self.timers.call_later(
-            self.settings.core_handshake_timeout, self._handshake_timed_out
-        )
-        self._event("connect")
-
-    def send(self, data: bytes) -> None:
-        """Write records to the client (queued while stalled)."""
-        if self.closed:
-            return
-        if self.registry.stalled or self.channel is None:
-            self.pending += data
-            return
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        assert self.channel is not None
-        try:
-            self.channel.write(data)
-        except Exception:
-            _log.failure(
-                "could not write to Core connection {connection_id}", connection_id=self.id
-            )
-        self._schedule_keepalive()
-
-    def flush(self) -> None:
-        """Write what queued up while stalled."""
-        if self.pending and self.channel is not None and not self.registry.stalled:
-            data, self.pending = bytes(self.pending), bytearray()
-            self._write(data)
-
-    def flush_on_end(self) -> None:
-        """The connection ends: write what is pending, stalled or not."""
-        if self.pending and self.channel is not None:
-            data, self.pending = bytes(self.pending), bytearray()
-            self.channel.write(data)
-
-    def _schedule_keepalive(self) -> None:
-        interval = self.settings.core_keepalive
-        if interval is None or not self.handshake_done or self.closed:
-            return
-        if self.transport == "LongPolling":
-            return  # inherent keep-alive: no pings
-        self.timers.cancel(self._keepalive_call)
-        self._keepalive_call = self.timers.call_later(interval, self._ping)
-
-    def _ping(self) -> None:
-        self._keepalive_call = None
-        if self.closed:
-            return
-        if self.registry.stalled or not self.settings.keepalives_enabled:
-            self._schedule_keepalive()
-            return
-        self.send(PING)
-        if self.channel is None or self.registry.stalled:
-            self._schedule_keepalive()
-
-    # -- receiving --------------------------------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        """Bytes from the client: handshake first, then ``0x1E`` records."""
-        if self.closed:
-            return
-        if not self.handshake_done:
-            self._handshake += data
-            end = self._handshake.find(RS)
-            limit = self.settings.core_max_message_size
-            if end < 0:
-                if len(self._handshake) > limit:
-                    self._fail_handshake("Handshake was canceled.")
-                return
-            if end > limit:
-                self._fail_handshake("Handshake was canceled.")
-                return
-            record = bytes(self._handshake[:end])
-            rest = bytes(self._handshake[end + 1 :])
-            self._handshake = bytearray()
-            try:
-                self.protocol = parse_handshake(record)
-            except HandshakeFailed as e:
-                self._fail_handshake(str(e))
-                return
-            self._handshake_ok()
-            if not rest or self.closed:
-                return
-            data = rest
-        if self.settings.client_timeout is not None and self.transport != "LongPolling":
-            # ASP.NET Core 2.2: the client timeout starts with the first message after
-            # the handshake, and any received data restarts it.
-            self.timers.cancel(self._timeout_call)
-            self._timeout_call = self.timers.call_later(
-                self.settings.client_timeout, self._timed_out
-            )
-        try:
-            records = self._splitter.feed(data)
-        except MessageTooLarge:
-            limit = self.settings.core_max_message_size
-            self.close(
-                self._closed_error(
-                    f"InvalidDataException: The maximum message size of {limit}B was exceeded. "
-                    "The message size can be configured in AddHubOptions."
-                )
-            )
-            return
-        for record in records:
-            if self.closed:
-                return
-            try:
-                message = parse_record(record)
-            except ProtocolError as e:
-                self.close(self._closed_error(f"InvalidDataException: {e}"))
-                return
-            if message is not None:
-                try:
-                    self._dispatch(message)
-                except Exception:
-                    _log.failure(
-                        "Core connection {connection_id} could not handle a message",
-                        connection_id=self.id,
-                    )
-
-    def _closed_error(self, detail: str) -> str:
-        text = "Connection closed with an error."
-        return f"{text} {detail}" if self.settings.detailed_errors else text
-
-    def _fail_handshake(self, text: str) -> None:
-        self._event("handshake", ok=False, error=text)
-        self.send(handshake_error(text))
-        self.registry.end(self, clean=False, reason="handshake failed", send_close=False)
-
-    def _handshake_ok(self) -> None:
-        self.handshake_done = True
-        self.timers.cancel(self._expiry_call)
-        self._expiry_call = None
-        assert self.protocol is not None
-        self._event("handshake", ok=True, protocol=self.protocol[0], version=self.protocol[1])
-        self.send(HANDSHAKE_OK)
-        self._event("connected")
-        run_hooks([self.hub], lambda h: h.on_connected(self.id))
-
-    def _handshake_timed_out(self) -> None:
-        self._expiry_call = None
-        if not self.handshake_done and not self.closed:
-            self._fail_handshake("Handshake was canceled.")
-
-    def _timed_out(self) -> None:
-        self._timeout_call = None
-        if self.closed:
-            return
-        self._event("timeout", after=self.settings.client_timeout)
-        if self.settings.core_timeout_close:
-            # Newer servers abort with AbortAllowReconnect: a Close with an error first.
-            detail = (
-                "OperationCanceledException: Client hasn't sent a message/ping within the "
-                "configured ClientTimeoutInterval."
-            )
-            self.send(close_record(self._closed_error(detail), allow_reconnect=True))
-        # ASP.NET Core 2.2 closes the transport without a Close message.
-        self.registry.end(self, clean=False, reason="client timeout", send_close=False)
-
-    # -- hub messages -----------------------------------------------------------------
-
-    def _dispatch(self, message: Any) -> None:
-        if isinstance(message, Invocation):
-            self._invoke(
-                message.target,
-                message.arguments,
-                message.invocation_id,
-                message.stream_ids,
-                message.headers,
-                streaming=False,
-            )
-        elif isinstance(message, StreamInvocation):
-            self._invoke(
-                message.target,
-                message.arguments,
-                message.invocation_id,
-                message.stream_ids,
-                message.headers,
-                streaming=True,
-            )
-        elif isinstance(message, StreamItem):
-            upload = self._uploads.get(message.invocation_id)
-            if upload is not None and not upload.feed(message.item):
-                self.close(self._closed_error("InvalidOperationException: stream buffer full"))
-        elif isinstance(message, Completion):
-            self._completion(message)
-        elif isinstance(message, CancelInvocation):
-            run = self._streams.pop(message.invocation_id, None)
-            self._event("cancel", invocation_id=message.invocation_id, known=run is not None)
-            if run is not None:
-                run.cancel()
-        elif isinstance(message, Close):
-            self._event("client_close", error=message.error)
-            self.registry.end(self, clean=True, reason="client close", send_close=False)
-        # Ping: nothing to do (the timeout restarted); Ack, Sequence, unknown: ignored.
-
-    def _completion(self, message: Completion) -> None:
-        waiting = self._results.pop(message.invocation_id, None)
-        if waiting is not None:
-            self._event(
-                "client_result",
-                invocation_id=message.invocation_id,
-                result=message.result,
-                error=message.error,
-            )
-            if message.error is not None:
-                waiting.errback(ClientResultError(message.error))
-            else:
-                waiting.callback(message.result)
-            return
-        upload = self._uploads.pop(message.invocation_id, None)
-        if upload is not None:
-            upload.end(message.error)
-
-    def _invoke(
-        self,
-        target: str,
-        arguments: tuple[Any, ...],
-        invocation_id: str | None,
-        stream_ids: tuple[str, ...],
-        headers: Any,
-        streaming: bool,
-    ) -> None:
-        self._event(
-            "invoke",
-            target=target,
-            arguments=list(arguments),
-            invocation_id=invocation_id,
-            stream_ids=list(stream_ids),
-            streaming=streaming,
-        )
-        detailed = self.settings.detailed_errors
-        uploads = [UploadStream(sid) for sid in stream_ids]
-        bound = bind(self.hub, target, tuple(arguments) + tuple(uploads), detailed)
-        if isinstance(bound, str):
-            if invocation_id is not None:
-                self.send(completion_record(invocation_id, error=bound))
-            return
-        binding: Binding = bound
-        if binding.is_stream and not streaming:
-            if invocation_id is not None:
-                self.send(
-                    completion_record(
-                        invocation_id,
-                        error=f"The client attempted to invoke the streaming '{target}' method "
-                        "with a non-streaming invocation.",
-                    )
-                )
-            return
-        for upload in uploads:
-            self._uploads[upload.stream_id] = upload
-        call = CoreHubCall(self.registry.context, self.hub, self, invocation_id, headers)
-        if streaming:
-            assert invocation_id is not None
-            run = run_stream(
-                binding, call, target, invocation_id, self.send, detailed, lambda: not self.closed
-            )
-            if run.deferred is not None and not run.deferred.called:
-                self._streams[invocation_id] = run
-                run.deferred.addBoth(self._stream_done, invocation_id, run)
-            d = run.deferred
-        else:
-            d = run_invocation(binding, call, target, invocation_id, self.send, detailed)
-        if uploads and d is not None:
-            d.addBoth(self._drop_uploads, uploads)
-
-    def _stream_done(self, result: Any, invocation_id: str, run: StreamRun) -> Any:
-        if self._streams.get(invocation_id) is run:
-            del self._streams[invocation_id]
-        return result
-
-    def _drop_uploads(self, result: Any, uploads: list[UploadStream]) -> Any:
-        for upload in uploads:
-            if self._uploads.get(upload.stream_id) is upload:
-                del self._uploads[upload.stream_id]
-        return result
-
-    # -- server to client -------------------------------------------------------------
-
-    def invoke_client(self, method: str, args: tuple[Any, ...]) -> None:
-        """A non-blocking Invocation of a client method."""
-        if self.handshake_done:
-            self.send(invocation_record(method, args))
-
-    def invoke_with_result(self, method: str, args: tuple[Any, ...]) -> defer.Deferred[Any]:
-        """An Invocation with an id; fires with the client's result."""
-        if self.closed or not self.handshake_done:
-            return defer.fail(ClientResultError(f"connection {self.id} is not open"))
-        self._next_id += 1
-        invocation_id = f"s{self._next_id}"
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._results[invocation_id] = d
-        self.send(invocation_record(method, args, invocation_id))
-        return d
-
-    def close(self, error: str | None = None, allow_reconnect: bool = False) -> None:
-        """Send Close (with ``error``/``allowReconnect``) and end the connection."""
-        if self.closed:
-            return
-        self._event("close", error=error, allow_reconnect=allow_reconnect)
-        if self.handshake_done:
-            self.send(close_record(error, allow_reconnect))
-        self.registry.end(self, clean=error is None, reason="server close", send_close=False)
-
-    def shutdown(self, reason: str) -> None:
-        """Release everything this connection holds (the registry already forgot it)."""
-        for call in (self._keepalive_call, self._timeout_call, self._expiry_call):
-            self.timers.cancel(call)
-        self._keepalive_call = self._timeout_call = self._expiry_call = None
-        results, self._results = self._results, {}
-        for d in results.values():
-            d.errback(ClientResultError(f"connection {self.id} closed: {reason}"))
-        streams, self._streams = self._streams, {}
-        for run in streams.values():
-            run.cancel()
-        uploads, self._uploads = self._uploads, {}
-        for upload in uploads.values():
-            upload.end("The connection closed before the stream completed.")
-
-    def expire_later(self, delay: float) -> None:
-        """End the connection after ``delay`` unless :meth:`keep` is called."""
-        self.timers.cancel(self._expiry_call)
-        self._expiry_call = self.timers.call_later(delay, self._expired)
-
-    def keep(self) -> None:
-        self.timers.cancel(self._expiry_call)
-        self._expiry_call = None
-
-    def _expired(self) -> None:
-        self._expiry_call = None
-        self.registry.end(self, clean=False, reason="disconnect timeout", send_close=False)
-        self.registry.forget(self)
 
 
 class CoreRegistry:
@@ -513,14 +57,21 @@ class CoreRegistry:
         self.by_token: dict[str, CoreConnection] = {}
         self.by_id: dict[str, CoreConnection] = {}
         self.stalled = False
+        #: stateful reconnect counters (see ``SignalRServer.core_stateful_counts``)
+        self.stateful_counts: Counter[str] = Counter()
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def create(self, hub: Hub, v1: bool) -> CoreConnection:
-        """A negotiated connection; it expires unless a transport comes in time."""
+    def create(self, hub: Hub, v1: bool, stateful: bool = False) -> CoreConnection:
+        """
+        A negotiated connection; it expires unless a transport comes in time.
+
+        :param stateful: negotiate offered stateful reconnect.
+        """
         connection_id = new_id()
         token = new_id() if v1 else connection_id
         conn = CoreConnection(self, hub, connection_id, token)
+        conn.stateful_offered = stateful
         self.by_token[token] = conn
         self.by_id[connection_id] = conn
         conn.expire_later(self.settings.core_disconnect_timeout)
@@ -552,20 +103,39 @@ class CoreRegistry:
             del self.by_token[conn.token]
         self.by_id.pop(conn.id, None)
 
-    def lost(self, conn: CoreConnection, channel: CoreChannel, clean: bool = False) -> None:
+    def lost(
+        self,
+        conn: CoreConnection,
+        channel: CoreChannel,
+        clean: bool = False,
+        resumable: bool = False,
+    ) -> None:
         """
         The WebSocket or SSE stream went away; ``clean`` when the client ended it
-        (ASP.NET Core runs ``OnDisconnectedAsync(null)`` for a closed event stream).
+        (ASP.NET Core runs ``OnDisconnectedAsync(null)`` for a closed event stream);
+        ``resumable`` when it dropped without a close handshake, which a connection with
+        stateful reconnect survives (:meth:`CoreConnection.suspend`).
         """
         if conn.channel is not channel:
             return
         conn.channel = None
+        if resumable and conn.suspend():
+            return
         self.end(
             conn,
             clean=clean,
             reason="client closed the stream" if clean else "transport lost",
             send_close=False,
         )
+
+    def expire(self, conn: CoreConnection) -> None:
+        """End a connection at once as its disconnect timeout would: its transport is
+        dropped (no Close), its token forgotten."""
+        channel, conn.channel = conn.channel, None
+        if channel is not None:
+            channel.abort()
+        self.end(conn, clean=False, reason="expired", send_close=False)
+        self.forget(conn)
 
     def shutdown(self) -> None:
         """Forget every connection, dropping channels without callbacks (server stop)."""
@@ -593,15 +163,22 @@ class CoreRegistry:
     # -- messaging --------------------------------------------------------------------
 
     def send_to_all(self, hub: Hub, method: str, args: tuple[Any, ...]) -> None:
-        record = invocation_record(method, args)
-        for conn in self.open_connections(hub):
-            conn.send(record)
+        self._broadcast(self.open_connections(hub), method, args)
 
     def send_to_group(self, hub: Hub, group: str, method: str, args: tuple[Any, ...]) -> None:
-        record = invocation_record(method, args)
-        for conn in self.open_connections(hub):
-            if group in conn.groups:
-                conn.send(record)
+        members = [c for c in self.open_connections(hub) if group in c.groups]
+        self._broadcast(members, method, args)
+
+    @staticmethod
+    def _broadcast(connections: list[CoreConnection], method: str, args: tuple[Any, ...]) -> None:
+        """One Invocation to each connection, encoded once per hub protocol."""
+        encoded: dict[ServerCodec, bytes] = {}
+        for conn in connections:
+            codec = conn.codec
+            record = encoded.get(codec)
+            if record is None:
+                record = encoded[codec] = codec.invocation(method, args)
+            conn.send(record)
 
     def send_to_connection(self, connection_id: str, method: str, args: tuple[Any, ...]) -> None:
         conn = self.connection(connection_id)

@@ -32,6 +32,8 @@ class _CoreWebSocket(WebSocketServerProtocol):
     log = QuietAutobahnLog()
     conn: CoreConnection
     owner: CoreWebSockets | None
+    #: a stateful reconnect's new socket (no handshake)
+    resume = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,7 +43,10 @@ class _CoreWebSocket(WebSocketServerProtocol):
     def onOpen(self) -> None:
         if self.owner is not None:
             self.owner.sockets.add(self)
-            self.conn.attach(self, "WebSockets")
+            if self.resume:
+                self.conn.resume(self)
+            else:
+                self.conn.attach(self, "WebSockets")
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)
@@ -59,7 +64,8 @@ class _CoreWebSocket(WebSocketServerProtocol):
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.sockets.discard(self)
-            owner.registry.lost(self.conn, self)
+            # no close handshake: a stateful connection waits for the client's new socket
+            owner.registry.lost(self.conn, self, resumable=not wasClean)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -68,9 +74,9 @@ class _CoreWebSocket(WebSocketServerProtocol):
 
     # -- CoreChannel ----------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)  # type: ignore[no-untyped-call]
+            self.sendMessage(data, isBinary=binary)  # type: ignore[no-untyped-call]
 
     def end(self) -> None:
         owner, self.owner = self.owner, None
@@ -106,12 +112,14 @@ class _Factory(WebSocketServerFactory):
         )
         self._owner = owner
         self.pending: CoreConnection | None = None
+        self.resume = False
 
     def buildProtocol(self, addr: Any) -> _CoreWebSocket:
         proto = cast(_CoreWebSocket, super().buildProtocol(addr))
         assert self.pending is not None
         proto.conn = self.pending
         proto.owner = self._owner
+        proto.resume = self.resume
         return proto
 
 
@@ -125,12 +133,15 @@ class CoreWebSockets:
         self._factory = _Factory(self, reactor)
         self._resource = WebSocketResource(self._factory)
 
-    def render(self, request: Request, conn: CoreConnection) -> bytes | int:
+    def render(self, request: Request, conn: CoreConnection, resume: bool = False) -> bytes | int:
+        """Upgrade ``request``: a connection's first socket, or (``resume``) its new one."""
         self._factory.pending = conn
+        self._factory.resume = resume
         try:
             result: bytes | int = self._resource.render(request)
         finally:
             self._factory.pending = None
+            self._factory.resume = False
         return result
 
     def shutdown(self) -> list[defer.Deferred[None]]:
@@ -172,7 +183,7 @@ class _SseChannel:
             self.done = True
             self._registry.lost(self._conn, self, clean=True)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         if not self.done:
             self._request.write(sse_event(data))
 
@@ -288,7 +299,7 @@ class _LongPollChannel:
 
     # -- CoreChannel ------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, binary: bool) -> None:
         self._buffer += data
         self._deliver()
 

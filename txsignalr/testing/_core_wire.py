@@ -1,10 +1,11 @@
 """
 What the Core test server writes and reads, without I/O: hub message records in the
-key order of Microsoft's .NET server (``type`` first), the negotiate answers (v0 like
+key order of Microsoft's .NET server (``type`` first), the two MessagePack messages
+whose .NET layout differs from the client's (Invocation, Close), the negotiate answers (v0 like
 ASP.NET Core 2.2, v1 with ``connectionToken``, a redirect, an error), the handshake
 request checks with the server's error texts, and Server-Sent Events framing.
 
-Reference: ``core.md`` §2.2, §3.2, §4, §6.1; ``transcripts-core/aspnet-*``.
+Reference: ``core.md`` §2.2, §3.2, §4, §6.1, §6.2; ``transcripts-core/aspnet-*``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections import abc
 from typing import Any, Final
 
+from txsignalr._core_msgpack import frame, pack
+from txsignalr._core_protocol import _NO_RESULT
 from txsignalr._protocol import _JSONError, dumps, loads
 
 __all__ = [
@@ -23,6 +26,8 @@ __all__ = [
     "close_record",
     "completion_record",
     "invocation_record",
+    "msgpack_close",
+    "msgpack_invocation",
     "negotiate_body",
     "parse_handshake",
     "redirect_body",
@@ -42,8 +47,6 @@ CORE_TRANSPORTS: Final = {
     "ServerSentEvents": ("Text",),
     "LongPolling": ("Text", "Binary"),
 }
-
-_NO_RESULT: Final[Any] = object()
 
 
 def _record(message: dict[str, Any]) -> bytes:
@@ -89,10 +92,29 @@ def close_record(error: str | None = None, allow_reconnect: bool = False) -> byt
     return _record(message)
 
 
+def msgpack_invocation(
+    target: str, arguments: abc.Sequence[Any], invocation_id: str | None = None
+) -> bytes:
+    """
+    A MessagePack Invocation as .NET writes it: always 6 elements
+    ``[1, {}, id or nil, target, arguments, []]`` (Microsoft's clients write 5 when
+    there are no stream ids; ASP.NET Core 2.2, before streams, wrote 5 too).
+
+    :raises TypeError: when an argument cannot be encoded.
+    """
+    return frame(pack([1, {}, invocation_id, target, list(arguments), []]))
+
+
+def msgpack_close(error: str | None = None, allow_reconnect: bool = False) -> bytes:
+    """A MessagePack Close as .NET writes it: ``[7, error or nil, allowReconnect]``."""
+    return frame(pack([7, error or None, allow_reconnect]))
+
+
 def negotiate_body(
     connection_id: str,
     connection_token: str | None,
     transports: abc.Iterable[str],
+    stateful_reconnect: bool = False,
 ) -> bytes:
     """
     The negotiate answer: v1 (``negotiateVersion``, ``connectionId``,
@@ -100,8 +122,12 @@ def negotiate_body(
     2.2 (``connectionId`` and ``availableTransports`` only).
 
     :param transports: wire names (``WebSockets``...), in preference order.
+    :param stateful_reconnect: write ``"useStatefulReconnect":true`` (first, as
+        ``NegotiateProtocol.WriteResponse`` does).
     """
     body: dict[str, Any] = {}
+    if stateful_reconnect:
+        body["useStatefulReconnect"] = True
     if connection_token is not None:
         body["negotiateVersion"] = 1
     body["connectionId"] = connection_id
@@ -125,14 +151,11 @@ class HandshakeFailed(Exception):
     """The handshake request is refused; ``str(e)`` is the text for ``{"error":…}``."""
 
 
-#: The protocols the server speaks and the highest version of each.
-SUPPORTED_PROTOCOLS: Final = {"json": 2}
-
-
-def parse_handshake(record: bytes) -> tuple[str, int]:
+def parse_handshake(record: bytes, supported: abc.Mapping[str, int]) -> tuple[str, int]:
     """
     Check a handshake request (without its ``0x1E``).
 
+    :param supported: the protocols the server speaks and the highest version of each.
     :returns: ``(protocol, version)``.
     :raises HandshakeFailed: with the .NET server's text.
     """
@@ -146,7 +169,7 @@ def parse_handshake(record: bytes) -> tuple[str, int]:
     version = obj.get("version")
     if type(protocol) is not str or type(version) is not int:
         raise HandshakeFailed("An unexpected error occurred during connection handshake.")
-    highest = SUPPORTED_PROTOCOLS.get(protocol)
+    highest = supported.get(protocol)
     if highest is None:
         raise HandshakeFailed(f"The protocol '{protocol}' is not supported.")
     if not 1 <= version <= highest:

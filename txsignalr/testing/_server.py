@@ -4,8 +4,8 @@ that do the work, one family beside the other: classic ASP.NET SignalR 2.x (serv
 transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection registry
 :mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
 :mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
-:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_hubs`,
-:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
+:mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_connection`,
+:mod:`._core_hubs`, :mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
@@ -86,9 +86,12 @@ class SignalRServer:
     :param long_poll_delay: negotiate ``LongPollDelay`` in seconds; when not 0 long
         polling frames carry ``"L"`` (milliseconds).
 
-    ASP.NET Core SignalR (JSON hub protocol) is served too, each hub at its own URL
-    (:meth:`core_url`: ``{core_path}/{hub name, lower case}``, matched in any case),
-    over the same ``transports``:
+    ASP.NET Core SignalR is served too, each hub at its own URL (:meth:`core_url`:
+    ``{core_path}/{hub name, lower case}``, matched in any case), over the same
+    ``transports``, with the hub protocol the client's handshake names: ``json``, or
+    ``messagepack`` (when ``ormsgpack``, the ``txsignalr[messagepack]`` extra, is
+    installed; written in .NET's layout, in binary WebSocket messages; refused over
+    Server-Sent Events with .NET's handshake error, as that transport is Text only):
 
     :param core_path: the prefix of the Core hub URLs.
     :param core_keepalive: seconds without sending after which a Core connection gets
@@ -114,6 +117,27 @@ class SignalRServer:
     :param core_access_token: require a bearer token (``Authorization: Bearer`` or
         ``access_token=``) on every Core request: this string, or any token the callable
         accepts; without it: ``401``.
+
+    Stateful reconnect (ASP.NET Core 8+, ``AllowStatefulReconnects``):
+
+    :param core_stateful_reconnect: offer it: a negotiate with
+        ``useStatefulReconnect=true`` is answered with ``"useStatefulReconnect":true``.
+        It is on for a connection when its handshake then asks for version 2 over
+        WebSockets (otherwise silently off, as on .NET).  Such a connection numbers the
+        hub messages (types 1-5) it sends, keeps them until the client's Ack, and Acks
+        what it received; when its WebSocket drops without a close handshake it waits
+        ``core_disconnect_timeout`` for a new WebSocket to the same ``id=`` (no
+        negotiate, no handshake), then sends ``Sequence`` and replays what was not
+        acknowledged, drops the client's input until its Sequence and the messages it
+        replays that were handled already.  Hub calls, streams and client results go on
+        across the drop.  After the timeout it ends and its ``id=`` gets 404.  Events:
+        ``suspended`` (socket lost, waiting) and ``resumed`` (``sequence_id``,
+        ``replayed``); counters: :attr:`core_stateful_counts`.
+    :param core_stateful_buffer_size: bytes of unacknowledged messages kept per
+        connection (``StatefulReconnectBufferSize``, 100 000); past it further messages
+        wait, in order, until Acks make room (server-to-client streams wait too).
+    :param core_ack_interval: seconds between the Acks a stateful connection sends at
+        most (1 s as .NET), the first one that long after a message arrives.
     """
 
     def __init__(
@@ -143,6 +167,9 @@ class SignalRServer:
         core_max_message_size: int = 32 * 1024,
         core_negotiate_version: int = 1,
         core_access_token: str | TokenCheck | None = None,
+        core_stateful_reconnect: bool = False,
+        core_stateful_buffer_size: int = 100_000,
+        core_ack_interval: float = 1.0,
     ) -> None:
         self._reactor = reactor
         self.transports = tuple(transports)
@@ -196,6 +223,11 @@ class SignalRServer:
         self.core_max_message_size = core_max_message_size
         self.core_negotiate_version = core_negotiate_version
         self.core_access_token = core_access_token
+        if core_stateful_buffer_size < 1:
+            raise ValueError("core_stateful_buffer_size must be at least 1 byte")
+        self.core_stateful_reconnect = core_stateful_reconnect
+        self.core_stateful_buffer_size = core_stateful_buffer_size
+        self.core_ack_interval = core_ack_interval
         self._core = CoreRegistry(self, self._timers, self._events, self)
         self._core_websockets = CoreWebSockets(self._core, self._timers, reactor)
         self._core_endpoints = CoreEndpoints(
@@ -446,8 +478,10 @@ class SignalRServer:
         """
         Abort the TCP connection of every receive channel (a WebSocket, an SSE response,
         a held long poll; for a long polling connection between two polls, its next
-        poll): no close frame, no ``/abort`` semantics; the SignalR connections live on
-        until their disconnect timeout.
+        poll): no close frame, no ``/abort`` semantics.  Classic connections live on
+        until their disconnect timeout, as do Core long polling connections and Core
+        WebSocket connections with stateful reconnect (which wait for the client's new
+        socket); the other Core connections end.
         """
         self._registry.drop_all()
         self._core.drop_all()
@@ -573,6 +607,37 @@ class SignalRServer:
         if conn is None:
             return defer.fail(ClientResultError(f"no open Core connection {connection_id!r}"))
         return conn.invoke_with_result(method, args)
+
+    def expire_core_connection(self, connection_id: str) -> bool:
+        """
+        End a Core connection at once, as its disconnect timeout would: its transport is
+        dropped (no Close message), ``on_disconnected`` runs and its token is forgotten,
+        so later requests with its ``id=`` get 404.  Right after
+        :meth:`drop_all_transports` this makes a stateful reconnect fail, and the client
+        fall back to a new connection.
+
+        :returns: whether the connection was open.
+        """
+        conn = self._core.connection(connection_id)
+        if conn is None:
+            return False
+        self._core.expire(conn)
+        return True
+
+    @property
+    def core_stateful_counts(self) -> dict[str, int]:
+        """
+        Stateful reconnect since the server started: ``resumes`` (new sockets that took
+        over a connection), ``replayed`` (messages sent again after them),
+        ``duplicates`` (replayed client messages dropped as handled already), ``held``
+        (messages that waited for room in a full buffer), ``acks_sent`` and
+        ``acks_received``.
+        """
+        counts = self._core.stateful_counts
+        return {
+            name: counts[name]
+            for name in ("resumes", "replayed", "duplicates", "held", "acks_sent", "acks_received")
+        }
 
     def close_core_connection(
         self, connection_id: str, error: str | None = None, allow_reconnect: bool = False
