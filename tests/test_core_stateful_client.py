@@ -15,8 +15,8 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
 
 from txsignalr import ConnectionClosed, ConnectionState, HubConnection
-from txsignalr.testing import HubCall, SignalRServer
 from txsignalr.testing import EchoHub as DemoEchoHub
+from txsignalr.testing import HubCall, SignalRServer
 
 reactor: Any = _reactor
 
