@@ -701,7 +701,10 @@ class DemoService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         from txsignalr.testing import C3Hub, SignalRServer
 
-        self._server = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)])
+        # Offering stateful reconnect changes nothing for clients that do not ask.
+        self._server = SignalRServer(
+            reactor, hubs=[C3Hub(interval=0.2)], core_stateful_reconnect=True
+        )
         if access_token is not None:
             self._server.core_access_token = lambda token: _token_matches(token, access_token)
         self._core = core
