@@ -407,6 +407,25 @@ async def test_broadcast_reaches_each_connection_in_its_protocol(server: SignalR
     js.drop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_broadcast_of_what_only_messagepack_carries(server: SignalRServer) -> None:
+    """bytes reach the MessagePack connections; a JSON connection does not get it, and
+    the caller learns that with TypeError; with MessagePack ones only, no error."""
+    mp = await connected(server, "WebSockets")
+    server.send_to_all("echo", "receive", b"\x01")
+    assert await mp.record() == [1, {}, None, "receive", [b"\x01"], []]
+    js = CoreClient(server.core_url("echo"), "WebSockets")
+    assert await js.connect() == {}
+    with pytest.raises(TypeError):
+        server.send_to_all("echo", "receive", b"\x02")
+    assert await mp.record() == [1, {}, None, "receive", [b"\x02"], []]
+    server.send_to_all("echo", "receive", "text")
+    assert await js.record() == {"type": 1, "target": "receive", "arguments": ["text"]}
+    assert await mp.record() == [1, {}, None, "receive", ["text"], []]
+    mp.drop()
+    js.drop()
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 

@@ -171,14 +171,28 @@ class CoreRegistry:
 
     @staticmethod
     def _broadcast(connections: list[CoreConnection], method: str, args: tuple[Any, ...]) -> None:
-        """One Invocation to each connection, encoded once per hub protocol."""
-        encoded: dict[ServerCodec, bytes] = {}
+        """
+        One Invocation to each connection, encoded once per hub protocol.
+
+        :raises TypeError: when a protocol cannot encode the arguments, after every
+            connection of the protocols that can got them.
+        """
+        encoded: dict[ServerCodec, bytes | TypeError] = {}
+        failed: TypeError | None = None
         for conn in connections:
             codec = conn.codec
             record = encoded.get(codec)
             if record is None:
-                record = encoded[codec] = codec.invocation(method, args)
+                try:
+                    record = encoded[codec] = codec.invocation(method, args)
+                except TypeError as e:
+                    record = encoded[codec] = e
+            if isinstance(record, TypeError):
+                failed = record
+                continue
             conn.send(record)
+        if failed is not None:
+            raise failed
 
     def send_to_connection(self, connection_id: str, method: str, args: tuple[Any, ...]) -> None:
         conn = self.connection(connection_id)
