@@ -95,7 +95,7 @@ class CoreRegistry:
             self.forget(conn)
         if conn.handshake_done:
             run_hooks([conn.hub], lambda h: h.on_disconnected(conn.id, clean))
-        conn._event("disconnected", reason=reason, clean=clean)
+        conn.event("disconnected", reason=reason, clean=clean)
 
     def forget(self, conn: CoreConnection) -> None:
         """Drop the connection's token: later requests get 404."""

@@ -5,7 +5,8 @@ transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection regist
 :mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
 :mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
 :mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_connection`,
-:mod:`._core_hubs`, :mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
+:mod:`._core_calls`, :mod:`._core_stateful`, :mod:`._core_hubs`, :mod:`._core_codecs`,
+:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
