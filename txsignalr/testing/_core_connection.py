@@ -222,7 +222,7 @@ class CoreConnection:
     # -- receiving --------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Bytes from the client: handshake first, then ``0x1E`` records."""
+        """Bytes from the client: the handshake first, then its hub protocol's messages."""
         if self.closed:
             return
         if not self.handshake_done:
@@ -303,7 +303,7 @@ class CoreConnection:
                 except ProtocolError as e:
                     self.close(self.closed_error(f"InvalidOperationException: {e.message}"))
                     return
-                if self._ack_call is None:
+                if self._ack_call is None and stateful.buffer.received > stateful.buffer.acked:
                     self._ack_call = self.timers.call_later(
                         self.settings.core_ack_interval, self._send_ack
                     )
