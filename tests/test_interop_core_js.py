@@ -48,6 +48,14 @@ TRANSPORT_CLASS = {
 }
 HUB = "interop"
 UTC = datetime.timezone.utc
+#: what the client logs when the server refuses its WebSocket upgrade
+WEBSOCKET_REFUSED = (
+    "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
+    "connect. The connection could not be found on the server, either the endpoint "
+    "may not be a SignalR endpoint, the connection ID is not present on the server, "
+    "or there is a proxy blocking WebSockets. If you have multiple servers check "
+    "that sticky sessions are enabled."
+)
 
 
 # ------------------------------------------------------------------- the node process
@@ -781,15 +789,7 @@ async def test_refused_websocket_falls_back_with_a_new_negotiate(
     assert core_events(server, "handshake", cid)[0]["transport"] == "ServerSentEvents"
     assert (await client.step("invoke", method="Echo", args=["ok"]))["result"] == "ok"
     assert await client.step("stop") == {"state": "Disconnected"}
-    await client.exit(
-        [
-            "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
-            "connect. The connection could not be found on the server, either the endpoint "
-            "may not be a SignalR endpoint, the connection ID is not present on the server, "
-            "or there is a proxy blocking WebSockets. If you have multiple servers check "
-            "that sticky sessions are enabled."
-        ]
-    )
+    await client.exit([WEBSOCKET_REFUSED])
 
 
 @each_case
@@ -1035,15 +1035,7 @@ async def test_messagepack_never_goes_over_server_sent_events(
     assert (handshake["protocol"], handshake["transport"]) == ("messagepack", "LongPolling")
     assert (await client.step("invoke", method="Add", args=[2, 3]))["result"] == 5
     assert await client.step("stop") == {"state": "Disconnected"}
-    await client.exit(
-        [
-            "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
-            "connect. The connection could not be found on the server, either the endpoint "
-            "may not be a SignalR endpoint, the connection ID is not present on the server, "
-            "or there is a proxy blocking WebSockets. If you have multiple servers check "
-            "that sticky sessions are enabled."
-        ]
-    )
+    await client.exit([WEBSOCKET_REFUSED])
 
 
 # ------------------------------------------------------------------ stateful reconnect

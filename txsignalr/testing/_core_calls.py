@@ -54,23 +54,14 @@ class CoreCalls:
     def dispatch(self, message: HubMessage) -> None:
         """Handle one message from the client (Ping, Ack, Sequence: nothing to do)."""
         conn = self._conn
-        if isinstance(message, Invocation):
+        if isinstance(message, (Invocation, StreamInvocation)):
             self._invoke(
                 message.target,
                 message.arguments,
                 message.invocation_id,
                 message.stream_ids,
                 message.headers,
-                streaming=False,
-            )
-        elif isinstance(message, StreamInvocation):
-            self._invoke(
-                message.target,
-                message.arguments,
-                message.invocation_id,
-                message.stream_ids,
-                message.headers,
-                streaming=True,
+                streaming=type(message) is StreamInvocation,
             )
         elif isinstance(message, StreamItem):
             upload = self._uploads.get(message.invocation_id)
