@@ -298,15 +298,17 @@ class CoreConnection:
                 continue
             if stateful is not None:
                 try:
-                    if not stateful.received(message):
-                        continue
+                    handle = stateful.received(message)
                 except ProtocolError as e:
                     self.close(self.closed_error(f"InvalidOperationException: {e.message}"))
                     return
+                # a new message, or (after the client's Sequence) one to acknowledge again
                 if self._ack_call is None and stateful.buffer.received > stateful.buffer.acked:
                     self._ack_call = self.timers.call_later(
                         self.settings.core_ack_interval, self._send_ack
                     )
+                if not handle:
+                    continue
             try:
                 self._dispatch(message)
             except Exception:
