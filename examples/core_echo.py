@@ -9,6 +9,7 @@ Echo, Add, Fail, Broadcast -> receive, Counter, Sum, AskClient -> getMessage)::
 
     python examples/core_echo.py
     python examples/core_echo.py --transport longPolling
+    python examples/core_echo.py --hub-protocol messagepack
     python examples/core_echo.py --url https://host/hubs/echo --token-env ECHO_TOKEN
 """
 
@@ -35,6 +36,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="webSockets, serverSentEvents or longPolling (repeatable; default: all)",
     )
     parser.add_argument("--token-env", help="read a bearer token from this variable")
+    parser.add_argument(
+        "--hub-protocol",
+        default="json",
+        choices=("json", "messagepack"),
+        help="the hub protocol (messagepack needs pip install 'txsignalr[messagepack]')",
+    )
     return parser.parse_args(argv)
 
 
@@ -60,13 +67,15 @@ async def main(reactor: Any, argv: list[str]) -> None:
         url,
         transports=args.transport or ("webSockets", "serverSentEvents", "longPolling"),
         access_token_factory=token_factory,
+        hub_protocol=args.hub_protocol,
     )
     received: Deferred[Any] = Deferred()
     conn.on("receive", lambda message: received.callback(message) if not received.called else None)
     conn.on("getMessage", lambda question: f"the client's answer to {question!r}")
     try:
         await conn.start()
-        print(f"connected: {conn.protocol} over {conn.transport.value}")  # type: ignore[union-attr]
+        transport = conn.transport.value  # type: ignore[union-attr]
+        print(f"connected: {conn.protocol} over {transport} ({conn.hub_protocol})")
         print("Add(2, 3) =", await conn.invoke("Add", 2, 3))
         try:
             await conn.invoke("Fail")

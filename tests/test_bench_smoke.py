@@ -282,3 +282,15 @@ def test_bench_server_speaks_long_polling() -> None:
         assert server.connects == ["longPolling"]
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_msgpack_libs_smoke(tmp_path: Path) -> None:
+    """msgpack_libs.py --smoke installs both libraries (pinned) and times every shape."""
+    data = run_smoke("msgpack_libs", tmp_path, timeout=600)
+    assert "error" not in data, data
+    assert set(data["versions"]) == {"msgpack", "ormsgpack"}
+    assert data["shapes"]
+    for shape, row in data["shapes"].items():
+        for key in ("msgpack_decode_ns", "ormsgpack_decode_ns", "msgpack_encode_ns"):
+            assert positive(row[key]), (shape, key)
+    assert all(all(c.values()) for c in data["capabilities"].values()), data["capabilities"]

@@ -22,6 +22,7 @@ from txsignalr import (
     InvalidStateError,
     MessageTooLarge,
     NegotiationError,
+    NoTransportError,
     Transport,
 )
 from txsignalr.testing import ChatHub, HubCall, HubException, SignalRServer
@@ -75,10 +76,28 @@ class EchoHub(DemoEchoHub):
         return f"client said {answer}"
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
+#: (transport, hub protocol): every transport in JSON, and MessagePack on those that
+#: carry binary (Server-Sent Events do not).
+WIRES = [(t, "json") for t in TRANSPORTS] + [
+    ("webSockets", "messagepack"),
+    ("longPolling", "messagepack"),
+]
+
+
+@pytest.fixture(params=WIRES, ids=[f"{t}-{p}" for t, p in WIRES])
+def wire(request: pytest.FixtureRequest) -> tuple[str, str]:
+    value: tuple[str, str] = request.param
+    return value
+
+
+@pytest.fixture
+def transport(wire: tuple[str, str]) -> str:
+    return wire[0]
+
+
+@pytest.fixture
+def hub_protocol(wire: tuple[str, str]) -> str:
+    return wire[1]
 
 
 @pytest_twisted.async_yield_fixture
@@ -95,9 +114,15 @@ def echo_hub(server: SignalRServer) -> EchoHub:
 
 
 @pytest_twisted.async_yield_fixture
-async def conn(server: SignalRServer, transport: str) -> AsyncIterator[HubConnection]:
+async def conn(
+    server: SignalRServer, transport: str, hub_protocol: str
+) -> AsyncIterator[HubConnection]:
     c = HubConnection(
-        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=[0, 0.1, 0.2]
+        reactor,
+        server.core_url("echo"),
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        reconnect_delay=[0, 0.1, 0.2],
     )
     yield c
     await within(c.stop())
@@ -108,7 +133,7 @@ async def conn(server: SignalRServer, transport: str) -> AsyncIterator[HubConnec
 
 @pytest_twisted.ensureDeferred
 async def test_start_invoke_error_and_detection(
-    server: SignalRServer, conn: HubConnection, transport: str
+    server: SignalRServer, conn: HubConnection, transport: str, hub_protocol: str
 ) -> None:
     """protocol="auto" finds Core; results, hub errors and the connection id, end to end."""
     assert conn.protocol is None
@@ -132,8 +157,54 @@ async def test_start_invoke_error_and_detection(
         await within(conn.invoke("NoSuchMethod"))
     handshakes = [e for e in server.events("handshake") if e.get("family") == "core"]
     assert handshakes and handshakes[-1]["transport"] == WIRE_NAMES[transport]
+    assert handshakes[-1]["protocol"] == hub_protocol and handshakes[-1]["version"] == 1
+    assert conn.hub_protocol == hub_protocol
     with pytest.raises(InvalidStateError, match="classic"):
         conn.hub("c3")
+
+
+@pytest_twisted.ensureDeferred
+async def test_messagepack_payload_types(server: SignalRServer) -> None:
+    """bin, timestamps, every integer width and non-string keys round-trip a hub."""
+    import datetime
+
+    c = HubConnection(reactor, server.core_url("echo"), hub_protocol="messagepack")
+    await within(c.start())
+    assert c.transport is Transport.web_sockets
+    utc = datetime.timezone.utc
+    value = {
+        "blob": b"\x00\xff" * 100,
+        "when": datetime.datetime(2026, 12, 1, 9, 30, 0, 250000, tzinfo=utc),
+        "ints": [0, -1, 255, -(2**63), 2**64 - 1],
+        "by_id": {1: "one", 2: "two"},
+        "nil": None,
+    }
+    echoed = await within(c.invoke("Echo", value))
+    assert echoed == value
+    assert type(echoed["blob"]) is bytes and echoed["when"].tzinfo is not None
+    await within(c.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_messagepack_skips_server_sent_events(server: SignalRServer) -> None:
+    """Fallback never tries SSE for a binary hub protocol; forcing it fails clearly."""
+    c = HubConnection(
+        reactor,
+        server.core_url("echo"),
+        hub_protocol="messagepack",
+        transports=["serverSentEvents", "longPolling"],
+    )
+    await within(c.start())
+    assert c.transport is Transport.long_polling
+    await within(c.stop())
+    only_sse = HubConnection(
+        reactor,
+        server.core_url("echo"),
+        hub_protocol="messagepack",
+        transports=["serverSentEvents"],
+    )
+    with pytest.raises(NoTransportError, match="Binary"):
+        await within(only_sse.start())
 
 
 @pytest_twisted.ensureDeferred
@@ -311,7 +382,7 @@ async def test_reconnect_after_drop_and_allow_reconnect_close(
 
 @pytest_twisted.ensureDeferred
 async def test_stop_tells_the_server(
-    server: SignalRServer, conn: HubConnection, transport: str
+    server: SignalRServer, conn: HubConnection, transport: str, hub_protocol: str
 ) -> None:
     """stop() sends Close (and DELETE for long polling); the server sees a clean end."""
     await within(conn.start())
@@ -332,11 +403,15 @@ async def test_stop_tells_the_server(
 
 @pytest_twisted.ensureDeferred
 async def test_reconnect_gives_up_when_the_policy_says_so(
-    server: SignalRServer, transport: str
+    server: SignalRServer, transport: str, hub_protocol: str
 ) -> None:
     """The policy returning None closes for good; nothing is left running."""
     c = HubConnection(
-        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=[0.05]
+        reactor,
+        server.core_url("echo"),
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        reconnect_delay=[0.05],
     )
     await within(c.start())
     server.refuse_negotiate(503)
@@ -351,12 +426,17 @@ async def test_reconnect_gives_up_when_the_policy_says_so(
 
 
 @pytest_twisted.ensureDeferred
-async def test_negotiate_v0_and_fallback(transport: str) -> None:
+async def test_negotiate_v0_and_fallback(transport: str, hub_protocol: str) -> None:
     """A v0 server (id = connectionId) and a server offering one transport only."""
-    s = SignalRServer(reactor, hubs=[EchoHub()], core_negotiate_version=0, transports=[transport])
+    s = SignalRServer(
+        reactor,
+        hubs=[EchoHub()],
+        core_negotiate_version=0,
+        transports=[transport],
+    )
     await s.listen(port=0, interface="127.0.0.1")
     try:
-        c = HubConnection(reactor, s.core_url("echo"))
+        c = HubConnection(reactor, s.core_url("echo"), hub_protocol=hub_protocol)
         await within(c.start())
         assert c.transport is Transport(transport)
         assert c.negotiated is not None and c.negotiated.negotiate_version == 0  # type: ignore[union-attr]
@@ -386,10 +466,14 @@ async def test_skip_negotiation(server: SignalRServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_access_token_factory_and_redirect(server: SignalRServer, transport: str) -> None:
+async def test_access_token_factory_and_redirect(
+    server: SignalRServer, transport: str, hub_protocol: str
+) -> None:
     """A bearer token from the factory (Deferred too); an Azure-style redirect's token."""
     server.core_access_token = "s3cret"  # type: ignore[attr-defined]
-    refused = HubConnection(reactor, server.core_url("echo"), transports=[transport])
+    refused = HubConnection(
+        reactor, server.core_url("echo"), transports=[transport], hub_protocol=hub_protocol
+    )
     with pytest.raises(NegotiationError, match="401"):
         await within(refused.start())
 
@@ -402,7 +486,11 @@ async def test_access_token_factory_and_redirect(server: SignalRServer, transpor
         return d
 
     c = HubConnection(
-        reactor, server.core_url("echo"), transports=[transport], access_token_factory=factory
+        reactor,
+        server.core_url("echo"),
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        access_token_factory=factory,
     )
     await within(c.start())
     assert await within(c.invoke("Echo", "authorised")) == "authorised"
@@ -411,7 +499,9 @@ async def test_access_token_factory_and_redirect(server: SignalRServer, transpor
     await within(c.stop())
 
     server.core_access_token = None  # type: ignore[attr-defined]
-    r = HubConnection(reactor, server.redirect_url("echo"), transports=[transport])
+    r = HubConnection(
+        reactor, server.redirect_url("echo"), transports=[transport], hub_protocol=hub_protocol
+    )
     await within(r.start())
     assert await within(r.invoke("Echo", "via redirect")) == "via redirect"
     assert server.events("redirect")
@@ -439,10 +529,16 @@ async def test_one_program_for_both_families(server: SignalRServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_numbered_pushes_survive_forced_drops(server: SignalRServer, transport: str) -> None:
+async def test_numbered_pushes_survive_forced_drops(
+    server: SignalRServer, transport: str, hub_protocol: str
+) -> None:
     """1,000 numbered pushes with drops between: the policy always brings it back."""
     c = HubConnection(
-        reactor, server.core_url("echo"), transports=[transport], reconnect_delay=0.05
+        reactor,
+        server.core_url("echo"),
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        reconnect_delay=0.05,
     )
     seen: list[int] = []
     reconnects: list[bool] = []
@@ -463,10 +559,16 @@ async def test_numbered_pushes_survive_forced_drops(server: SignalRServer, trans
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversized_message_is_a_clear_error(server: SignalRServer, transport: str) -> None:
+async def test_oversized_message_is_a_clear_error(
+    server: SignalRServer, transport: str, hub_protocol: str
+) -> None:
     """A message over max_receive_size closes the connection with MessageTooLarge."""
     c = HubConnection(
-        reactor, server.core_url("echo"), transports=[transport], max_receive_size=4096
+        reactor,
+        server.core_url("echo"),
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        max_receive_size=4096,
     )
     errors: list[Exception] = []
     c.on_error(errors.append)

@@ -68,7 +68,12 @@ async def test_market_feed_bad_url_is_a_clear_error() -> None:
 @pytest_twisted.ensureDeferred
 async def test_core_echo_against_embedded_demo_server() -> None:
     """examples/core_echo.py walks the ASP.NET Core API against the demo server."""
-    for transports in ((), ("--transport", "longPolling")):
+    for transports in (
+        (),
+        ("--transport", "longPolling"),
+        ("--hub-protocol", "messagepack", "--transport", "longPolling"),
+        ("--hub-protocol", "messagepack"),
+    ):
         d = getProcessOutputAndValue(
             sys.executable,
             [str(ROOT / "examples" / "core_echo.py"), *transports],
@@ -80,8 +85,9 @@ async def test_core_echo_against_embedded_demo_server() -> None:
         out_bytes, err_bytes, code = await d
         out, err = out_bytes.decode(), err_bytes.decode()
         assert code == 0, err
-        expected = "longPolling" if transports else "webSockets"
-        assert f"connected: core over {expected}" in out
+        expected = "longPolling" if "longPolling" in transports else "webSockets"
+        hub_protocol = "messagepack" if "messagepack" in transports else "json"
+        assert f"connected: core over {expected} ({hub_protocol})" in out
         assert "Add(2, 3) = 5" in out
         assert "HubException: Intentional failure" in out
         assert "receive: hello" in out

@@ -1064,7 +1064,16 @@ def test_settings_connection_arguments_are_hub_connection_parameters() -> None:
         URL, hubs=["h"], headers={"X": "y"}, query={"k": "v"}, transports=["longPolling"]
     )
     arguments = settings.connection_arguments()
-    assert set(arguments) == {"headers", "cookies", "query", "tls", "transports", "protocol"}
+    assert set(arguments) == {
+        "headers",
+        "cookies",
+        "query",
+        "tls",
+        "transports",
+        "protocol",
+        "hub_protocol",
+        "stateful_reconnect",
+    }
     for name in arguments:
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
     assert arguments["headers"] == {"X": "y"}

@@ -531,6 +531,43 @@ async def test_core_subscription_resumes_after_dropped_transports(transport: str
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("hub_protocol", ["json", "messagepack"])
+async def test_stateful_subscription_loses_no_tick_through_drops(hub_protocol: str) -> None:
+    """With stateful reconnect the dropped WebSockets are replaced under the service:
+    the same connection, no new subscription, and the numbered ticks have no gap."""
+    server = make_server(core_stateful_reconnect=True, core_ack_interval=0.05)
+    await server.listen(port=0, interface="127.0.0.1")
+    seqs: list[int] = []
+    settings = ConnectionSettings(
+        server.core_url("c3"),
+        protocol="core",
+        transports=["webSockets"],
+        hub_protocol=hub_protocol,
+        stateful_reconnect=True,
+    )
+    service = core_service(
+        settings, [SUBSCRIBE], [Handler(None, "tick", lambda c: seqs.append(c.args[0]["Seq"]))]
+    )
+    try:
+        service.startService()
+        connection = await within(service.when_subscribed())
+        first_id = connection.connection_id
+        for drop in range(4):
+            seen = len(seqs)
+            await wait_until(lambda n=seen: len(seqs) >= n + 3, f"ticks after {drop} drop(s)")
+            if drop < 3:
+                server.drop_all_transports()
+        assert server.core_stateful_counts["resumes"] == 3
+        assert service.connection is connection and connection.connection_id == first_id
+    finally:
+        await within(service.stopService())
+        await server.stop()
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no repeat
+    subscribes = [e for e in server.events("invoke") if e.get("target") == "Subscribe"]
+    assert len(subscribes) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_auto_detects_core_for_hubless_subscriptions() -> None:
     """protocol auto, nothing naming a hub, on a Core URL: Core, subscribed."""
     server = make_server()

@@ -186,11 +186,14 @@ def test_every_connection_setting_has_its_option() -> None:
         "transports": "transport",
         "protocol": "protocol",
         "access_token_env": "access-token-env",
+        "hub_protocol": "hub-protocol",
+        "stateful_reconnect": "stateful-reconnect",
     }
+    flags = {"stateful-reconnect"}
     text = str(tap.Options())
     for option in options_by_field.values():
         assert callable(getattr(tap.Options, f"opt_{option.replace('-', '_')}"))
-        assert f"--{option}=" in text
+        assert (f"--{option} " if option in flags else f"--{option}=") in text
     defaults = parse("--url", URL, "--hub", "c3").settings(URL)
     assert defaults == ConnectionSettings(URL, hubs=["c3"])
 
@@ -924,3 +927,27 @@ async def test_demo_service_over_core_in_process(tmp_path: Path, monkeypatch: An
     summary = next(r for r in records if r["method"] == "marketSummaries")
     assert isinstance(summary["args"][0]["sequence"], int)  # deflate-base64 decoded
     assert "demo-secret-token" not in out.read_text()
+
+
+def test_hub_protocol_and_stateful_reconnect_options() -> None:
+    """--hub-protocol and --stateful-reconnect reach HubConnection; both are Core's."""
+    core = "http://127.0.0.1:5000/hubs/c3"
+    options = parse("--url", core, "--protocol", "core", "--hub-protocol", "MessagePack")
+    settings = options.settings(core)
+    assert settings.hub_protocol == "messagepack" and settings.stateful_reconnect is False
+    assert settings.connection_arguments()["hub_protocol"] == "messagepack"
+    options = parse("--url", core, "--protocol", "core", "--stateful-reconnect")
+    assert options.settings(core).connection_arguments()["stateful_reconnect"] is True
+    # auto with nothing naming a hub: the server decides, so it is allowed
+    assert parse("--url", core, "--on", "tick", "--stateful-reconnect")["stateful_reconnect"]
+    with pytest.raises(usage.UsageError, match="expected one of json, messagepack"):
+        parse("--url", core, "--protocol", "core", "--hub-protocol", "protobuf")
+    for args in (
+        ("--url", URL, "--hub", "c3", "--hub-protocol", "messagepack"),
+        ("--url", URL, "--protocol", "classic", "--hub", "c3", "--stateful-reconnect"),
+        ("--demo", "--stateful-reconnect"),
+    ):
+        with pytest.raises(usage.UsageError, match=r"is for ASP\.NET Core"):
+            parse(*args)
+    with pytest.raises(ValueError, match="hub_protocol must be one of"):
+        ConnectionSettings(core, hub_protocol="xml")

@@ -1,7 +1,7 @@
 """
 txsignalr: a SignalR client for Twisted.
 
-ASP.NET Core SignalR (JSON hub protocol) and classic ASP.NET SignalR 2.x hubs over
+ASP.NET Core SignalR (JSON or MessagePack hub protocol) and classic ASP.NET SignalR 2.x hubs over
 WebSockets, Server-Sent Events or long polling, behind one API: Deferred-based
 invocations, streams, client results, automatic reconnects, a twistd service that
 keeps subscriptions alive, and an in-process test server (:mod:`txsignalr.testing`)
@@ -9,6 +9,7 @@ for both families.
 """
 
 from txsignalr._connection import ConnectionState, HubConnection, HubProxy
+from txsignalr._core_msgpack import MessagePackExt
 from txsignalr._protocol import Transport
 from txsignalr._streams import HubStream
 from txsignalr._tls import tls_policy
@@ -38,6 +39,7 @@ __all__ = [
     "HubStream",
     "InvalidStateError",
     "InvalidURL",
+    "MessagePackExt",
     "MessageTooLarge",
     "NegotiationError",
     "NoTransportError",

@@ -30,6 +30,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._classic import ClassicSession
 from txsignalr._classic_connection import ClassicEngine
+from txsignalr._core_codecs import hub_codec
 from txsignalr._core_connection import DEFAULT_CORE_RETRY_DELAYS, CoreEngine, core_policy
 from txsignalr._core_negotiate import ClassicAnswer, CoreNegotiateResponse, parse_core_negotiate
 from txsignalr._events import Observers
@@ -46,6 +47,7 @@ from txsignalr._protocol import (
 from txsignalr._reconnect import RetryPolicy
 from txsignalr._routing import HubProxy, Router
 from txsignalr._state import ConnectionState
+from txsignalr._stateful import DEFAULT_BUFFER_SIZE
 from txsignalr._streams import HubStream
 from txsignalr._transport import DEFAULT_MAX_RECEIVE_SIZE, TransportFactory
 from txsignalr.errors import (
@@ -58,8 +60,6 @@ from txsignalr.errors import (
 __all__ = ["ConnectionState", "HubConnection", "HubProxy"]
 
 _T = TypeVar("_T")
-
-
 
 
 _PROTOCOLS = ("auto", "classic", "core")
@@ -86,9 +86,9 @@ def _classic_policy(delay: Any, protocol: str) -> RetryPolicy:
 
 class HubConnection:
     """
-    A connection to an ASP.NET Core SignalR server (JSON hub protocol) or a classic
-    ASP.NET SignalR 2.x server (clientProtocol 1.5), over WebSockets, Server-Sent Events
-    or long polling.
+    A connection to an ASP.NET Core SignalR server (JSON or MessagePack hub protocol)
+    or a classic ASP.NET SignalR 2.x server (clientProtocol 1.5), over WebSockets,
+    Server-Sent Events or long polling.
 
     Both families have :meth:`on`, :meth:`invoke` and :meth:`send` (a classic
     connection needs ``hub=`` for them); Core has :meth:`stream` and client results
@@ -141,6 +141,17 @@ class HubConnection:
         which the link counts as lost (None: never).
     :param skip_negotiation: Core: connect straight to the WebSocket (only with
         ``transports=["webSockets"]``), as ``skipNegotiation`` of Microsoft's client.
+    :param hub_protocol: Core: ``"json"`` (the default) or ``"messagepack"`` (binary,
+        smaller and faster; needs ``pip install 'txsignalr[messagepack]'``; not over
+        Server-Sent Events, which fallback then skips).
+    :param stateful_reconnect: Core (.NET 8+ servers with ``AllowStatefulReconnects``):
+        when the WebSocket drops, open a new one to the same connection and replay
+        what either side missed, so nothing is lost or repeated and pending calls go
+        on; the state stays connected meanwhile.  When the server refuses the resume,
+        the ordinary reconnect (``reconnect_delay``) runs.
+    :param stateful_buffer_size: Core, stateful reconnect: bytes of sent messages kept
+        until the server acknowledges them; while it is full, :meth:`send`,
+        :meth:`invoke` and uploads wait (back-pressure).
     """
 
     log = Logger()
@@ -169,9 +180,30 @@ class HubConnection:
         server_timeout: float | None = 30.0,
         skip_negotiation: bool = False,
         max_receive_size: int = DEFAULT_MAX_RECEIVE_SIZE,
+        hub_protocol: str = "json",
+        stateful_reconnect: bool = False,
+        stateful_buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         if protocol not in _PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(_PROTOCOLS)}, not {protocol!r}")
+        codec = hub_codec(hub_protocol)  # ValueError, or ImportError without the extra
+        if protocol == "classic" and hub_protocol != "json":
+            raise ValueError(
+                "classic ASP.NET SignalR has only JSON: hub_protocol='messagepack' needs "
+                "protocol='core' or 'auto'"
+            )
+        if protocol == "classic" and stateful_reconnect:
+            raise ValueError(
+                "stateful_reconnect is ASP.NET Core's (classic resumes from its cursor "
+                "anyway): it needs protocol='core' or 'auto'"
+            )
+        if stateful_buffer_size < 1:
+            raise ValueError("stateful_buffer_size must be at least 1 byte")
+        if stateful_reconnect and skip_negotiation:
+            raise ValueError(
+                "stateful_reconnect is agreed in negotiate: it cannot work with skip_negotiation"
+            )
+        self._hub_protocol = hub_protocol
         self._state = ConnectionState.disconnected
         self._reactor = reactor
         self._url = url
@@ -246,6 +278,9 @@ class HubConnection:
             invoke_timeout=invoke_timeout,
             skip_negotiation=skip_negotiation,
             stop_timeout=abort_timeout,
+            codec=codec,
+            stateful_reconnect=stateful_reconnect,
+            stateful_buffer_size=stateful_buffer_size,
         )
         self._classic = ClassicEngine(
             self,
@@ -291,6 +326,11 @@ class HubConnection:
         :meth:`start` with ``protocol="auto"`` (``None`` until then).
         """
         return self._family
+
+    @property
+    def hub_protocol(self) -> str:
+        """The hub protocol, ``"json"`` or ``"messagepack"`` (classic: always JSON)."""
+        return self._hub_protocol
 
     @property
     def connection_id(self) -> str | None:
@@ -616,6 +656,13 @@ class HubConnection:
                 raise error
             await self._core.run_start(first)
         else:
+            if self._hub_protocol != "json":
+                error = InvalidStateError(
+                    "the server is classic ASP.NET SignalR, which has no "
+                    f"{self._hub_protocol} hub protocol: use hub_protocol='json'"
+                )
+                self._fail_early(error)
+                raise error
             await self._classic.run_start(authorized=detected)
 
     def _fail_early(self, error: Exception) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +24,7 @@ from txsignalr._link import Link
 from txsignalr._protocol import Transport
 from txsignalr._routing import Handler, Router
 from txsignalr._state import ConnectionState
+from txsignalr._stateful import MessageBuffer
 from txsignalr._streams import HubStream
 from txsignalr.errors import ConnectionClosed, HubError, InvalidStateError, SignalRError
 
@@ -90,9 +92,24 @@ class CoreCalls:
         self._in_flight: Deferred[bytes] | None = None
         #: when something was last sent (the ping timer reads it)
         self.last_sent = 0.0
+        #: stateful reconnect: the numbering and replay buffer of this connection
+        self.buffer: MessageBuffer | None = None
+        #: stateful reconnect: a new WebSocket is replacing a dropped one
+        self.resuming = False
+        #: tracked messages waiting for room in the replay buffer (back-pressure)
+        self._blocked: deque[tuple[bytes, Deferred[None]]] = deque()
+        #: writes buffered while resuming: they fire once replayed
+        self._replay_waiters: list[Deferred[None]] = []
+        #: bumped whenever the calls of a connection end (a full reconnect or the
+        #: end): what belongs to an older generation is dropped
+        self.generation = 0
 
     def _connected(self) -> bool:
         return self._state() is ConnectionState.connected
+
+    def _can_send(self) -> bool:
+        """Connected, with a transport (or one being resumed statefully)."""
+        return self._connected() and (self.link.transport is not None or self.resuming)
 
     def stream_item(self, message: StreamItem) -> None:
         """An item of a server-to-client stream."""
@@ -140,11 +157,11 @@ class CoreCalls:
             )
             self._answer(invocation_id, error=_NO_RESULT_TEXT)
             return
-        transport = self.link.transport
+        generation = self.generation
         d = Deferred.fromCoroutine(self._results(handlers, message))
 
         def answer(outcome: tuple[Any, str | None]) -> None:
-            if self.link.transport is not transport:
+            if self.generation != generation:
                 self._log.info(
                     "client result for {id} dropped: the connection changed", id=invocation_id
                 )
@@ -193,19 +210,27 @@ class CoreCalls:
                 payload = self.session.encode_completion(invocation_id, error=error)
         except TypeError as e:
             payload = self.session.encode_completion(
-                invocation_id, error=f"the client's result is not JSON-serialisable: {e}"
+                invocation_id,
+                error=f"the client's result cannot be sent as {self.session.codec.name}: {e}",
             )
         self.write(payload).addErrback(self.log_send_failure, "client result")
 
     def log_send_failure(self, f: Failure, what: str) -> None:
         self._log.info("{what} not sent: {error}", what=what, error=f.getErrorMessage())
 
-    def write(self, payload: bytes) -> Deferred[None]:
+    def write(self, payload: bytes, tracked: bool = True) -> Deferred[None]:
         """
         Send while connected.  Over HTTP transports one POST is in flight at a time and
         what queues meanwhile goes in the next one, so the server reads messages in
         the order they were sent.
+
+        With stateful reconnect a ``tracked`` message (types 1-5) is numbered and kept
+        until the server acknowledges it; while the replay buffer is full it waits (the
+        Deferred fires once it went out), and while a dropped WebSocket is replaced it
+        is only buffered, to be replayed.  Untracked ones (Ping, Ack) are not sent then.
         """
+        if self.buffer is not None:
+            return self._write_stateful(payload, tracked)
         link = self.link
         if link.transport is None or not self._connected():
             return fail(ConnectionClosed("not connected"))
@@ -217,6 +242,81 @@ class CoreCalls:
         if self._in_flight is None:
             self._flush()
         return d
+
+    def _write_stateful(self, payload: bytes, tracked: bool) -> Deferred[None]:
+        if not self._can_send():
+            return fail(ConnectionClosed("not connected"))
+        if not tracked:
+            if self.resuming or self.link.transport is None:
+                return fail(ConnectionClosed("the WebSocket is being replaced"))
+            self.last_sent = self._seconds()
+            return self.link.send(payload).addCallback(lambda _: None)
+        buffer = self.buffer
+        assert buffer is not None
+        if self._blocked or not buffer.has_room():
+            entry: tuple[bytes, Deferred[None]]
+
+            def unblock(d: Deferred[None]) -> None:
+                # Given up on (cancelled, timed out) before it went: it never goes.
+                if entry in self._blocked:
+                    self._blocked.remove(entry)
+
+            d: Deferred[None] = Deferred(unblock)
+            entry = (payload, d)
+            self._blocked.append(entry)
+            return d
+        return self._send_tracked(buffer, payload)
+
+    def _send_tracked(self, buffer: MessageBuffer, payload: bytes) -> Deferred[None]:
+        buffer.track(payload)
+        if self.resuming or self.link.transport is None:
+            # Replayed once the new WebSocket is open; only then has it gone out.
+            waiter: Deferred[None] = Deferred()
+            self._replay_waiters.append(waiter)
+            return waiter
+        self.last_sent = self._seconds()
+        # A send that fails is not lost: it is in the buffer, replayed on resume.
+        self.link.send(payload).addErrback(lambda f: None)
+        return succeed(None)
+
+    def replayed(self) -> None:
+        """What was buffered while resuming has gone out on the new WebSocket."""
+        waiters, self._replay_waiters = self._replay_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def acked(self, sequence_id: int) -> None:
+        """
+        The server's Ack: release what it has, then send what waited for room.
+
+        :raises ProtocolError: for an Ack of messages never sent.
+        """
+        buffer = self.buffer
+        if buffer is None:
+            return
+        buffer.ack(sequence_id)
+        self.release_blocked()
+
+    def release_blocked(self) -> None:
+        """Send what waited for room in the replay buffer, as far as there is room."""
+        buffer = self.buffer
+        blocked = self._blocked
+        while buffer is not None and blocked and buffer.has_room():
+            payload, d = blocked.popleft()
+            self._send_tracked(buffer, payload).chainDeferred(d)
+            buffer = self.buffer  # a callback may have ended the connection
+
+    def resumed(self) -> list[bytes]:
+        """
+        A new WebSocket replaced the dropped one: what to send on it first (the
+        Sequence, then every unacknowledged message), in order; sending resumes.
+        """
+        buffer = self.buffer
+        assert buffer is not None
+        first, replay = buffer.replay()
+        self.resuming = False
+        self.last_sent = self._seconds()
+        return [self.session.encode_sequence(first), *replay]
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
@@ -267,14 +367,16 @@ class CoreCalls:
             else:
                 payload = self.session.encode_invocation(method, plain, invocation_id, ids)
         except TypeError as e:
-            raise TypeError(f"arguments of {method} are not JSON-serialisable: {e}") from None
+            raise TypeError(
+                f"arguments of {method} cannot be sent as {self.session.codec.name}: {e}"
+            ) from None
         return payload, uploads
 
     def _not_connected(self, what: str) -> InvalidStateError:
         return InvalidStateError(f"cannot {what} while {self._state().value}")
 
     def invoke(self, method: str, args: Sequence[Any], timeout: float | None) -> Deferred[Any]:
-        if not self._connected() or self.link.transport is None:
+        if not self._can_send():
             return fail(self._not_connected(f"invoke {method}"))
         invocation_id = str(next(self._ids))
         try:
@@ -282,8 +384,12 @@ class CoreCalls:
         except TypeError as e:
             return fail(e)
 
+        written: Deferred[None] | None = None
+
         def cancel(d: Deferred[Any]) -> None:
             self._calls.pop(invocation_id, None)
+            if written is not None and not written.called:
+                written.cancel()  # still waiting for room: it never goes out
 
         deferred: Deferred[Any] = Deferred(cancel)
         self._calls[invocation_id] = (method, deferred)
@@ -291,12 +397,13 @@ class CoreCalls:
             timeout = self._invoke_timeout
         if timeout is not None:
             deferred.addTimeout(timeout, self._reactor)
-        self.write(payload).addErrback(self._call_send_failed, invocation_id)
+        written = self.write(payload)
+        written.addErrback(self._call_send_failed, invocation_id)
         self._start_uploads(uploads)
         return deferred
 
     def send(self, method: str, args: Sequence[Any]) -> Deferred[None]:
-        if not self._connected() or self.link.transport is None:
+        if not self._can_send():
             return fail(self._not_connected(f"send {method}"))
         try:
             payload, uploads = self._encode_call(method, args, None)
@@ -307,7 +414,7 @@ class CoreCalls:
         return d
 
     def stream(self, method: str, args: Sequence[Any]) -> HubStream:
-        if not self._connected() or self.link.transport is None:
+        if not self._can_send():
             return HubStream.failed(method, self._not_connected(f"stream {method}"))
         invocation_id = str(next(self._ids))
         try:
@@ -348,23 +455,30 @@ class CoreCalls:
 
     async def _upload(self, stream_id: str, source: Any) -> None:
         session = self.session
-        transport = self.link.transport
+        generation = self.generation
         error: str | None = None
         try:
             async for item in source:
-                if self.link.transport is not transport:
+                if self.generation != generation:
                     return
                 await self.write(session.encode_stream_item(stream_id, item))
         except (CancelledError, ConnectionClosed):
             return
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
-        if self.link.transport is transport:
+        if self.generation == generation:
             await self.write(session.encode_completion(stream_id, error=error))
 
     def end(self, reason: ConnectionClosed | None) -> None:
         """Fail every pending call and stream, stop uploads and queued sends."""
+        self.generation += 1
+        self.buffer = None
+        self.resuming = False
         error = ConnectionClosed(_CANCELED_TEXT, reason)
+        blocked, self._blocked = self._blocked, deque()
+        waiters, self._replay_waiters = self._replay_waiters, []
+        for d in [*(d for _, d in blocked), *waiters]:
+            d.errback(error)
         calls, self._calls = self._calls, {}
         for _, call in calls.values():
             if type(call) is HubStream:

@@ -21,8 +21,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsignalr._core_calls import CoreCalls
+from txsignalr._core_codecs import JSON, HubCodec
 from txsignalr._core_negotiate import CoreNegotiateResponse, Redirect
 from txsignalr._core_protocol import (
+    Ack,
     Close,
     Completion,
     HandshakeResponse,
@@ -30,6 +32,7 @@ from txsignalr._core_protocol import (
     Ping,
     StreamItem,
 )
+from txsignalr._core_protocol import Sequence as SequenceMessage
 from txsignalr._core_session import CoreSession
 from txsignalr._http import HttpSession
 from txsignalr._keepalive import KeepAliveWatch
@@ -37,6 +40,7 @@ from txsignalr._link import Link
 from txsignalr._protocol import Transport, redact_url
 from txsignalr._routing import Router
 from txsignalr._state import ConnectionState
+from txsignalr._stateful import DEFAULT_BUFFER_SIZE, TRACKED, TRACKED_TYPES, MessageBuffer
 from txsignalr._transport import ITransport, TransportFactory
 from txsignalr.errors import (
     ConnectionClosed,
@@ -64,6 +68,24 @@ CorePolicy = Callable[[int], "float | None"]
 _NEXT: Any = object()
 
 _TIMEOUT_TEXT = "Server timeout elapsed without receiving a message from the server."
+
+#: Stateful reconnect: seconds before each attempt to replace a dropped WebSocket, all
+#: well inside the server's 15 s DisconnectTimeout; then the ordinary reconnect runs.
+RESUME_DELAYS = (0.0, 1.0, 2.0, 4.0)
+
+#: Seconds after a resume past which a new drop starts the attempts over even when
+#: nothing new arrived in between.
+_RESUME_RESET = 30.0
+
+#: HTTP answers to a resume that mean the server will not take it back.
+_REFUSALS = frozenset({400, 401, 403, 404})
+
+#: Stateful reconnect: seconds after a received message before it is acknowledged (at
+#: most one Ack per period, as Microsoft's clients).
+ACK_INTERVAL = 1.0
+
+#: What the stateful receive filter looks at (an invalid tracked message still counts).
+_STATEFUL_KINDS = frozenset({Ack, SequenceMessage, ProtocolError, *TRACKED})
 
 
 def core_policy(delay: Any) -> CorePolicy | None:
@@ -119,6 +141,9 @@ class CoreEngine:
         invoke_timeout: float | None,
         skip_negotiation: bool,
         stop_timeout: float,
+        codec: HubCodec = JSON,
+        stateful_reconnect: bool = False,
+        stateful_buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         self._owner = owner
         self._reactor = reactor
@@ -140,7 +165,10 @@ class CoreEngine:
             keepalive_interval=keepalive_interval or 0.0,
             server_timeout=server_timeout or 0.0,
             max_message_size=max_receive_size,
+            codec=codec,
+            stateful_reconnect=stateful_reconnect,
         )
+        self._buffer_size = stateful_buffer_size
         self.link = Link(reactor, self.session, http, factories, self, log, stop_timeout)
         self._watch = KeepAliveWatch(reactor, self._slow, self._timed_out)
         #: invocations, streams, uploads, client results and the send queue
@@ -154,6 +182,15 @@ class CoreEngine:
         self._attempt_task: Deferred[None] | None = None
         self._attempts = 0
         self._last_reason: ConnectionClosed | None = None
+        self._ack_call: IDelayedCall | None = None
+        self._resume_call: IDelayedCall | None = None
+        self._resume_task: Deferred[None] | None = None
+        self._resume_attempts = 0
+        self._resume_reason: ConnectionClosed | None = None
+        #: how many dropped WebSockets were replaced without losing the connection
+        self.resumes = 0
+        self._resume_mark = 0
+        self._resumed_at = float("-inf")
 
     # ------------------------------------------------------------------ state
 
@@ -205,6 +242,7 @@ class CoreEngine:
             )
         renew = None if self._skip else self._negotiate
         await self.link.open_first(order, self._buffer.clear, renew)
+        self.calls.buffer = MessageBuffer(self._buffer_size) if session.stateful else None
         await self._do_handshake()
 
     async def _negotiate(self, first: tuple[int, bytes] | None = None) -> None:
@@ -326,16 +364,29 @@ class CoreEngine:
                 self._close_for_good(ConnectionClosed(str(e), e))
             return
         except ProtocolError as e:
-            self._handshake_failed(e)
+            if self._handshake is not None:
+                self._handshake_failed(e)
+            else:
+                # An unreadable length prefix: nothing after it can be read.
+                self._owner._report_error(e)
+                self.link.drop()
+                self._lost(ConnectionClosed(str(e), e))
             return
         connected = self._connected()
+        buffer = self.calls.buffer
         for message in messages:
-            if type(message) is HandshakeResponse:
+            kind = type(message)
+            if kind is HandshakeResponse:
                 waiter = self._handshake
                 if waiter is not None and not waiter.called:
                     waiter.callback(None)  # start() may become connected right here
                 connected = self._connected()
                 continue
+            if buffer is not None and (kind in _STATEFUL_KINDS or buffer.awaiting_sequence):
+                if not self._stateful_receive(buffer, message):
+                    if self.calls.buffer is not buffer:
+                        return  # the connection was lost over it
+                    continue
             if not connected:
                 self._buffer.append(message)
                 continue
@@ -354,10 +405,17 @@ class CoreEngine:
             # Reconnecting would only fetch the same message again.
             self._owner._report_error(reason.cause)
             self._close_for_good(reason)
-        elif self._connected():
-            self._begin_reconnecting(reason)
+        elif self._connected() and not self.calls.resuming:
+            self._lost(reason)
         else:
             self.link.start_failed(reason)
+
+    def _lost(self, reason: ConnectionClosed) -> None:
+        """The link is gone while connected: resume it statefully, or reconnect."""
+        if self.calls.buffer is not None and self.link.in_use is Transport.web_sockets:
+            self._begin_resume(reason)
+        else:
+            self._begin_reconnecting(reason)
 
     # ------------------------------------------------------------------ receive path
 
@@ -377,6 +435,58 @@ class CoreEngine:
             self._owner._report_error(message)
         else:
             self._log.debug("ignored {kind}", kind=kind.__name__)
+
+    def _stateful_receive(self, buffer: MessageBuffer, message: Any) -> bool:
+        """
+        Stateful reconnect's receive filter: Sequence and Ack are handled here, replayed
+        duplicates and whatever precedes the server's Sequence on a new WebSocket are
+        dropped.
+
+        :returns: whether ``message`` goes on to be dispatched.
+        """
+        kind = type(message)
+        if kind is SequenceMessage:
+            try:
+                buffer.sequence(message.sequence_id)
+            except ProtocolError as e:
+                # Messages were lost: this connection cannot go on.
+                self._owner._report_error(e)
+                self.link.drop()
+                self._begin_reconnecting(ConnectionClosed(str(e), e))
+            return False
+        if buffer.awaiting_sequence:
+            return False
+        if kind is Ack:
+            try:
+                self.calls.acked(message.sequence_id)
+            except ProtocolError as e:
+                self._owner._report_error(e)
+            return False
+        if kind in TRACKED or (kind is ProtocolError and message.message_type in TRACKED_TYPES):
+            # The server numbered it whether or not it is valid here.
+            new = buffer.accept()
+            if buffer.received > buffer.acked and self._ack_call is None:
+                # A replayed duplicate too: the Ack for it died with the old socket.
+                self._ack_call = self._reactor.callLater(ACK_INTERVAL, self._send_ack)
+            return new
+        return True
+
+    def _send_ack(self) -> None:
+        self._ack_call = None
+        calls = self.calls
+        buffer = calls.buffer
+        if buffer is None or calls.resuming or self.link.transport is None:
+            return
+        sequence_id = buffer.ack_due()
+        if sequence_id is not None:
+            calls.write(self.session.encode_ack(sequence_id), tracked=False).addErrback(
+                calls.log_send_failure, "Ack"
+            )
+
+    def _cancel_ack(self) -> None:
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
 
     def _server_closed(self, message: Close) -> None:
         if message.error is not None:
@@ -426,7 +536,9 @@ class CoreEngine:
             return
         calls = self.calls
         if self._seconds() - calls.last_sent >= interval:
-            calls.write(self.session.ping()).addErrback(calls.log_send_failure, "ping")
+            calls.write(self.session.ping(), tracked=False).addErrback(
+                calls.log_send_failure, "ping"
+            )
         self._arm_ping()
 
     def _slow(self, idle: float) -> None:
@@ -442,12 +554,125 @@ class CoreEngine:
             timeout=self._server_timeout,
         )
         self.link.drop()
-        self._begin_reconnecting(ConnectionClosed(_TIMEOUT_TEXT))
+        self._lost(ConnectionClosed(_TIMEOUT_TEXT))
+
+    # ------------------------------------------------------------------ stateful resume
+
+    def _begin_resume(self, reason: ConnectionClosed) -> None:
+        """
+        Stateful reconnect: the connection stays connected while a new WebSocket to the
+        same connection token replaces the dropped one; calls made meanwhile are
+        buffered and everything unacknowledged is replayed.
+        """
+        self._stop_keepalive()
+        self._cancel_ack()
+        calls = self.calls
+        buffer = calls.buffer
+        assert buffer is not None
+        now = self._seconds()
+        if not buffer.awaiting_sequence and (
+            buffer.received > self._resume_mark or now - self._resumed_at > _RESUME_RESET
+        ):
+            # A socket lost before the server's Sequence came, or one that brought
+            # nothing new just after a resume, does not count as resumed: a server
+            # that drops every new socket (or replays a message that loses it) cannot
+            # keep this going for ever.
+            self._resume_attempts = 0
+        self._resume_mark = buffer.received
+        calls.resuming = True
+        buffer.resuming()
+        self._resume_reason = reason
+        self._log.warn(
+            "WebSocket lost ({reason}); resuming the connection (stateful reconnect)",
+            reason=reason.reason,
+        )
+        self._schedule_resume()
+
+    def _schedule_resume(self) -> None:
+        attempt = self._resume_attempts
+        if attempt >= len(RESUME_DELAYS):
+            last = self._resume_reason
+            text = last.reason if last is not None else "connection lost"
+            self._begin_reconnecting(
+                ConnectionClosed(f"could not resume after {attempt} attempt(s): {text}", last)
+            )
+            return
+        self._resume_attempts += 1
+        self._resume_call = self._reactor.callLater(RESUME_DELAYS[attempt], self._resume_attempt)
+
+    def _resume_attempt(self) -> None:
+        self._resume_call = None
+        task = Deferred.fromCoroutine(self._resume())
+        self._resume_task = task
+        task.addCallbacks(self._resume_succeeded, self._resume_failed)
+
+    async def _resume(self) -> None:
+        session = self.session
+        session.resuming = True
+        try:
+            await self.link.open_first((Transport.web_sockets,), lambda: None)
+        finally:
+            session.resuming = False
+
+    def _resume_succeeded(self, _: None) -> None:
+        self._resume_task = None
+        calls = self.calls
+        if not self._connected() or calls.buffer is None or not calls.resuming:
+            self.link.drop()
+            return
+        buffer = calls.buffer
+        # WebSocket sends are written at once: nothing can come between these.
+        for payload in calls.resumed():
+            self.link.send(payload).addErrback(calls.log_send_failure, "replay")
+        calls.replayed()
+        self.resumes += 1
+        self._resumed_at = self._seconds()
+        self._watch.last_received = self._resumed_at
+        self._start_keepalive()
+        self._log.info(
+            "resumed the connection over a new WebSocket ({unacked} message(s) replayed)",
+            unacked=buffer.unacknowledged,
+        )
+        if buffer.received > buffer.acked and self._ack_call is None:
+            self._ack_call = self._reactor.callLater(ACK_INTERVAL, self._send_ack)
+        calls.release_blocked()
+
+    def _resume_failed(self, failure: Failure) -> None:
+        self._resume_task = None
+        self.link.drop()
+        if failure.check(CancelledError) or not self._connected() or not self.calls.resuming:
+            return
+        error = failure.value
+        text = str(error) if isinstance(error, Exception) else failure.getErrorMessage()
+        status = getattr(error, "status", None)
+        if status in _REFUSALS:
+            # The server no longer has the connection (404 after its
+            # DisconnectTimeout, or it restarted) or will not take this request
+            # (400, 401, 403): only a new connection (and token) helps.  Other
+            # answers (a proxy's 502 or 503 in a failover) are retried.
+            self._log.info("the server refused to resume the connection: {error}", error=text)
+            self._begin_reconnecting(
+                ConnectionClosed(f"the server refused to resume the connection: {text}", error)
+            )
+            return
+        self._log.info("resume attempt failed: {error}", error=text)
+        self._resume_reason = ConnectionClosed(f"resume attempt failed: {text}", error)
+        self._schedule_resume()
+
+    def _stop_resume(self) -> None:
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+        task, self._resume_task = self._resume_task, None
+        if task is not None:
+            task.cancel()
 
     # ------------------------------------------------------------------ reconnect
 
     def _begin_reconnecting(self, reason: ConnectionClosed) -> None:
         self._stop_keepalive()
+        self._stop_resume()
+        self._cancel_ack()
         first = None if self._policy is None else self._delay(0)
         if first is None:
             # No reconnecting at all, as Microsoft's client: closed with the reason.
@@ -518,6 +743,7 @@ class CoreEngine:
 
     def _attempt_failed(self, failure: Failure) -> None:
         self._attempt_task = None
+        self._cancel_ack()
         self.link.drop()
         if failure.check(CancelledError) or self._owner.state is not ConnectionState.reconnecting:
             return
@@ -532,6 +758,8 @@ class CoreEngine:
     def _teardown(self, reason: ConnectionClosed | None = None) -> None:
         """Stop every timer, the link and every pending call."""
         self._stop_keepalive()
+        self._stop_resume()
+        self._cancel_ack()
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
@@ -567,7 +795,7 @@ class CoreEngine:
         link = self.link
         transport = link.transport
         in_use = link.in_use
-        was_connected = self._connected() and transport is not None
+        was_connected = self._connected() and transport is not None and not self.calls.resuming
         link.detach()
         delete_url = None
         if in_use is Transport.long_polling and self.session.negotiated is not None:

@@ -74,7 +74,8 @@ def require() -> None:
 class MessagePackExt:
     """
     A MessagePack extension value other than the timestamp (type -1), kept as it came:
-    received ones are decoded to this, and this encodes back to the same bytes.
+    received ones are decoded to this, and one of the application types (0 to 127)
+    encodes back to the same bytes.
     """
 
     code: int
@@ -90,11 +91,45 @@ if _ormsgpack is not None:
 
 
 def _default(value: Any) -> Any:
-    if type(value) is MessagePackExt:
+    if type(value) is MessagePackExt and 0 <= value.code <= 127:
         return _Ext(value.code, value.data)
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"Type is not MessagePack serializable: {type(value).__name__}")
+
+
+def _reserved_ext(value: Any, depth: int = 0) -> MessagePackExt | None:
+    """A MessagePackExt of a reserved (negative) type somewhere in ``value``."""
+    if type(value) is MessagePackExt:
+        return None if 0 <= value.code <= 127 else value
+    if depth > 64:
+        return None
+    if isinstance(value, dict):
+        items: Any = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return None
+    for item in items:
+        found = _reserved_ext(item, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _packb_checked(value: Any) -> bytes:
+    try:
+        return _packb(value, default=_default, option=_OPTIONS)
+    except TypeError:
+        # Only on the error path: say why when it is a reserved extension type.
+        reserved = _reserved_ext(value)
+        if reserved is not None:
+            raise TypeError(
+                f"MessagePack extension type {reserved.code} cannot be sent: the negative "
+                "types are reserved by MessagePack itself (0 to 127 are the "
+                "application types)"
+            ) from None
+        raise
 
 
 def _ext_hook(code: int, data: bytes) -> MessagePackExt:
@@ -109,7 +144,7 @@ def pack(value: Any) -> bytes:
     :raises TypeError: when something in it cannot be encoded (an integer outside
         -2^63 ... 2^64-1, an object of an unknown type).
     """
-    return _packb(value, default=_default, option=_OPTIONS)
+    return _packb_checked(value)
 
 
 def unpack(body: bytes) -> Any:
@@ -369,7 +404,8 @@ _PARSERS: Final[dict[Any, abc.Callable[[list[Any]], HubMessage]]] = {
 def parse_body(body: bytes) -> HubMessage | None:
     """
     Decode one message body (without its length prefix) and build its message value.
-    Extra trailing array elements are ignored.
+    Extra trailing array elements are ignored, and so are bytes after the array
+    (ormsgpack reads one value and does not say where it ended).
 
     :returns: the message, or ``None`` for a type this client does not know.
     :raises ProtocolError: when the body is not MessagePack, not an array headed by an
@@ -387,7 +423,11 @@ def parse_body(body: bytes) -> HubMessage | None:
     parser = _PARSERS.get(kind)
     if parser is None:
         return None
-    return parser(m)
+    try:
+        return parser(m)
+    except ProtocolError as e:
+        e.message_type = kind
+        raise
 
 
 # ------------------------------------------------------------------ encoding
@@ -401,7 +441,7 @@ CLOSE_FRAME: Final = b"\x03\x92\x07\xc0"
 
 
 def _packed(message: list[Any]) -> bytes:
-    return frame(_packb(message, default=_default, option=_OPTIONS))
+    return frame(_packb_checked(message))
 
 
 def encode_invocation(

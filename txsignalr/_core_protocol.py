@@ -413,8 +413,8 @@ def _close(obj: dict[str, Any]) -> Close:
 
 def _sequence_id(obj: dict[str, Any], name: str) -> int:
     value = obj.get("sequenceId")
-    if type(value) is not int:
-        raise ProtocolError(f"{name} message without an integer 'sequenceId'", obj)
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{name} message without a non-negative integer 'sequenceId'", obj)
     return value
 
 
@@ -460,7 +460,11 @@ def parse_message(obj: Any) -> HubMessage | None:
     parser = _PARSERS.get(kind)
     if parser is None:
         return None
-    return parser(obj)
+    try:
+        return parser(obj)
+    except ProtocolError as e:
+        e.message_type = kind
+        raise
 
 
 def parse_record(record: bytes) -> HubMessage | None:

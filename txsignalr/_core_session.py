@@ -1,7 +1,8 @@
 """
-The ASP.NET Core family session (JSON hub protocol), without I/O: one connection's
-negotiate state (redirects included), its transport requests, the handshake and the
-receive path; the counterpart of :class:`txsignalr._classic.ClassicSession`.
+The ASP.NET Core family session, without I/O: one connection's negotiate state
+(redirects included), its transport requests, the handshake and the receive path, in
+either hub protocol (JSON or MessagePack, :mod:`txsignalr._core_codecs`); the
+counterpart of :class:`txsignalr._classic.ClassicSession`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import abc
 from collections.abc import Mapping
 from typing import Any, Final
 
+from txsignalr._core_codecs import JSON, HubCodec
 from txsignalr._core_negotiate import (
     CORE_TRANSPORT_NAMES,
     CoreNegotiateResponse,
@@ -22,20 +24,11 @@ from txsignalr._core_negotiate import (
 )
 from txsignalr._core_protocol import (
     _NO_RESULT,
-    CLOSE_RECORD,
     DEFAULT_MAX_MESSAGE_SIZE,
-    PING_RECORD,
     HandshakeParser,
     HandshakeResponse,
     HubMessage,
-    RecordSeparatorSplitter,
-    encode_cancel_invocation,
-    encode_completion,
-    encode_invocation,
-    encode_stream_invocation,
-    encode_stream_item,
     handshake_request,
-    parse_record,
 )
 from txsignalr._protocol import Transport, redact_url, websocket_url
 from txsignalr._transport import TransportRequest
@@ -51,6 +44,7 @@ MAX_NEGOTIATIONS: Final = 100
 POLL_TIMEOUT: Final = 100.0
 
 _SEND_CONTENT_TYPE: Final = "text/plain;charset=UTF-8"
+_BINARY_CONTENT_TYPE: Final = "application/octet-stream"
 
 
 def _text_body(payload: bytes) -> tuple[bytes, str]:
@@ -60,16 +54,18 @@ def _text_body(payload: bytes) -> tuple[bytes, str]:
 
 class CoreSession:
     """
-    One ASP.NET Core connection's protocol state (JSON hub protocol).
+    One ASP.NET Core connection's protocol state.
 
     Negotiate (following redirects), the transport URLs, the handshake and the
-    receive path: first the handshake answer, then ``0x1E`` records.
+    receive path: first the handshake answer, then the hub protocol's messages.
 
     :param url: the user's hub URL.
     :param query: the user's extra query parameters (not carried over a redirect).
     :param keepalive_interval: seconds without sending after which a Ping is due.
     :param server_timeout: seconds without receiving after which the link counts as lost.
-    :param max_message_size: the most bytes one received record may hold.
+    :param max_message_size: the most bytes one received message may hold.
+    :param codec: the hub protocol (JSON or MessagePack).
+    :param stateful_reconnect: ask for stateful reconnect in negotiate.
     """
 
     #: Seconds the server may take to answer the handshake.
@@ -83,8 +79,12 @@ class CoreSession:
         keepalive_interval: float = 15.0,
         server_timeout: float = 30.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        codec: HubCodec = JSON,
+        stateful_reconnect: bool = False,
     ) -> None:
         self._start_url = _with_query(url, query)  # validates: InvalidURL now
+        self.codec = codec
+        self.stateful_requested = stateful_reconnect
         self.keepalive_interval = keepalive_interval
         self.server_timeout = server_timeout
         self._max = max_message_size
@@ -93,9 +93,15 @@ class CoreSession:
         self.access_token: str | None = None
         self.negotiated: CoreNegotiateResponse | None = None
         self._handshake: HandshakeParser | None = HandshakeParser()
-        self._splitter = RecordSeparatorSplitter(max_message_size)
+        self._splitter = codec.splitter(max_message_size)
         self._polls = itertools.count(1)
         self._skipped = False
+        #: the transport of the last connect request
+        self._transport: Transport | None = None
+        #: the handshake last made (sent as text even in a binary hub protocol)
+        self._handshake_record = b""
+        #: the next connect request replaces a dropped WebSocket: no handshake
+        self.resuming = False
         #: seconds a transport may take to open
         self.connect_timeout = 15.0
 
@@ -107,7 +113,7 @@ class CoreSession:
 
     def negotiate_url(self) -> str:
         """The next negotiate URL: the user's URL, or the last redirect's."""
-        return negotiate_url(self._url)
+        return negotiate_url(self._url, stateful_reconnect=self.stateful_requested)
 
     def restart(self) -> None:
         """Start over from the user's URL (a full reconnect); redirects are forgotten."""
@@ -116,6 +122,8 @@ class CoreSession:
         self.access_token = None
         self.negotiated = None
         self._skipped = False
+        self._transport = None
+        self.resuming = False
 
     def skip_negotiation(self) -> None:
         """
@@ -147,8 +155,8 @@ class CoreSession:
                 self.access_token = answer.access_token
             return answer
         assert type(answer) is CoreNegotiateResponse
-        if answer.use_stateful_reconnect:
-            # This session never asks for it (handshake version 1), as the TS client.
+        if answer.use_stateful_reconnect and not self.stateful_requested:
+            # Not asked for: the handshake says version 1, as the TS client.
             raise NegotiationError(
                 "Client didn't negotiate Stateful Reconnect but the server did.", status, body
             )
@@ -160,8 +168,27 @@ class CoreSession:
         """The public connection id, once negotiated."""
         return None if self.negotiated is None else self.negotiated.connection_id
 
+    @property
+    def stateful(self) -> bool:
+        """
+        Whether stateful reconnect applies to the transport of the last connect
+        request: asked for, agreed by the server, and over WebSockets.
+        """
+        negotiated = self.negotiated
+        return (
+            negotiated is not None
+            and negotiated.use_stateful_reconnect
+            and self._transport is Transport.web_sockets
+        )
+
     def skip_reason(self, transport: Transport) -> str | None:
-        """Why the negotiate answer rules ``transport`` out for JSON, or ``None``."""
+        """Why the negotiate answer rules ``transport`` out for the hub protocol, or ``None``."""
+        codec = self.codec
+        if codec.binary and transport is Transport.server_sent_events:
+            return (
+                f"Server-Sent Events carry only the Text transfer format, not the "
+                f"{codec.name} hub protocol's Binary"
+            )
         if self._skipped:
             if transport is Transport.web_sockets:
                 return None
@@ -172,12 +199,16 @@ class CoreSession:
         entry = negotiated.transport(transport)
         if entry is None:
             return f"the server does not offer {CORE_TRANSPORT_NAMES[transport]}"
-        if "Text" not in entry.transfer_formats:
-            return f"the server's {entry.name} does not carry the Text transfer format"
+        if codec.transfer_format not in entry.transfer_formats:
+            return (
+                f"the server's {entry.name} does not carry the {codec.transfer_format} "
+                "transfer format"
+            )
         return None
 
     def transports(self) -> tuple[Transport, ...]:
-        """The transports to try, in the server's order (known, JSON-capable ones)."""
+        """The transports to try, in the server's order (known ones that carry the hub
+        protocol)."""
         if self.negotiated is None:
             return ()
         out = []
@@ -210,25 +241,42 @@ class CoreSession:
         return self._connect_http_url()
 
     def connect_request(self, transport: Transport) -> TransportRequest:
-        """What opens ``transport``; the receive path then waits for the handshake."""
+        """
+        What opens ``transport``; the receive path then waits for the handshake (unless
+        :attr:`resuming`: a WebSocket that replaces a dropped one has none).
+        """
         url = self._connect_http_url()
-        self._handshake = HandshakeParser()
-        self._splitter = RecordSeparatorSplitter(self._max)
+        self._transport = transport
+        self._handshake = None if self.resuming else HandshakeParser()
+        self._splitter = self.codec.splitter(self._max)
         size = self._max
+        binary = self.codec.binary
         if transport is Transport.web_sockets:
-            return TransportRequest(transport, url, max_size=size)
+            return TransportRequest(
+                transport, url, max_size=size, frame_binary=self._frame_binary if binary else None
+            )
+        body = self._binary_body if binary else _text_body
         if transport is Transport.server_sent_events:
-            return TransportRequest(transport, url, url, _text_body, max_size=size)
+            return TransportRequest(transport, url, url, body, max_size=size)
         return TransportRequest(
             transport,
             url,
             url,
-            _text_body,
+            body,
             self._next_poll,
             POLL_TIMEOUT,
             poll_method="GET",
             max_size=size,
         )
+
+    def _frame_binary(self, payload: bytes) -> bool:
+        # The handshake goes as a text frame, as Microsoft's client sends it.
+        return payload != self._handshake_record
+
+    def _binary_body(self, payload: bytes) -> tuple[bytes, str]:
+        if payload == self._handshake_record:
+            return payload, _SEND_CONTENT_TYPE
+        return payload, _BINARY_CONTENT_TYPE
 
     def _next_poll(self) -> tuple[str, float] | None:
         if self.negotiated is None:
@@ -242,8 +290,14 @@ class CoreSession:
     # -- handshake and receive
 
     def handshake(self) -> bytes:
-        """The handshake record to send once the transport is open."""
-        return handshake_request("json", 1)
+        """
+        The handshake record to send once the transport is open: version 2 when
+        stateful reconnect applies (.NET 8 servers need it for that), else 1, which
+        every server takes.
+        """
+        record = handshake_request(self.codec.name, 2 if self.stateful else 1)
+        self._handshake_record = record
+        return record
 
     @property
     def handshake_done(self) -> bool:
@@ -256,13 +310,14 @@ class CoreSession:
 
         Until the handshake answer has arrived it is looked for first; a
         :class:`HandshakeResponse` then heads the list, followed by the messages that
-        came in the same chunk.  Unknown message types are left out; a record that is
-        not a valid message is a :class:`~txsignalr.ProtocolError` in the list, and the
-        records after it are still read.
+        came in the same chunk.  Unknown message types are left out; a message that is
+        not valid is a :class:`~txsignalr.ProtocolError` in the list, and the messages
+        after it are still read.
 
         :raises HandshakeError: when the server refused the handshake.
-        :raises ProtocolError: when the handshake answer is not one.
-        :raises MessageTooLarge: for a record over ``max_message_size``.
+        :raises ProtocolError: when the handshake answer is not one, or (MessagePack)
+            a length prefix is not valid: nothing after it can be read.
+        :raises MessageTooLarge: for a message over ``max_message_size``.
         """
         out: list[HubMessage | HandshakeResponse | ProtocolError] = []
         handshake = self._handshake
@@ -275,9 +330,10 @@ class CoreSession:
             out.append(response)
             if not data:
                 return out
+        parse = self.codec.parse
         for record in self._splitter.feed(data):
             try:
-                message = parse_record(record)
+                message = parse(record)
             except ProtocolError as e:
                 out.append(e)
                 continue
@@ -288,12 +344,12 @@ class CoreSession:
     # -- sending
 
     def ping(self) -> bytes:
-        """The Ping record."""
-        return PING_RECORD
+        """The Ping message."""
+        return self.codec.ping
 
     def close(self) -> bytes:
-        """The Close record sent on stop."""
-        return CLOSE_RECORD
+        """The Close message sent on stop."""
+        return self.codec.close
 
     def encode_invocation(
         self,
@@ -303,9 +359,9 @@ class CoreSession:
         stream_ids: abc.Sequence[str] = (),
     ) -> bytes:
         """
-        :raises TypeError: when an argument is not JSON-serialisable.
+        :raises TypeError: when an argument cannot be encoded in the hub protocol.
         """
-        return encode_invocation(target, arguments, invocation_id, stream_ids)
+        return self.codec.encode_invocation(target, arguments, invocation_id, stream_ids)
 
     def encode_stream_invocation(
         self,
@@ -314,19 +370,27 @@ class CoreSession:
         invocation_id: str,
         stream_ids: abc.Sequence[str] = (),
     ) -> bytes:
-        """:raises TypeError: when an argument is not JSON-serialisable."""
-        return encode_stream_invocation(target, arguments, invocation_id, stream_ids)
+        """:raises TypeError: when an argument cannot be encoded in the hub protocol."""
+        return self.codec.encode_stream_invocation(target, arguments, invocation_id, stream_ids)
 
     def encode_stream_item(self, stream_id: str, item: Any) -> bytes:
         """An item of an upload stream."""
-        return encode_stream_item(stream_id, item)
+        return self.codec.encode_stream_item(stream_id, item)
 
     def encode_completion(
         self, invocation_id: str, result: Any = _NO_RESULT, error: str | None = None
     ) -> bytes:
         """The end of an upload stream, or the answer to a client-result invocation."""
-        return encode_completion(invocation_id, result, error)
+        return self.codec.encode_completion(invocation_id, result, error)
 
     def encode_cancel(self, invocation_id: str) -> bytes:
         """Stop a server-to-client stream."""
-        return encode_cancel_invocation(invocation_id)
+        return self.codec.encode_cancel(invocation_id)
+
+    def encode_ack(self, sequence_id: int) -> bytes:
+        """Stateful reconnect: everything up to ``sequence_id`` arrived."""
+        return self.codec.encode_ack(sequence_id)
+
+    def encode_sequence(self, sequence_id: int) -> bytes:
+        """Stateful reconnect: the first message replayed on a new socket."""
+        return self.codec.encode_sequence(sequence_id)

@@ -32,13 +32,17 @@ from txsignalr._core_protocol import (
 )
 from txsignalr.errors import ProtocolError
 
-__all__ = ["DEFAULT_BUFFER_SIZE", "TRACKED", "MessageBuffer", "is_tracked"]
+__all__ = ["DEFAULT_BUFFER_SIZE", "TRACKED", "TRACKED_TYPES", "MessageBuffer", "is_tracked"]
 
 #: Bytes of unacknowledged messages kept by default before sends wait (TS and .NET).
 DEFAULT_BUFFER_SIZE: Final = 100_000
 
 #: The message types stateful reconnect numbers.
 TRACKED: Final = frozenset({Invocation, StreamItem, Completion, StreamInvocation, CancelInvocation})
+
+
+#: Their type numbers (an invalid message of one of these still counts).
+TRACKED_TYPES: Final = frozenset({1, 2, 3, 4, 5})
 
 
 def is_tracked(message: HubMessage) -> bool:
@@ -138,13 +142,19 @@ class MessageBuffer:
         """
         The peer's Sequence: the next tracked message it sends has ``sequence_id``.
 
-        :raises ProtocolError: when it skips messages this side never received.
+        :raises ProtocolError: when it skips messages this side never received, or is
+            below 1 (the first message is 1).
         """
+        if sequence_id < 1:
+            raise ProtocolError("Sequence ID below 1", sequence_id)
         if sequence_id > self.received + 1:
             raise ProtocolError(
                 "Sequence ID greater than amount of messages we've received.", sequence_id
             )
         self._position = sequence_id - 1
+        # The peer replays from sequence_id because it has no Ack past it: any sent
+        # since died with the old socket, so acknowledge again what is replayed.
+        self.acked = min(self.acked, sequence_id - 1)
         self.awaiting_sequence = False
 
     def accept(self) -> bool:

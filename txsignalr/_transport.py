@@ -52,6 +52,8 @@ class TransportRequest:
     :ivar max_size: the most bytes one received message (WebSocket message, event,
         poll body) may hold; a larger one loses the channel with
         :class:`~txsignalr.MessageTooLarge` as the cause.
+    :ivar frame_binary: WebSockets: whether a message goes as a binary frame
+        (``None``: every message is a text frame).
     """
 
     transport: Transport
@@ -62,6 +64,7 @@ class TransportRequest:
     poll_timeout: float | None = None
     poll_method: str = "POST"
     max_size: int = DEFAULT_MAX_RECEIVE_SIZE
+    frame_binary: Callable[[bytes], bool] | None = None
 
 
 class TransportSink(Protocol):

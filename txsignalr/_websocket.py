@@ -120,6 +120,7 @@ class WebSocketTransport:
         self._reactor = reactor
         self._url = websocket_url(request.url)
         self._max_size = request.max_size
+        self._binary = request.frame_binary
         self._headers = http.handshake_headers(request.url)
         self._tls: IPolicyForHTTPS | None = http.tls
         self._sink = sink
@@ -221,7 +222,10 @@ class WebSocketTransport:
     # -- used by the connection
 
     def send(self, data: bytes) -> Deferred[bytes]:
-        """Send one text message; nothing comes back in the same exchange."""
+        """
+        Send one message (a text frame, or binary when the request's ``frame_binary``
+        says so); nothing comes back in the same exchange.
+        """
         protocol = self._protocol
         if protocol is None or self._done or not self._open:
             return fail(ConnectionClosed("the WebSocket is not open"))
@@ -231,7 +235,8 @@ class WebSocketTransport:
         limit = options.maxMessagePayloadSize
         options.maxMessagePayloadSize = 0
         try:
-            protocol.sendMessage(data, False)
+            binary = self._binary
+            protocol.sendMessage(data, binary is not None and binary(data))
         finally:
             options.maxMessagePayloadSize = limit
         return succeed(b"")

@@ -83,11 +83,15 @@ class HandshakeError(SignalRError):
 
 class ProtocolError(SignalRError):
     """
-    The server sent something that is not valid classic SignalR: a frame that is not
-    JSON, a frame of the wrong shape, a message without a required field.
+    The server sent something that is not valid SignalR: a frame that is not JSON (or
+    MessagePack), a frame of the wrong shape, a message without a required field.
 
     :ivar data: the offending payload (truncated to 500 characters in ``str()``).
+    :ivar message_type: ASP.NET Core: the hub message type (1-9) of an invalid message
+        whose type was readable, else ``None``.
     """
+
+    message_type: int | None = None
 
     def __init__(self, message: str, data: Any = None):
         super().__init__(message)

@@ -352,6 +352,17 @@ def _protocol(value: str) -> str:
     return protocol
 
 
+#: The ``hub_protocol`` values of :class:`txsignalr.HubConnection`.
+HUB_PROTOCOLS = ("json", "messagepack")
+
+
+def _hub_protocol(value: str) -> str:
+    name = str(value).lower()
+    if name not in HUB_PROTOCOLS:
+        raise ValueError(f"hub_protocol must be one of {', '.join(HUB_PROTOCOLS)}, not {value!r}")
+    return name
+
+
 #: What an environment variable's name may be (POSIX's portable names).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -436,6 +447,10 @@ class ConnectionSettings:
         connection is made; sent as ``Authorization: Bearer``.
         Unset or empty, it makes :meth:`connect` raise :class:`MissingAccessToken`.
         Cannot be combined with an ``Authorization`` header.
+    :ivar hub_protocol: ASP.NET Core: ``"json"`` (the default) or ``"messagepack"``
+        (needs the ``txsignalr[messagepack]`` extra).
+    :ivar stateful_reconnect: ASP.NET Core: resume a dropped WebSocket without losing
+        or repeating a message when the server allows it (.NET 8+).
     """
 
     url: str = attrs.field(repr=redact_url, metadata=_setting(None, hub_connection=False))
@@ -463,6 +478,12 @@ class ConnectionSettings:
         default=None,
         validator=_env_name,
         metadata=_setting("access-token-env", hub_connection=False),
+    )
+    hub_protocol: str = attrs.field(
+        default="json", converter=_hub_protocol, metadata=_setting("hub-protocol")
+    )
+    stateful_reconnect: bool = attrs.field(
+        default=False, converter=bool, metadata=_setting("stateful-reconnect")
     )
     #: every token handed out, so that one rotated away still stays out of the logs
     _tokens: set[str] = attrs.field(factory=set, init=False, repr=False, eq=False)

@@ -40,11 +40,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from txsignalr._core_codecs import hub_codec
 from txsignalr._protocol import Endpoints, Transport, transport_order
 from txsignalr.errors import InvalidURL, ProtocolError
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.service import (
     ENV_NAME,
+    HUB_PROTOCOLS,
     PROTOCOLS,
     ClientCall,
     ConnectionSettings,
@@ -236,6 +238,23 @@ class Options(usage.Options):
         self._chose_protocol = True
         self["protocol"] = protocol.lower()
 
+    def opt_hub_protocol(self, name: str) -> None:
+        """ASP.NET Core hub protocol: json (the default) or messagepack (binary; needs pip install 'txsignalr[messagepack]'; never over Server-Sent Events)."""  # noqa: E501
+        if name.lower() not in HUB_PROTOCOLS:
+            raise usage.UsageError(
+                f"--hub-protocol {name!r}: expected one of {', '.join(HUB_PROTOCOLS)}"
+            )
+        if name.lower() == "messagepack":
+            try:
+                hub_codec("messagepack")
+            except ImportError as e:
+                raise usage.UsageError(f"--hub-protocol messagepack: {e}") from None
+        self["hub_protocol"] = name.lower()
+
+    def opt_stateful_reconnect(self) -> None:
+        """ASP.NET Core (.NET 8+ servers that allow it): when the WebSocket drops, resume the same connection and replay what either side missed, instead of starting over."""  # noqa: E501
+        self["stateful_reconnect"] = True
+
     def opt_access_token_env(self, name: str) -> None:
         """Environment variable holding a bearer token, sent as Authorization: Bearer and read again before each ASP.NET Core negotiate (a rotated token is picked up; classic: when each connection is made); the token itself is never given on the command line."""  # noqa: E501
         if not ENV_NAME.fullmatch(name):
@@ -364,6 +383,7 @@ class Options(usage.Options):
             self._check_url()
         self._check_hubs()
         self._check_access_token()
+        self._check_core_options()
         if self["output"] == "-" and self.parent is not None:
             if not self.parent.get("nodaemon", True):
                 raise usage.UsageError(
@@ -436,6 +456,29 @@ class Options(usage.Options):
                 f"{option} {method!r} names no hub, but with --protocol auto {why} means "
                 "classic ASP.NET SignalR, which needs HUB.METHOD everywhere; for an "
                 "ASP.NET Core URL give --protocol core"
+            )
+
+    def _check_core_options(self) -> None:
+        """--hub-protocol messagepack and --stateful-reconnect are ASP.NET Core's."""
+        core_only = [
+            option
+            for option, given in (
+                ("--hub-protocol messagepack", self["hub_protocol"] != "json"),
+                ("--stateful-reconnect", self["stateful_reconnect"]),
+            )
+            if given
+        ]
+        if not core_only or self["protocol"] == "core":
+            return
+        hubs_named = (
+            self["hubs"]
+            or any(h for h, _, _ in self["subscriptions"])
+            or any(h for h, _ in self["on"])
+        )
+        if self["protocol"] == "classic" or hubs_named or self["demo"]:
+            raise usage.UsageError(
+                f"{core_only[0]} is for ASP.NET Core, but this connects as classic ASP.NET "
+                "SignalR; add --protocol core (and name no hubs: the URL names it)"
             )
 
     def _check_access_token(self) -> None:
@@ -658,7 +701,10 @@ class DemoService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         from txsignalr.testing import C3Hub, SignalRServer
 
-        self._server = SignalRServer(reactor, hubs=[C3Hub(interval=0.2)])
+        # Offering stateful reconnect changes nothing for clients that do not ask.
+        self._server = SignalRServer(
+            reactor, hubs=[C3Hub(interval=0.2)], core_stateful_reconnect=True
+        )
         if access_token is not None:
             self._server.core_access_token = lambda token: _token_matches(token, access_token)
         self._core = core
