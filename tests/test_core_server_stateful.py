@@ -194,6 +194,37 @@ async def test_acks_once_per_interval_after_messages_arrive() -> None:
         await s.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_acks_again_what_the_client_replays_on_clock() -> None:
+    """A client that replays messages already acknowledged (its Ack died with the old
+    socket) gets the Ack again after core_ack_interval."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()], core_stateful_reconnect=True)  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = await stateful_client(s)
+        calls = invocation("1", "Nothing") + invocation("2", "Nothing")
+        await client.send(calls)
+        assert await client.record() == {"type": 3, "invocationId": "1"}
+        assert await client.record() == {"type": 3, "invocationId": "2"}
+        clock.advance(1.1)
+        assert await client.record() == {"type": 8, "sequenceId": 2}
+        await drop_and_wait(s, client)
+        await client.reopen()
+        assert await client.record() == {"type": 9, "sequenceId": 1}
+        assert await client.record() == {"type": 3, "invocationId": "1"}
+        assert await client.record() == {"type": 3, "invocationId": "2"}
+        await client.send(b'{"type":9,"sequenceId":1}\x1e' + calls)
+        await sleep(0.05)
+        clock.advance(1.1)
+        assert await client.record() == {"type": 8, "sequenceId": 2}
+        assert s.core_stateful_counts["duplicates"] == 2
+        assert invoked(s) == ["1", "2"]
+        client.drop()
+    finally:
+        await s.stop()
+
+
 # -- the replay -----------------------------------------------------------------------------
 
 
