@@ -32,9 +32,8 @@ from twisted.internet import defer, task
 from txsignalr._core_msgpack import MessagePackExt
 from txsignalr.testing import HubCall, SignalRServer
 
-TRANSCRIPT = (
-    Path(__file__).parent / "data" / "transcripts-core" / "aspnet-WebSockets-messagepack.txt"
-)
+DATA = Path(__file__).parent / "data" / "transcripts-core"
+TRANSCRIPT = DATA / "aspnet-WebSockets-messagepack.txt"
 #: the transports that carry MessagePack (SSE is Text only)
 BINARY_TRANSPORTS = ("WebSockets", "LongPolling")
 binary_transports = pytest.mark.parametrize("transport", BINARY_TRANSPORTS)
@@ -158,6 +157,44 @@ async def test_long_polling_answers_octet_stream(server: SignalRServer) -> None:
     assert await within(held.body, 5) == bytes.fromhex("0c 95 03 80 a1 30 03 a5 68 65 6c 6c 6f")
     assert held.header("content-type") == ["application/octet-stream"]
     await fetch("DELETE", url)
+
+
+def transcript_bodies(name: str) -> list[tuple[str, bytes]]:
+    """``(direction, body)`` of each non-empty HTTP body after negotiate."""
+    bodies = []
+    for line in (DATA / name).read_text().splitlines():
+        m = re.match(r"\[[ \d.]+\] #\d+ (C->S|S->C) body: (.*)$", line)
+        if m is None or m[2] == "(empty)" or m[2].startswith('{"connectionId'):
+            continue
+        binary = re.match(r"<binary \d+ bytes> (.*)$", m[2])
+        body = bytes.fromhex(binary[1]) if binary else m[2].encode().replace(b"\\x1e", b"\x1e")
+        bodies.append((m[1], body))
+    return bodies
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_polling_transcript_golden_bytes(server: SignalRServer) -> None:
+    """The POST bodies of Microsoft's client from the long polling transcript get the
+    transcript's poll bodies back (Add and the ticker aside, as over WebSockets)."""
+    bodies = transcript_bodies("aspnet-LongPolling-messagepack.txt")
+    posts = [b for d, b in bodies if d == "C->S"]
+    answers = [b for d, b in bodies if d == "S->C"]
+    assert posts[0] == MSGPACK_HANDSHAKE and answers[0] == b"{}\x1e"
+    add = bytes.fromhex("0f 95 03 80 a1 31 03 cb 40 14 00 00 00 00 00 00")
+    answers = [bytes.fromhex("07 95 03 80 a1 31 03 05") if a == add else a for a in answers]
+    expected = b"".join(a for a in answers if not a.startswith(b"\x0b\x95\x01\x80\xc0\xa4tick"))
+    client = CoreClient(server.core_url("echo"), "LongPolling", protocol="messagepack")
+    await client.negotiate()
+    await client.open()
+    got = b""
+    for post in posts[:-1]:
+        await client.send(post, binary=post != MSGPACK_HANDSHAKE)
+        got += await within(client.chunks.get(), 5)
+    while len(got) < len(expected):
+        got += await within(client.chunks.get(), 5)
+    assert got == expected
+    await client.send(posts[-1])  # [7, nil]
+    assert await within(client.closed, 5) == 204
 
 
 @pytest_twisted.ensureDeferred
@@ -403,6 +440,25 @@ async def test_broadcast_reaches_each_connection_in_its_protocol(server: SignalR
     await js.invoke("SendToGroup", "g", "m", invocation_id="2")
     assert await mp.record() == [1, {}, None, "groupMessage", ["g", "m"], []]
     assert await js.record() == {"type": 3, "invocationId": "2"}
+    mp.drop()
+    js.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_of_what_only_messagepack_carries(server: SignalRServer) -> None:
+    """bytes reach the MessagePack connections; a JSON connection does not get it, and
+    the caller learns that with TypeError; with MessagePack ones only, no error."""
+    mp = await connected(server, "WebSockets")
+    server.send_to_all("echo", "receive", b"\x01")
+    assert await mp.record() == [1, {}, None, "receive", [b"\x01"], []]
+    js = CoreClient(server.core_url("echo"), "WebSockets")
+    assert await js.connect() == {}
+    with pytest.raises(TypeError):
+        server.send_to_all("echo", "receive", b"\x02")
+    assert await mp.record() == [1, {}, None, "receive", [b"\x02"], []]
+    server.send_to_all("echo", "receive", "text")
+    assert await js.record() == {"type": 1, "target": "receive", "arguments": ["text"]}
+    assert await mp.record() == [1, {}, None, "receive", ["text"], []]
     mp.drop()
     js.drop()
 

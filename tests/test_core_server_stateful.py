@@ -194,6 +194,37 @@ async def test_acks_once_per_interval_after_messages_arrive() -> None:
         await s.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_acks_again_what_the_client_replays_on_clock() -> None:
+    """A client that replays messages already acknowledged (its Ack died with the old
+    socket) gets the Ack again after core_ack_interval."""
+    clock = task.Clock()
+    s = SignalRServer(ClockReactor(clock), [EchoHub()], core_stateful_reconnect=True)  # type: ignore[arg-type]
+    await s.listen()
+    try:
+        client = await stateful_client(s)
+        calls = invocation("1", "Nothing") + invocation("2", "Nothing")
+        await client.send(calls)
+        assert await client.record() == {"type": 3, "invocationId": "1"}
+        assert await client.record() == {"type": 3, "invocationId": "2"}
+        clock.advance(1.1)
+        assert await client.record() == {"type": 8, "sequenceId": 2}
+        await drop_and_wait(s, client)
+        await client.reopen()
+        assert await client.record() == {"type": 9, "sequenceId": 1}
+        assert await client.record() == {"type": 3, "invocationId": "1"}
+        assert await client.record() == {"type": 3, "invocationId": "2"}
+        await client.send(b'{"type":9,"sequenceId":1}\x1e' + calls)
+        await sleep(0.05)
+        clock.advance(1.1)
+        assert await client.record() == {"type": 8, "sequenceId": 2}
+        assert s.core_stateful_counts["duplicates"] == 2
+        assert invoked(s) == ["1", "2"]
+        client.drop()
+    finally:
+        await s.stop()
+
+
 # -- the replay -----------------------------------------------------------------------------
 
 
@@ -510,3 +541,74 @@ async def test_a_full_buffer_pauses_a_stream() -> None:
         client.drop()
     finally:
         await s.stop()
+
+
+# -- StatefulLink, without I/O ----------------------------------------------------------------
+
+
+def link(limit: int = 10) -> tuple[Any, list[bytes], Any]:
+    from collections import Counter
+
+    from txsignalr.testing._core_stateful import StatefulLink
+
+    written: list[bytes] = []
+    counts: Counter[str] = Counter()
+    return StatefulLink(limit, written.append, counts), written, counts
+
+
+def test_link_holds_in_order_and_releases_on_acks() -> None:
+    """Past the limit messages wait, numbered only when Acks make room, in order."""
+    from txsignalr._core_protocol import Ack
+
+    lk, written, counts = link(limit=10)
+    for data in (b"aaaaaa", b"bbbbbb", b"cc", b"dd"):
+        lk.send(data)
+    assert written == [b"aaaaaa", b"bbbbbb"]  # 12 bytes: full
+    assert (lk.held, counts["held"]) == (2, 2)
+    wait = lk.writable()
+    assert wait is not None and not wait.called
+    assert lk.received(Ack(1)) is False
+    assert written == [b"aaaaaa", b"bbbbbb", b"cc", b"dd"]
+    assert lk.held == 0
+    assert not wait.called  # 10 bytes unacknowledged: still full
+    assert lk.buffer.replay() == (2, [b"bbbbbb", b"cc", b"dd"])
+    assert lk.received(Ack(2)) is False
+    assert wait.called and lk.writable() is None
+    assert lk.received(Ack(99)) is False  # past what was sent: everything, as .NET
+    assert lk.buffer.replay() == (5, [])
+    assert counts["acks_received"] == 3
+
+
+def test_link_while_disconnected_and_resumed() -> None:
+    """Without a socket messages are numbered but not written; the client's input is
+    dropped until its Sequence, then its replays already handled are dropped."""
+    from txsignalr._core_protocol import PING, Invocation, Sequence
+
+    lk, written, counts = link(limit=100)
+    call = Invocation("Echo", (1,), "1")
+    assert lk.received(call) is True
+    assert lk.ack_due() == 1
+    lk.disconnected()
+    lk.send(b"x")
+    assert written == [] and lk.ack_due() is None
+    assert lk.resume() == (1, [b"x"])
+    assert lk.received(call) is False  # before the Sequence
+    assert lk.received(PING) is False
+    assert lk.received(Sequence(1)) is False
+    assert lk.received(call) is False  # message 1 again: handled already
+    assert counts["duplicates"] == 1
+    assert lk.received(Invocation("Echo", (2,), "2")) is True
+    assert lk.received(PING) is True
+
+
+def test_link_close_cancels_waiters() -> None:
+    """When the connection ends a stream waiting for room is cancelled."""
+    lk, _written, _counts = link(limit=1)
+    lk.send(b"ab")
+    wait = lk.writable()
+    assert wait is not None
+    failures: list[Any] = []
+    wait.addErrback(failures.append)
+    lk.close()
+    assert len(failures) == 1 and failures[0].check(defer.CancelledError)
+    assert lk.held == 0

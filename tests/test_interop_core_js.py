@@ -1,7 +1,10 @@
 """
 Microsoft's ASP.NET Core SignalR client, ``@microsoft/signalr`` 10.0.11 in Node, against
-the ASP.NET Core side of :mod:`txsignalr.testing` on 127.0.0.1, JSON hub protocol, forced
-in turn to WebSockets, Server-Sent Events and long polling.
+the ASP.NET Core side of :mod:`txsignalr.testing` on 127.0.0.1: the JSON hub protocol
+forced in turn to WebSockets, Server-Sent Events and long polling, and
+``@microsoft/signalr-protocol-msgpack``'s ``MessagePackHubProtocol`` over WebSockets and
+long polling (the two that carry binary); stateful reconnect (``withStatefulReconnect``)
+across a WebSocket the server drops.
 
 ``tests/js/core_client.js`` is driven one step at a time over stdin (one node process per
 scenario and transport), so each test checks what the client reports (its reply to every
@@ -13,6 +16,7 @@ Expected error texts are those of Microsoft's server (``DefaultHubDispatcher``; 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +33,13 @@ from txsignalr.testing import ClientResultError, Hub, HubCall, HubException, Sig
 NODE_TIMEOUT = 30.0
 
 TRANSPORTS = ("WebSockets", "ServerSentEvents", "LongPolling")
+#: (transport, hub protocol) pairs: JSON on every transport, MessagePack on those that
+#: carry binary (the client skips Server-Sent Events for it)
+CASES = [(t, "json") for t in TRANSPORTS] + [
+    ("WebSockets", "messagepack"),
+    ("LongPolling", "messagepack"),
+]
+each_case = pytest.mark.parametrize("transport, protocol", CASES)
 #: the client's transport class for each HttpTransportType.
 TRANSPORT_CLASS = {
     "WebSockets": "WebSocketTransport",
@@ -36,6 +47,15 @@ TRANSPORT_CLASS = {
     "LongPolling": "LongPollingTransport",
 }
 HUB = "interop"
+UTC = datetime.timezone.utc
+#: what the client logs when the server refuses its WebSocket upgrade
+WEBSOCKET_REFUSED = (
+    "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
+    "connect. The connection could not be found on the server, either the endpoint "
+    "may not be a SignalR endpoint, the connection ID is not present on the server, "
+    "or there is a proxy blocking WebSockets. If you have multiple servers check "
+    "that sticky sessions are enabled."
+)
 
 
 # ------------------------------------------------------------------- the node process
@@ -284,6 +304,22 @@ class InteropHub(Hub):
     async def AskClient(self, call: HubCall, value: int) -> Any:
         return await call.caller.invoke_with_result("GetValue", value)  # type: ignore[attr-defined]
 
+    def Describe(self, call: HubCall, value: Any) -> str:
+        """The Python type the server decoded ``value`` to."""
+        return type(value).__name__
+
+    def Typed(self, call: HubCall) -> list[Any]:
+        """Values JSON has no type for: bytes, a datetime, a map with integer keys."""
+        return [b"\x00\xff", datetime.datetime(2018, 1, 1, 11, 24, tzinfo=UTC), {1: "one"}]
+
+    async def Numbered(self, call: HubCall, count: int, delay_ms: int) -> int:
+        """``numbered(i)`` on the caller for i in 0..count-1, one every ``delay_ms``."""
+        for i in range(count):
+            call.caller.invoke("numbered", i)
+            await sleep(delay_ms / 1000)
+        self.record.append(("Numbered", count))
+        return count
+
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -387,10 +423,10 @@ def invoked(server: SignalRServer, connection_id: str) -> list[tuple[str, list[A
 
 
 async def start_client(
-    core_client: Any, url: str, transport: str | None, **options: Any
+    core_client: Any, url: str, transport: str | None, protocol: str = "json", **options: Any
 ) -> tuple[CoreClient, str]:
     """A connected client with recording handlers; :returns: it and its connection id."""
-    client = await core_client(url, transport=transport, **options)
+    client = await core_client(url, transport=transport, protocol=protocol, **options)
     for method, mode in (
         ("receive", "record"),
         ("groupMessage", "record"),
@@ -410,15 +446,15 @@ async def start_client(
 # ------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@each_case
 @pytest_twisted.ensureDeferred
 async def test_connect_invoke_errors_and_client_methods(
-    make_server: Any, core_client: Any, transport: str
+    make_server: Any, core_client: Any, transport: str, protocol: str
 ) -> None:
     """start, invoke (results, void, hub errors), client methods, broadcasts."""
     server = await make_server()
     hub = hub_of(server)
-    client, cid = await start_client(core_client, server.core_url(HUB), transport)
+    client, cid = await start_client(core_client, server.core_url(HUB), transport, protocol)
 
     # -- what the server saw of the start
     assert cid in server.core_connections
@@ -429,7 +465,7 @@ async def test_connect_invoke_errors_and_client_methods(
     assert negotiate["headers"]["user-agent"].startswith("Microsoft SignalR/10.0 (10.0.11; ")
     (handshake,) = core_events(server, "handshake", cid)
     assert handshake["ok"] is True
-    assert (handshake["protocol"], handshake["version"]) == ("json", 1)
+    assert (handshake["protocol"], handshake["version"]) == (protocol, 1)
     assert handshake["transport"] == transport
     assert ("connected", cid) in hub.record
     # -- what the client did: negotiate once, then only its transport
@@ -517,16 +553,17 @@ async def test_connect_invoke_errors_and_client_methods(
     await client.exit()
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@each_case
 @pytest_twisted.ensureDeferred
 async def test_groups_streams_uploads_and_client_results(
-    make_server: Any, core_client: Any, transport: str
+    make_server: Any, core_client: Any, transport: str, protocol: str
 ) -> None:
     """Groups, server-to-client streams (with cancel), client-to-server streams, client
     results awaited by a hub method and by the server's API."""
     server = await make_server()
     hub = hub_of(server)
-    client, cid = await start_client(core_client, server.core_url(HUB), transport)
+    client, cid = await start_client(core_client, server.core_url(HUB), transport, protocol)
+    assert core_events(server, "handshake", cid)[0]["protocol"] == protocol
 
     # -- groups
     await client.step("invoke", method="JoinGroup", args=["g1"])
@@ -624,18 +661,19 @@ async def test_groups_streams_uploads_and_client_results(
     )
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@each_case
 @pytest_twisted.ensureDeferred
 async def test_reconnect_after_a_drop_and_close_from_the_server(
-    make_server: Any, core_client: Any, transport: str
+    make_server: Any, core_client: Any, transport: str, protocol: str
 ) -> None:
     """withAutomaticReconnect: after the server drops the transport the client starts a
     new connection; a Close with an error ends it for good (onclose gets the text); a
     Close with allowReconnect makes it reconnect."""
     server = await make_server()
     client, cid1 = await start_client(
-        core_client, server.core_url(HUB), transport, reconnectDelays=[0, 200, 1000]
+        core_client, server.core_url(HUB), transport, protocol, reconnectDelays=[0, 200, 1000]
     )
+    assert core_events(server, "handshake", cid1)[0]["protocol"] == protocol
     await client.step("invoke", method="JoinGroup", args=["g1"])
 
     server.drop_all_transports()
@@ -656,6 +694,7 @@ async def test_reconnect_after_a_drop_and_close_from_the_server(
     assert cid2 in server.core_connections
     assert len(core_events(server, "negotiate")) == 2
     assert core_events(server, "handshake", cid2)[0]["ok"] is True
+    assert core_events(server, "handshake", cid2)[0]["protocol"] == protocol
     # calls work on the new connection; groups did not survive (a full reconnect)
     assert (await client.step("invoke", method="GetConnectionId"))["result"] == cid2
     assert server.groups_of(cid2) == []
@@ -750,28 +789,21 @@ async def test_refused_websocket_falls_back_with_a_new_negotiate(
     assert core_events(server, "handshake", cid)[0]["transport"] == "ServerSentEvents"
     assert (await client.step("invoke", method="Echo", args=["ok"]))["result"] == "ok"
     assert await client.step("stop") == {"state": "Disconnected"}
-    await client.exit(
-        [
-            "Error: Failed to start the transport 'WebSockets': Error: WebSocket failed to "
-            "connect. The connection could not be found on the server, either the endpoint "
-            "may not be a SignalR endpoint, the connection ID is not present on the server, "
-            "or there is a proxy blocking WebSockets. If you have multiple servers check "
-            "that sticky sessions are enabled."
-        ]
-    )
+    await client.exit([WEBSOCKET_REFUSED])
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@each_case
 @pytest_twisted.ensureDeferred
 async def test_azure_style_redirect_with_access_tokens(
-    make_server: Any, core_client: Any, transport: str
+    make_server: Any, core_client: Any, transport: str, protocol: str
 ) -> None:
     """Negotiate at the app answers {url, accessToken}; the client negotiates again at
     the service URL with that token instead of its own, and connects there."""
     server = await make_server()
     client, cid = await start_client(
-        core_client, server.redirect_url(HUB), transport, accessToken="user-token"
+        core_client, server.redirect_url(HUB), transport, protocol, accessToken="user-token"
     )
+    assert core_events(server, "handshake", cid)[0]["protocol"] == protocol
     (redirect,) = core_events(server, "redirect")
     issued = redirect["access_token"]
     assert issued in server.redirect_tokens
@@ -926,3 +958,192 @@ async def test_skip_negotiation_over_websockets(make_server: Any, core_client: A
     assert await client.step("stop") == {"state": "Disconnected"}
     await assert_stopped(server, server_id, "WebSockets")
     await client.exit()
+
+
+# ------------------------------------------------------------------------ MessagePack
+
+
+@pytest.mark.parametrize("transport", ["WebSockets", "LongPolling"])
+@pytest_twisted.ensureDeferred
+async def test_messagepack_payload_types(
+    make_server: Any, core_client: Any, transport: str
+) -> None:
+    """MessagePackHubProtocol: Uint8Array and Date reach the hub as bytes and datetime
+    and come back as they went; the server's bytes, datetimes and integer-keyed maps
+    reach the client as Uint8Array, Date and an object; big safe integers survive."""
+    server = await make_server()
+    client, cid = await start_client(core_client, server.core_url(HUB), transport, "messagepack")
+    (handshake,) = core_events(server, "handshake", cid)
+    assert (handshake["protocol"], handshake["transport"]) == ("messagepack", transport)
+    data = {"$bytes": [0, 1, 254, 255]}
+    moment = {"$date": "2024-02-29T23:59:59.123Z"}
+    assert await client.step("invoke", method="Echo", args=[data]) == {
+        "hasValue": True,
+        "result": data,
+    }
+    assert (await client.step("invoke", method="Describe", args=[data]))["result"] == "bytes"
+    assert (await client.step("invoke", method="Echo", args=[moment]))["result"] == moment
+    assert (await client.step("invoke", method="Describe", args=[moment]))["result"] == ("datetime")
+    for big in (2**53 - 1, -(2**53 - 1), 2**32 + 5):
+        assert (await client.step("invoke", method="Echo", args=[big]))["result"] == big
+        assert (await client.step("invoke", method="Describe", args=[big]))["result"] == "int"
+    nested = {"list": [1.5, None, True, "h\u00e9"], "inner": {"b": data}}
+    assert (await client.step("invoke", method="Echo", args=[nested]))["result"] == nested
+    assert (await client.step("invoke", method="Typed"))["result"] == [
+        {"$bytes": [0, 255]},
+        {"$date": "2018-01-01T11:24:00.000Z"},
+        {"1": "one"},
+    ]
+    # client methods get them too, from a broadcast encoded once for MessagePack
+    server.send_to_all(HUB, "receive", b"\x07", datetime.datetime(2020, 5, 17, tzinfo=UTC))
+    assert await client.call("receive") == [{"$bytes": [7]}, {"$date": "2020-05-17T00:00:00.000Z"}]
+    # an upload of binary items
+    assert (await client.step("upload", method="Sum", items=[1, 2]))["result"] == 3
+    assert await client.step("stop") == {"state": "Disconnected"}
+    await assert_stopped(server, cid, transport)
+    await client.exit()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messagepack_never_goes_over_server_sent_events(
+    make_server: Any, core_client: Any
+) -> None:
+    """MessagePack needs Binary: forced to Server-Sent Events the client refuses to start
+    (without trying the transport); with its defaults and the WebSocket refused it skips
+    Server-Sent Events for long polling."""
+    server = await make_server()
+    forced = await core_client(
+        server.core_url(HUB), transport="ServerSentEvents", protocol="messagepack"
+    )
+    message = await forced.error("start")
+    assert message == (
+        "Unable to connect to the server with any of the available transports. "
+        "WebSockets failed: Error: 'WebSockets' is disabled by the client. "
+        "ServerSentEvents failed: Error: 'ServerSentEvents' does not support Binary. "
+        "LongPolling failed: Error: 'LongPolling' is disabled by the client."
+    )
+    assert [r[0] for r in forced.requests()] == ["fetch"]  # only negotiate
+    assert core_events(server, "transport") == []
+    assert core_events(server, "handshake") == []
+    await forced.exit([f"Error: Failed to start the connection: Error: {message}"])
+
+    server.refuse_transport("webSockets", 500, b"refused for the test")
+    client, cid = await start_client(core_client, server.core_url(HUB), None, "messagepack")
+    assert (await client.step("state"))["transport"] == "LongPollingTransport"
+    assert "eventsource" not in {via for via, _, _, _ in client.requests()}
+    (handshake,) = core_events(server, "handshake", cid)
+    assert (handshake["protocol"], handshake["transport"]) == ("messagepack", "LongPolling")
+    assert (await client.step("invoke", method="Add", args=[2, 3]))["result"] == 5
+    assert await client.step("stop") == {"state": "Disconnected"}
+    await client.exit([WEBSOCKET_REFUSED])
+
+
+# ------------------------------------------------------------------ stateful reconnect
+
+
+@pytest.mark.parametrize("protocol", ["json", "messagepack"])
+@pytest_twisted.ensureDeferred
+async def test_stateful_reconnect_resumes_mid_stream(
+    make_server: Any, core_client: Any, protocol: str
+) -> None:
+    """withStatefulReconnect: the server drops the WebSocket while numbered client-method
+    calls and invocations are in flight (some only buffered, as the transport was
+    stalled); the client opens a new socket to the same connection, no negotiate, no
+    handshake, no onreconnecting; every call arrives once, in order, and every
+    invocation is answered once."""
+    # the server never Acks during the test, so the client replays all it sent
+    server = await make_server(core_stateful_reconnect=True, core_ack_interval=60.0)
+    hub = hub_of(server)
+    client, cid = await start_client(
+        core_client,
+        server.core_url(HUB),
+        "WebSockets",
+        protocol,
+        statefulReconnect=True,
+        reconnectDelays=[0],
+    )
+    await client.step("on", method="numbered", mode="record")
+    (negotiate,) = core_events(server, "negotiate")
+    assert negotiate["query"] == {"negotiateVersion": "1", "useStatefulReconnect": "true"}
+    (handshake,) = core_events(server, "handshake", cid)
+    assert (handshake["protocol"], handshake["version"], handshake["stateful"]) == (
+        protocol,
+        2,
+        True,
+    )
+
+    count = 40
+    calls = [{"method": "Numbered", "args": [count, 20]}] + [
+        {"method": "Echo", "args": [i]} for i in range(20)
+    ]
+    many = defer.ensureDeferred(client.step("invokeMany", timeout=20, calls=calls, delayMs=40))
+    await client.call("numbered", 8)
+    seen = len(core_events(server, "invoke", cid))
+    server.stall_transports()
+    # invocations arrive and are answered while nothing is written: only buffered
+    await wait_until(lambda: len(core_events(server, "invoke", cid)) >= seen + 2, "more calls")
+    server.drop_all_transports()
+    server.stall_transports(False)
+    outcomes = await within(many, 20)
+
+    assert outcomes[0] == {"settled": 1, "result": count}
+    assert outcomes[1:] == [{"settled": 1, "result": i} for i in range(20)]
+    assert client.calls("numbered") == [[i] for i in range(count)]
+    # the server: one resume, with a replay; the client's replays dropped as handled
+    assert len(core_events(server, "suspended", cid)) == 1
+    (resumed,) = core_events(server, "resumed", cid)
+    assert resumed["replayed"] > 0, resumed
+    counts = server.core_stateful_counts
+    assert counts["resumes"] == 1 and counts["replayed"] == resumed["replayed"]
+    assert counts["duplicates"] > 0, counts
+    targets = [e["target"] for e in core_events(server, "invoke", cid)]
+    assert targets == ["Numbered"] + ["Echo"] * 20
+    assert [r for r in hub.record if r[0] == "Numbered"] == [("Numbered", count)]
+    # the client: no negotiate, no handshake, no reconnect events, same connection
+    assert len(core_events(server, "negotiate")) == 1
+    assert len(core_events(server, "handshake")) == 1
+    websockets = [r for r in client.requests() if r[0] == "websocket"]
+    assert websockets == [("websocket", "GET", "/hubs/interop id", 101)] * 2
+    assert client.named("reconnecting") == [] and client.named("reconnected") == []
+    assert (await client.step("state"))["connectionId"] == cid
+    assert (await client.step("invoke", method="Echo", args=["after"]))["result"] == "after"
+    assert cid in server.core_connections
+    assert await client.step("stop") == {"state": "Disconnected"}
+    await assert_stopped(server, cid, "WebSockets")
+    # the drop is not even a warning to the client
+    await client.exit([])
+
+
+@pytest_twisted.ensureDeferred
+async def test_stateful_resume_refused_falls_back_to_a_new_connection(
+    make_server: Any, core_client: Any
+) -> None:
+    """When the connection is gone by the time the client's new socket comes (404), the
+    client gives the stateful resume up and its automatic reconnect starts afresh."""
+    server = await make_server(core_stateful_reconnect=True)
+    client, cid1 = await start_client(
+        core_client,
+        server.core_url(HUB),
+        "WebSockets",
+        statefulReconnect=True,
+        reconnectDelays=[0],
+    )
+    server.drop_all_transports()
+    assert server.expire_core_connection(cid1)
+    reconnected = await client.event("reconnected", timeout=8)
+    cid2 = reconnected["connectionId"]
+    assert cid2 != cid1 and cid2 in server.core_connections
+    websockets = [r for r in client.requests() if r[0] == "websocket"]
+    assert [status for *_, status in websockets] == [101, 404, 101]
+    assert len(core_events(server, "negotiate")) == 2
+    assert core_events(server, "resumed") == []
+    assert core_events(server, "handshake", cid2)[0]["stateful"] is True
+    assert (await client.step("invoke", method="GetConnectionId"))["result"] == cid2
+    assert await client.step("stop") == {"state": "Disconnected"}
+    # the client reports the drop once, as its resume failed
+    await client.exit(
+        [
+            "Error: Connection disconnected with error "
+            "'Error: WebSocket closed with status code: 1006 (no reason given).'."
+        ]
+    )

@@ -7,7 +7,12 @@
 //             "skipNegotiation": bool, "reconnectDelays": [ms, ...] | null (no automatic reconnect),
 //             "accessToken": string | null (accessTokenFactory returning it),
 //             "serverTimeoutMs", "keepAliveIntervalMs": withServerTimeout / withKeepAliveInterval,
+//             "protocol": "json" (default) | "messagepack" (MessagePackHubProtocol),
+//             "statefulReconnect": bool | {"bufferSize": N} (withStatefulReconnect),
 //             "timeoutMs": watchdog, "stepTimeoutMs": limit of each step}
+//
+// Values JSON cannot carry go tagged both ways: {"$bytes": [..]} is a Uint8Array (or an
+// ArrayBuffer received), {"$date": "ISO"} a Date, {"$bigint": "N"} a BigInt.
 //
 // Protocol with pytest, one JSON object a line:
 //   stdin:  {"id": N, "op": "...", ...arguments}          one step; steps run one after another
@@ -23,6 +28,7 @@
 const readline = require('readline');
 const http = require('http');
 const signalR = require('@microsoft/signalr');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
 
 const url = process.argv[2];
 const options = JSON.parse(process.argv[3] || '{}');
@@ -52,6 +58,35 @@ process.on('unhandledRejection', (e) => exit(3, 'unhandled rejection: ' + (e && 
 
 function errorText(e) {
   return e && e.message !== undefined ? String(e.message) : String(e);
+}
+
+// JSON from pytest -> the values to send (see the tags above)
+function revive(value) {
+  if (Array.isArray(value)) return value.map(revive);
+  if (value && typeof value === 'object') {
+    if (Array.isArray(value.$bytes)) return Uint8Array.from(value.$bytes);
+    if (typeof value.$date === 'string') return new Date(value.$date);
+    if (typeof value.$bigint === 'string') return BigInt(value.$bigint);
+    const out = {};
+    for (const [k, v] of Object.entries(value)) out[k] = revive(v);
+    return out;
+  }
+  return value;
+}
+
+// what the client received -> JSON for pytest
+function wire(value) {
+  if (value instanceof Uint8Array) return { $bytes: Array.from(value) };
+  if (value instanceof ArrayBuffer) return { $bytes: Array.from(new Uint8Array(value)) };
+  if (value instanceof Date) return { $date: value.toISOString() };
+  if (typeof value === 'bigint') return { $bigint: value.toString() };
+  if (Array.isArray(value)) return value.map(wire);
+  if (value && typeof value === 'object') {
+    const out = {};
+    for (const [k, v] of Object.entries(value)) out[k] = wire(v);
+    return out;
+  }
+  return value;
 }
 
 // ------------------------------------------------------------------ what the client sends
@@ -129,6 +164,13 @@ let builder = new signalR.HubConnectionBuilder().withUrl(url, httpOptions).confi
 if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
 if (options.serverTimeoutMs) builder = builder.withServerTimeout(options.serverTimeoutMs);
 if (options.keepAliveIntervalMs) builder = builder.withKeepAliveInterval(options.keepAliveIntervalMs);
+if (options.protocol === 'messagepack') builder = builder.withHubProtocol(new MessagePackHubProtocol());
+else if (options.protocol && options.protocol !== 'json') throw new Error('unknown protocol ' + options.protocol);
+if (options.statefulReconnect) {
+  builder = typeof options.statefulReconnect === 'object'
+    ? builder.withStatefulReconnect(options.statefulReconnect)
+    : builder.withStatefulReconnect();
+}
 const connection = builder.build();
 
 connection.onreconnecting((e) => emit('reconnecting', { error: e ? errorText(e) : null }));
@@ -159,7 +201,7 @@ const steps = {
     const fn = handlerModes[mode || 'record'];
     if (!fn) throw new Error('unknown handler mode ' + mode);
     connection.on(method, (...args) => {
-      emit('call', { method, args });
+      emit('call', { method, args: wire(args) });
       return fn(args);
     });
     return null;
@@ -176,11 +218,37 @@ const steps = {
     return { connectionId: connection.connectionId, state: connection.state, transport: transportName() };
   },
   async invoke({ method, args }) {
-    const value = await connection.invoke(method, ...(args || []));
-    return { hasValue: value !== undefined, result: value === undefined ? null : value };
+    const value = await connection.invoke(method, ...revive(args || []));
+    return { hasValue: value !== undefined, result: value === undefined ? null : wire(value) };
+  },
+  // Several invocations in flight at once, one started every `delayMs`: each one's
+  // outcome, in the order given, and how many times each settled.
+  async invokeMany({ calls, delayMs }) {
+    const outcomes = calls.map(() => ({ settled: 0 }));
+    const pending = [];
+    for (let i = 0; i < calls.length; i++) {
+      const { method, args } = calls[i];
+      const outcome = outcomes[i];
+      pending.push(
+        connection.invoke(method, ...revive(args || [])).then(
+          (value) => {
+            outcome.settled += 1;
+            outcome.result = value === undefined ? null : wire(value);
+          },
+          (e) => {
+            outcome.settled += 1;
+            outcome.error = errorText(e);
+          }
+        )
+      );
+      emit('invoking', { index: i, method });
+      if (delayMs) await delay(delayMs);
+    }
+    await Promise.all(pending);
+    return outcomes;
   },
   async send({ method, args }) {
-    await connection.send(method, ...(args || []));
+    await connection.send(method, ...revive(args || []));
     return null;
   },
   // Server-to-client stream: collect items until the stream completes or errors, or until
@@ -195,9 +263,9 @@ const steps = {
         settled = true;
         resolve(value);
       };
-      subscription = connection.stream(method, ...(args || [])).subscribe({
+      subscription = connection.stream(method, ...revive(args || [])).subscribe({
         next: (item) => {
-          items.push(item);
+          items.push(wire(item));
           if (take && items.length >= take) {
             // dispose after subscribe() returned; items can arrive synchronously in the same batch
             setImmediate(() => subscription.dispose());
@@ -212,15 +280,15 @@ const steps = {
   // Client-to-server stream: a Subject passed as the last argument, fed `items`.
   async upload({ method, args, items, delayMs, error }) {
     const subject = new signalR.Subject();
-    const pending = connection.invoke(method, ...(args || []), subject);
-    for (const item of items || []) {
+    const pending = connection.invoke(method, ...revive(args || []), subject);
+    for (const item of revive(items || [])) {
       await delay(delayMs === undefined ? 10 : delayMs);
       subject.next(item);
     }
     if (error) subject.error(new Error(error));
     else subject.complete();
     const value = await pending;
-    return { hasValue: value !== undefined, result: value === undefined ? null : value };
+    return { hasValue: value !== undefined, result: value === undefined ? null : wire(value) };
   },
   async sleep({ ms }) {
     await delay(ms);

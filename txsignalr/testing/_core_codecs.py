@@ -79,19 +79,25 @@ class ServerCodec(Protocol):
         """A Sequence (stateful reconnect)."""
 
 
-class _JsonServerCodec:
-    name = "json"
-    version = 2
-    transfer_format = "Text"
-    binary = False
-    ping = _core_wire.PING
-    _reader: HubCodec = _core_codecs.JSON
+class _Reading:
+    """Reading is the client library's codec's."""
+
+    _reader: HubCodec
 
     def splitter(self, max_size: int) -> Splitter:
         return self._reader.splitter(max_size)
 
     def parse(self, record: bytes) -> HubMessage | None:
         return self._reader.parse(record)
+
+
+class _JsonServerCodec(_Reading):
+    name = "json"
+    version = 2
+    transfer_format = "Text"
+    binary = False
+    ping = _core_wire.PING
+    _reader = _core_codecs.JSON
 
     invocation = staticmethod(_core_wire.invocation_record)
     stream_item = staticmethod(_core_wire.stream_item_record)
@@ -104,19 +110,13 @@ class _JsonServerCodec:
         return "<server hub protocol json>"
 
 
-class _MessagePackServerCodec:
+class _MessagePackServerCodec(_Reading):
     name = "messagepack"
     version = 2
     transfer_format = "Binary"
     binary = True
     ping = _core_msgpack.PING_FRAME
-    _reader: HubCodec = _core_codecs.MESSAGEPACK
-
-    def splitter(self, max_size: int) -> Splitter:
-        return self._reader.splitter(max_size)
-
-    def parse(self, record: bytes) -> HubMessage | None:
-        return self._reader.parse(record)
+    _reader = _core_codecs.MESSAGEPACK
 
     invocation = staticmethod(_core_wire.msgpack_invocation)
     # the client's layouts of these are .NET's too

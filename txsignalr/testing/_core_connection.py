@@ -1,9 +1,9 @@
 """
 One ASP.NET Core SignalR connection of the test server, :class:`CoreConnection`: from
-negotiate to its end, in exactly one hub (handshake, record framing, hub messages,
-pings, client timeout, client results, streams both ways), and what it needs of the
-transport that carries it (:class:`CoreChannel`) and of the server's options
-(:class:`CoreSettings`).
+negotiate to its end, in exactly one hub (handshake and hub protocol, framing, pings,
+client timeout, Close, stateful reconnect; its hub calls are
+:class:`~txsignalr.testing._core_calls.CoreCalls`), and what it needs of the transport
+that carries it (:class:`CoreChannel`) and of the server's options (:class:`CoreSettings`).
 
 Transports hand a connection received bytes (:meth:`CoreConnection.receive`) and give
 it a channel to write to; the :class:`~txsignalr.testing._core_registry.CoreRegistry`
@@ -19,26 +19,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from txsignalr._core_codecs import Splitter
-from txsignalr._core_protocol import (
-    CancelInvocation,
-    Close,
-    Completion,
-    Invocation,
-    StreamInvocation,
-    StreamItem,
-)
+from txsignalr._core_protocol import Close
 from txsignalr.errors import MessageTooLarge, ProtocolError
+from txsignalr.testing._core_calls import CoreCalls
 from txsignalr.testing._core_codecs import JSON, ServerCodec, server_codecs
-from txsignalr.testing._core_hubs import (
-    Binding,
-    ClientResultError,
-    CoreHubCall,
-    StreamRun,
-    UploadStream,
-    bind,
-    run_invocation,
-    run_stream,
-)
+from txsignalr.testing._core_hubs import ClientResultError
 from txsignalr.testing._core_stateful import StatefulLink
 from txsignalr.testing._core_wire import (
     CORE_TRANSPORTS,
@@ -124,10 +109,8 @@ class CoreConnection:
         self.pending = bytearray()
         self._handshake = bytearray()
         self._splitter: Splitter | None = None
-        self._streams: dict[str, StreamRun] = {}
-        self._uploads: dict[str, UploadStream] = {}
-        self._results: dict[str, defer.Deferred[Any]] = {}
-        self._next_id = 0
+        #: the hub calls both ways
+        self.calls = CoreCalls(self)
         self._keepalive_call: IDelayedCall | None = None
         self._timeout_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
@@ -143,7 +126,8 @@ class CoreConnection:
     def timers(self) -> Timers:
         return self.registry.timers
 
-    def _event(self, kind: str, **info: Any) -> None:
+    def event(self, kind: str, **info: Any) -> None:
+        """Log a Core event of this connection (its id, hub and transport added)."""
         info.setdefault("connection_id", self.id)
         info.setdefault("hub", self.hub.name)
         info.setdefault("transport", self.transport)
@@ -160,7 +144,7 @@ class CoreConnection:
         self._expiry_call = self.timers.call_later(
             self.settings.core_handshake_timeout, self._handshake_timed_out
         )
-        self._event("connect")
+        self.event("connect")
 
     def send(self, data: bytes) -> None:
         """
@@ -238,7 +222,7 @@ class CoreConnection:
     # -- receiving --------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Bytes from the client: handshake first, then ``0x1E`` records."""
+        """Bytes from the client: the handshake first, then its hub protocol's messages."""
         if self.closed:
             return
         if not self.handshake_done:
@@ -291,14 +275,14 @@ class CoreConnection:
         except MessageTooLarge:
             limit = self.settings.core_max_message_size
             self.close(
-                self._closed_error(
+                self.closed_error(
                     f"InvalidDataException: The maximum message size of {limit}B was exceeded. "
                     "The message size can be configured in AddHubOptions."
                 )
             )
             return
         except ProtocolError as e:
-            self.close(self._closed_error(f"InvalidDataException: {e.message}"))
+            self.close(self.closed_error(f"InvalidDataException: {e.message}"))
             return
         parse = self.codec.parse
         stateful = self.stateful
@@ -308,21 +292,23 @@ class CoreConnection:
             try:
                 message = parse(record)
             except ProtocolError as e:
-                self.close(self._closed_error(f"InvalidDataException: {e.message}"))
+                self.close(self.closed_error(f"InvalidDataException: {e.message}"))
                 return
             if message is None:
                 continue
             if stateful is not None:
                 try:
-                    if not stateful.received(message):
-                        continue
+                    handle = stateful.received(message)
                 except ProtocolError as e:
-                    self.close(self._closed_error(f"InvalidOperationException: {e.message}"))
+                    self.close(self.closed_error(f"InvalidOperationException: {e.message}"))
                     return
-                if self._ack_call is None:
+                # a new message, or (after the client's Sequence) one to acknowledge again
+                if self._ack_call is None and stateful.buffer.received > stateful.buffer.acked:
                     self._ack_call = self.timers.call_later(
                         self.settings.core_ack_interval, self._send_ack
                     )
+                if not handle:
+                    continue
             try:
                 self._dispatch(message)
             except Exception:
@@ -331,12 +317,13 @@ class CoreConnection:
                     connection_id=self.id,
                 )
 
-    def _closed_error(self, detail: str) -> str:
+    def closed_error(self, detail: str) -> str:
+        """The Close error text: .NET's, with ``detail`` when ``detailed_errors``."""
         text = "Connection closed with an error."
         return f"{text} {detail}" if self.settings.detailed_errors else text
 
     def _fail_handshake(self, text: str) -> None:
-        self._event("handshake", ok=False, error=text)
+        self.event("handshake", ok=False, error=text)
         self._out(handshake_error(text))
         self.registry.end(self, clean=False, reason="handshake failed", send_close=False)
 
@@ -352,11 +339,11 @@ class CoreConnection:
             self.stateful = StatefulLink(
                 self.settings.core_stateful_buffer_size, self._out, self.registry.stateful_counts
             )
-        self._event(
+        self.event(
             "handshake", ok=True, protocol=name, version=version, stateful=self.stateful is not None
         )
         self._out(HANDSHAKE_OK)
-        self._event("connected")
+        self.event("connected")
         run_hooks([self.hub], lambda h: h.on_connected(self.id))
 
     def _handshake_timed_out(self) -> None:
@@ -368,136 +355,25 @@ class CoreConnection:
         self._timeout_call = None
         if self.closed:
             return
-        self._event("timeout", after=self.settings.client_timeout)
+        self.event("timeout", after=self.settings.client_timeout)
         if self.settings.core_timeout_close:
             # Newer servers abort with AbortAllowReconnect: a Close with an error first.
             detail = (
                 "OperationCanceledException: Client hasn't sent a message/ping within the "
                 "configured ClientTimeoutInterval."
             )
-            self._send_control(self.codec.close(self._closed_error(detail), allow_reconnect=True))
+            self._send_control(self.codec.close(self.closed_error(detail), allow_reconnect=True))
         # ASP.NET Core 2.2 closes the transport without a Close message.
         self.registry.end(self, clean=False, reason="client timeout", send_close=False)
 
     # -- hub messages -----------------------------------------------------------------
 
     def _dispatch(self, message: Any) -> None:
-        if isinstance(message, Invocation):
-            self._invoke(
-                message.target,
-                message.arguments,
-                message.invocation_id,
-                message.stream_ids,
-                message.headers,
-                streaming=False,
-            )
-        elif isinstance(message, StreamInvocation):
-            self._invoke(
-                message.target,
-                message.arguments,
-                message.invocation_id,
-                message.stream_ids,
-                message.headers,
-                streaming=True,
-            )
-        elif isinstance(message, StreamItem):
-            upload = self._uploads.get(message.invocation_id)
-            if upload is not None and not upload.feed(message.item):
-                self.close(self._closed_error("InvalidOperationException: stream buffer full"))
-        elif isinstance(message, Completion):
-            self._completion(message)
-        elif isinstance(message, CancelInvocation):
-            run = self._streams.pop(message.invocation_id, None)
-            self._event("cancel", invocation_id=message.invocation_id, known=run is not None)
-            if run is not None:
-                run.cancel()
-        elif isinstance(message, Close):
-            self._event("client_close", error=message.error)
+        if isinstance(message, Close):
+            self.event("client_close", error=message.error)
             self.registry.end(self, clean=True, reason="client close", send_close=False)
-        # Ping: nothing to do (the timeout restarted); Ack, Sequence, unknown: ignored.
-
-    def _completion(self, message: Completion) -> None:
-        waiting = self._results.pop(message.invocation_id, None)
-        if waiting is not None:
-            self._event(
-                "client_result",
-                invocation_id=message.invocation_id,
-                result=message.result,
-                error=message.error,
-            )
-            if message.error is not None:
-                waiting.errback(ClientResultError(message.error))
-            else:
-                waiting.callback(message.result)
-            return
-        upload = self._uploads.pop(message.invocation_id, None)
-        if upload is not None:
-            upload.end(message.error)
-
-    def _invoke(
-        self,
-        target: str,
-        arguments: tuple[Any, ...],
-        invocation_id: str | None,
-        stream_ids: tuple[str, ...],
-        headers: Any,
-        streaming: bool,
-    ) -> None:
-        self._event(
-            "invoke",
-            target=target,
-            arguments=list(arguments),
-            invocation_id=invocation_id,
-            stream_ids=list(stream_ids),
-            streaming=streaming,
-        )
-        detailed = self.settings.detailed_errors
-        uploads = [UploadStream(sid) for sid in stream_ids]
-        bound = bind(self.hub, target, tuple(arguments) + tuple(uploads), detailed)
-        if isinstance(bound, str):
-            if invocation_id is not None:
-                self.send(self.codec.completion(invocation_id, error=bound))
-            return
-        binding: Binding = bound
-        if binding.is_stream and not streaming:
-            if invocation_id is not None:
-                self.send(
-                    self.codec.completion(
-                        invocation_id,
-                        error=f"The client attempted to invoke the streaming '{target}' method "
-                        "with a non-streaming invocation.",
-                    )
-                )
-            return
-        for upload in uploads:
-            self._uploads[upload.stream_id] = upload
-        call = CoreHubCall(self.registry.context, self.hub, self, invocation_id, headers)
-        if streaming:
-            assert invocation_id is not None
-            run = run_stream(
-                binding, call, target, invocation_id, detailed, lambda: not self.closed
-            )
-            if run.deferred is not None and not run.deferred.called:
-                self._streams[invocation_id] = run
-                run.deferred.addBoth(self._stream_done, invocation_id, run)
-            d = run.deferred
         else:
-            d = run_invocation(binding, call, target, invocation_id, detailed)
-        if uploads and d is not None:
-            d.addBoth(self._drop_uploads, uploads)
-
-    def _stream_done(self, result: Any, invocation_id: str, run: StreamRun) -> Any:
-        if self._streams.get(invocation_id) is run:
-            del self._streams[invocation_id]
-        return result
-
-    def _drop_uploads(self, result: Any, uploads: list[UploadStream]) -> Any:
-        for upload in uploads:
-            if self._uploads.get(upload.stream_id) is upload:
-                del self._uploads[upload.stream_id]
-        return result
-
-    # -- server to client -------------------------------------------------------------
+            self.calls.dispatch(message)
 
     def invoke_client(self, method: str, args: tuple[Any, ...]) -> None:
         """A non-blocking Invocation of a client method."""
@@ -508,18 +384,13 @@ class CoreConnection:
         """An Invocation with an id; fires with the client's result."""
         if self.closed or not self.handshake_done:
             return defer.fail(ClientResultError(f"connection {self.id} is not open"))
-        self._next_id += 1
-        invocation_id = f"s{self._next_id}"
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._results[invocation_id] = d
-        self.send(self.codec.invocation(method, args, invocation_id))
-        return d
+        return self.calls.invoke_with_result(method, args)
 
     def close(self, error: str | None = None, allow_reconnect: bool = False) -> None:
         """Send Close (with ``error``/``allowReconnect``) and end the connection."""
         if self.closed:
             return
-        self._event("close", error=error, allow_reconnect=allow_reconnect)
+        self.event("close", error=error, allow_reconnect=allow_reconnect)
         if self.handshake_done:
             self._send_control(self.codec.close(error, allow_reconnect))
         self.registry.end(self, clean=error is None, reason="server close", send_close=False)
@@ -531,15 +402,7 @@ class CoreConnection:
         self._keepalive_call = self._timeout_call = self._expiry_call = self._ack_call = None
         if self.stateful is not None:
             self.stateful.close()
-        results, self._results = self._results, {}
-        for d in results.values():
-            d.errback(ClientResultError(f"connection {self.id} closed: {reason}"))
-        streams, self._streams = self._streams, {}
-        for run in streams.values():
-            run.cancel()
-        uploads, self._uploads = self._uploads, {}
-        for upload in uploads.values():
-            upload.end("The connection closed before the stream completed.")
+        self.calls.shutdown(reason)
 
     def expire_later(self, delay: float) -> None:
         """End the connection after ``delay`` unless :meth:`keep` is called."""
@@ -576,7 +439,7 @@ class CoreConnection:
         # what was waiting for an unstall is in the replay buffer, or is not needed
         self.pending = bytearray()
         self.expire_later(self.settings.core_disconnect_timeout)
-        self._event(
+        self.event(
             "suspended",
             unacknowledged=link.buffer.unacknowledged,
             held=link.held,
@@ -605,7 +468,7 @@ class CoreConnection:
         counts = self.registry.stateful_counts
         counts["resumes"] += 1
         counts["replayed"] += len(replay)
-        self._event("resumed", sequence_id=sequence_id, replayed=len(replay))
+        self.event("resumed", sequence_id=sequence_id, replayed=len(replay))
         self._out(self.codec.sequence(sequence_id) + b"".join(replay))
         if self._ack_call is None and link.buffer.received > link.buffer.acked:
             self._ack_call = self.timers.call_later(self.settings.core_ack_interval, self._send_ack)

@@ -95,7 +95,7 @@ class CoreRegistry:
             self.forget(conn)
         if conn.handshake_done:
             run_hooks([conn.hub], lambda h: h.on_disconnected(conn.id, clean))
-        conn._event("disconnected", reason=reason, clean=clean)
+        conn.event("disconnected", reason=reason, clean=clean)
 
     def forget(self, conn: CoreConnection) -> None:
         """Drop the connection's token: later requests get 404."""
@@ -171,14 +171,28 @@ class CoreRegistry:
 
     @staticmethod
     def _broadcast(connections: list[CoreConnection], method: str, args: tuple[Any, ...]) -> None:
-        """One Invocation to each connection, encoded once per hub protocol."""
-        encoded: dict[ServerCodec, bytes] = {}
+        """
+        One Invocation to each connection, encoded once per hub protocol.
+
+        :raises TypeError: when a protocol cannot encode the arguments, after every
+            connection of the protocols that can got them.
+        """
+        encoded: dict[ServerCodec, bytes | TypeError] = {}
+        failed: TypeError | None = None
         for conn in connections:
             codec = conn.codec
             record = encoded.get(codec)
             if record is None:
-                record = encoded[codec] = codec.invocation(method, args)
+                try:
+                    record = encoded[codec] = codec.invocation(method, args)
+                except TypeError as e:
+                    record = encoded[codec] = e
+            if isinstance(record, TypeError):
+                failed = record
+                continue
             conn.send(record)
+        if failed is not None:
+            raise failed
 
     def send_to_connection(self, connection_id: str, method: str, args: tuple[Any, ...]) -> None:
         conn = self.connection(connection_id)

@@ -1,9 +1,10 @@
 """
-The Core server transports, writing Microsoft's bytes: WebSockets (one text message
-per write), Server-Sent Events (``:\\r\\n`` first, then ``data: …\\r\\n\\r\\n`` events) and
-long polling (first poll answered at once and empty, later polls held up to the poll
-timeout, ``204`` once the connection is over).  Each is a :class:`CoreChannel` of one
-:class:`CoreConnection`.
+The Core server transports, writing Microsoft's bytes: WebSockets (one message per
+write, text or, for MessagePack, binary; a stateful reconnect's new socket takes over
+its connection), Server-Sent Events (``:\\r\\n`` first, then ``data: …\\r\\n\\r\\n``
+events) and long polling (first poll answered at once and empty, later polls held up to
+the poll timeout, ``204`` once the connection is over).  Each is a :class:`CoreChannel`
+of one :class:`CoreConnection`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ transports :mod:`._transport_ws`, :mod:`._transport_http`, the connection regist
 :mod:`._registry`, the HTTP endpoints :mod:`._endpoints`, the sans-I/O :mod:`._wire`,
 :mod:`._bus`, :mod:`._tokens`) and ASP.NET Core SignalR (:mod:`._core_endpoints`,
 :mod:`._core_transports`, :mod:`._core_registry`, :mod:`._core_connection`,
-:mod:`._core_hubs`, :mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
+:mod:`._core_calls`, :mod:`._core_stateful`, :mod:`._core_hubs`, :mod:`._core_codecs`,
+:mod:`._core_wire`); shared: hubs (:mod:`._hubs`), timers and the event log.
 
 WebSockets, Server-Sent Events and long polling are served (a subset with
 ``transports=``), with client protocol 1.2 to 2.0.  ``/start``, ``/abort`` and ``/send``
@@ -542,10 +543,14 @@ class SignalRServer:
     def send_to_all(self, hub: Hub | str, method: str, *args: Any) -> None:
         """
         Call a client method on every connection of ``hub``: classic connections that
-        listed it and Core connections to it.
+        listed it and Core connections to it.  Arguments only MessagePack can carry
+        (``bytes``, datetimes, maps with integer keys) reach the MessagePack connections;
+        the others raise ``TypeError`` after them, except the classic bus while no
+        classic connection exists.
         """
-        self._registry.send_to_all(hub, method, args)
-        self._core.send_to_all(self._registry.hub(hub), method, args)
+        h = self._registry.hub(hub)
+        self._core.send_to_all(h, method, args)
+        self._to_classic(self._registry.send_to_all, h, method, args)
 
     def send_to_connection(
         self, connection_id: str, hub: Hub | str, method: str, *args: Any
@@ -558,9 +563,21 @@ class SignalRServer:
         self._registry.publish_to_connection(connection_id, client_invocation(h.name, method, args))
 
     def send_to_group(self, hub: Hub | str, group: str, hub_method: str, *args: Any) -> None:
-        """Call a client method on every member of a hub group (classic and Core)."""
-        self._registry.send_to_group(hub, group, hub_method, args)
-        self._core.send_to_group(self._registry.hub(hub), group, hub_method, args)
+        """
+        Call a client method on every member of a hub group (classic and Core; see
+        :meth:`send_to_all` for arguments JSON cannot carry).
+        """
+        h = self._registry.hub(hub)
+        self._core.send_to_group(h, group, hub_method, args)
+        self._to_classic(self._registry.send_to_group, h, group, hub_method, args)
+
+    def _to_classic(self, publish: Callable[..., None], *args: Any) -> None:
+        try:
+            publish(*args)
+        except TypeError:
+            # JSON cannot carry it: nobody to tell while no classic client is connected
+            if self._registry.connections:
+                raise
 
     def add_to_group(self, connection_id: str, hub: Hub | str, group: str) -> None:
         """
