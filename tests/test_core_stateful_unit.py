@@ -608,3 +608,78 @@ def test_extension_types_reserved_by_messagepack_cannot_be_sent() -> None:
     assert message.arguments[0] == MessagePackExt(-2, b"\x01")
     with pytest.raises(TypeError, match="reserved"):
         pack(message.arguments[0])
+
+
+def _advance_to_next_call(h: Any) -> None:
+    calls = h.clock.getDelayedCalls()
+    h.clock.advance(min(c.getTime() for c in calls) - h.clock.seconds())
+
+
+@PROTOCOLS
+def test_a_new_connection_starts_its_resume_attempts_afresh(hub_protocol: str) -> None:
+    """
+    StatefulResume keeps _attempts, _mark and _resumed_at across a full reconnect.
+    Connection 1 resumes once, then every resume attempt of its next drop fails (a
+    failover answering 503), so the reconnect policy makes connection 2.  When
+    connection 2's WebSocket drops a few seconds later, its buffer has received fewer
+    messages than connection 1's _mark and the last resume was under 30 s ago, so the
+    exhausted count of connection 1 is kept: no resume is even tried, and the
+    connection goes *reconnecting* (pending calls failed, new connection id).
+    """
+    h = stateful(hub_protocol, reconnect_delay=0)
+    h.connect()
+    h.server_sends(*(h.tick(n) for n in range(1, 6)))  # connection 1 got 5 messages
+    h.transport.lose("socket reset")
+    h.clock.advance(0)
+    h.transport.open_ok()  # resumed (1 attempt used)
+    h.server_sends(h.codec.encode_sequence(6))
+    assert h.conn.state is ConnectionState.connected
+    h.transport.lose("socket reset")
+    for _ in range(3):  # every attempt refused by a proxy: attempts exhausted
+        _advance_to_next_call(h)
+        h.transport.lose("upgrade refused", status=503)
+    assert h.conn.state is ConnectionState.reconnecting
+    h.clock.advance(0)
+    h.flush()
+    h.transport.open_ok()
+    h.transport.frame(b"{}\x1e")  # connection 2
+    assert h.conn.state is ConnectionState.connected
+    states: list[ConnectionState] = []
+    h.conn.on_state_change(lambda old, new: states.append(new))
+    failed: list[Any] = []
+    h.conn.invoke("Slow").addErrback(failed.append)
+    h.server_sends(h.tick(1))
+    h.clock.advance(2)
+    h.transport.lose("socket reset")  # connection 2's first drop
+    assert ConnectionState.reconnecting not in states, (
+        "connection 2 never tried to resume: it inherited connection 1's used-up attempts"
+    )
+    assert not failed
+
+
+@PROTOCOLS
+def test_stop_from_a_send_callback_fired_by_the_resume_leaves_no_timers(
+    hub_protocol: str,
+) -> None:
+    """
+    StatefulResume._succeeded fires the Deferreds of sends buffered while resuming
+    (calls.replayed()) and only then restarts the keep-alive watch, the Ping timer and
+    the Ack timer.  A callback that stops the connection (the common "send the last
+    thing, then stop" pattern) runs in the middle: stop() tears everything down, then
+    _succeeded starts the timers again on a closed connection.
+    """
+    h = stateful(hub_protocol, keepalive_interval=15.0, server_timeout=30.0)
+    h.connect()
+    h.server_sends(h.tick(1))  # something to acknowledge
+    h.transport.lose("socket reset")
+    stopped: list[Any] = []
+    h.conn.send("Last").addCallback(lambda _: stopped.append(h.conn.stop()))
+    h.clock.advance(0)
+    h.transport.open_ok()  # resumed: "Last" replayed, its Deferred fires, stop()
+    assert stopped and stopped[0].called
+    assert h.conn.state is ConnectionState.disconnected
+    left = [c for c in h.clock.getDelayedCalls() if c.active()]
+    assert left == [], f"timers running after stop(): {left}"
+
+
+# -- loopback against the test server ----------------------------------------------

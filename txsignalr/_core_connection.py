@@ -217,6 +217,7 @@ class CoreEngine:
         renew = None if self._skip else self._negotiate
         await self.link.open_first(order, self._buffer.clear, renew)
         self.calls.buffer = MessageBuffer(self._buffer_size) if session.stateful else None
+        self.stateful.new_connection()
         await self._do_handshake()
 
     async def _negotiate(self, first: tuple[int, bytes] | None = None) -> None:

@@ -68,6 +68,12 @@ class StatefulResume:
         self._mark = 0
         self._resumed_at = float("-inf")
 
+    def new_connection(self) -> None:
+        """A new connection (with a buffer of its own) starts its resume count afresh."""
+        self._attempts = 0
+        self._mark = 0
+        self._resumed_at = float("-inf")
+
     def receive(self, buffer: MessageBuffer, message: Any) -> bool:
         """
         Stateful reconnect's receive filter: Sequence and Ack are handled here, replayed
@@ -188,7 +194,6 @@ class StatefulResume:
         # WebSocket sends are written at once: nothing can come between these.
         for payload in calls.resumed():
             self._link.send(payload).addErrback(calls.log_send_failure, "replay")
-        calls.replayed()
         self.resumes += 1
         self._resumed_at = self._seconds()
         self._engine._watch.last_received = self._resumed_at
@@ -199,6 +204,8 @@ class StatefulResume:
         )
         if buffer.received > buffer.acked and self._ack_call is None:
             self._ack_call = self._reactor.callLater(ACK_INTERVAL, self.send_ack)
+        # Last: these fire user callbacks, which may stop the connection.
+        calls.replayed()
         calls.release_blocked()
 
     def _failed(self, failure: Failure) -> None:
