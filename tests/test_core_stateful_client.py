@@ -167,3 +167,46 @@ async def test_back_pressure_against_a_slow_acker(hub_protocol: str) -> None:
         await within(c.stop())
     finally:
         await server.stop()
+
+
+@PROTOCOLS
+@pytest_twisted.ensureDeferred
+async def test_a_replay_larger_than_max_receive_size_does_not_close_the_connection(
+    hub_protocol: str,
+) -> None:
+    """
+    max_receive_size bounds each hub message; a WebSocket message may carry several,
+    as the replay after a resume does (Sequence and every unacknowledged message in
+    one write): 20 KB of 1 KB pushes under an 8 KiB limit resume, not close.
+    """
+    server = SignalRServer(reactor, hubs=[DemoEchoHub()], core_stateful_reconnect=True)
+    await server.listen(port=0, interface="127.0.0.1")
+    try:
+        c = HubConnection(
+            reactor,
+            server.core_url("echo"),
+            transports=["webSockets"],
+            hub_protocol=hub_protocol,
+            stateful_reconnect=True,
+            max_receive_size=8192,
+        )
+        seen: list[int] = []
+        c.on("push", lambda n, pad: seen.append(n))
+        await within(c.start())
+        for n in range(20):
+            server.send_to_all("echo", "push", n, "x" * 1000)
+        await wait_until(lambda: len(seen) == 20, what="the pushes")
+        server.drop_all_transports()  # before the client's Ack (1 s) went out
+        await wait_until(lambda: server.core_stateful_counts["resumes"] == 1, what="resume")
+        await wait_until(
+            lambda: (
+                c.state is not ConnectionState.connected
+                or server.core_stateful_counts["acks_received"] > 0
+            ),
+            what="the client to ack the replay, or to close",
+        )
+        assert c.state is ConnectionState.connected, c.when_closed().result
+        assert seen == list(range(20))
+        await within(c.stop())
+    finally:
+        await server.stop()

@@ -43,6 +43,9 @@ MAX_NEGOTIATIONS: Final = 100
 #: (90 s) plus a margin, as the TS client's 100 s.
 POLL_TIMEOUT: Final = 100.0
 
+#: How many times max_message_size one WebSocket message or SSE event may hold.
+_CHUNK_MESSAGES: Final = 4
+
 _SEND_CONTENT_TYPE: Final = "text/plain;charset=UTF-8"
 _BINARY_CONTENT_TYPE: Final = "application/octet-stream"
 
@@ -250,14 +253,18 @@ class CoreSession:
         self._handshake = None if self.resuming else HandshakeParser()
         self._splitter = self.codec.splitter(self._max)
         size = self._max
+        # The hub protocol's splitter holds each message to max_message_size; one
+        # WebSocket message or event may carry several (a batch, a stateful replay),
+        # as long polling's bodies may (its transport allows 4x on its own).
+        chunk = _CHUNK_MESSAGES * size
         binary = self.codec.binary
         if transport is Transport.web_sockets:
             return TransportRequest(
-                transport, url, max_size=size, frame_binary=self._frame_binary if binary else None
+                transport, url, max_size=chunk, frame_binary=self._frame_binary if binary else None
             )
         body = self._binary_body if binary else _text_body
         if transport is Transport.server_sent_events:
-            return TransportRequest(transport, url, url, body, max_size=size)
+            return TransportRequest(transport, url, url, body, max_size=chunk)
         return TransportRequest(
             transport,
             url,
