@@ -278,7 +278,8 @@ def test_drop_resumes_on_the_same_token_without_handshake_and_replays(
 
 
 @PROTOCOLS
-def test_resume_refused_falls_back_to_the_reconnect_policy(hub_protocol: str) -> None:
+@pytest.mark.parametrize("status", [404, 400, 401, 403])
+def test_resume_refused_falls_back_to_the_reconnect_policy(hub_protocol: str, status: int) -> None:
     h = stateful(hub_protocol)
     h.connect()
     pending = h.conn.invoke("Slow")
@@ -286,7 +287,7 @@ def test_resume_refused_falls_back_to_the_reconnect_policy(hub_protocol: str) ->
     h.conn.on_reconnecting(reasons.append)
     h.transport.lose("socket reset")
     h.clock.advance(0)
-    h.transport.lose("No Connection with that ID", status=404)
+    h.transport.lose("No Connection with that ID", status=status)
     assert h.conn.state is ConnectionState.reconnecting
     assert "refused to resume" in reasons[0].reason
     assert pending.result.check(ConnectionClosed)
@@ -583,13 +584,14 @@ def test_a_blocked_invoke_that_times_out_never_goes_out(hub_protocol: str) -> No
 
 
 @PROTOCOLS
-def test_a_proxys_503_on_resume_is_retried(hub_protocol: str) -> None:
+@pytest.mark.parametrize("status", [503, 502, 409])
+def test_a_proxys_503_on_resume_is_retried(hub_protocol: str, status: int) -> None:
     h = stateful(hub_protocol)
     h.connect()
     pending = h.conn.invoke("Slow")
     h.transport.lose("socket reset")
     h.clock.advance(0)
-    h.transport.lose("Service Unavailable", status=503)
+    h.transport.lose("Service Unavailable", status=status)
     assert h.conn.state is ConnectionState.connected
     h.clock.advance(1)
     h.transport.open_ok()
