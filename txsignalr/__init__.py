@@ -12,7 +12,7 @@ from txsignalr._connection import ConnectionState, HubConnection, HubProxy
 from txsignalr._core_msgpack import MessagePackExt
 from txsignalr._protocol import Transport
 from txsignalr._streams import HubStream
-from txsignalr._tls import tls_policy
+from txsignalr._tls import tls_policy, tls_policy_from_files
 from txsignalr._version import __version__
 from txsignalr.errors import (
     ConnectionClosed,
@@ -26,6 +26,7 @@ from txsignalr.errors import (
     ProtocolError,
     SignalRError,
     StartError,
+    TLSConfigError,
 )
 from txsignalr.payloads import decode_deflate_base64, encode_deflate_base64
 
@@ -46,9 +47,11 @@ __all__ = [
     "ProtocolError",
     "SignalRError",
     "StartError",
+    "TLSConfigError",
     "Transport",
     "__version__",
     "decode_deflate_base64",
     "encode_deflate_base64",
     "tls_policy",
+    "tls_policy_from_files",
 ]

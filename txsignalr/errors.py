@@ -23,6 +23,7 @@ __all__ = [
     "ProtocolError",
     "SignalRError",
     "StartError",
+    "TLSConfigError",
 ]
 
 
@@ -170,6 +171,10 @@ class InvalidStateError(SignalRError):
 
 class InvalidURL(SignalRError, ValueError):
     """The connection URL or its query parameters cannot be used."""
+
+
+class TLSConfigError(SignalRError, ValueError):
+    """A CA, client certificate or private key file cannot be read or used."""
 
 
 class MessageTooLarge(SignalRError):

@@ -42,7 +42,8 @@ from twisted.python.failure import Failure
 
 from txsignalr._core_codecs import hub_codec
 from txsignalr._protocol import Endpoints, Transport, transport_order
-from txsignalr.errors import InvalidURL, ProtocolError
+from txsignalr._tls import tls_policy_from_files
+from txsignalr.errors import InvalidURL, ProtocolError, TLSConfigError
 from txsignalr.payloads import decode_deflate_base64
 from txsignalr.service import (
     ENV_NAME,
@@ -170,6 +171,8 @@ class Options(usage.Options):
         self["max-attempts"] = None
         self["invoke-timeout"] = 30.0
         self["demo-port"] = 0
+        self["ca"] = self["client-cert"] = self["client-key"] = None
+        self["tls"] = None
 
     def opt_url(self, url: str) -> None:
         """The SignalR endpoint, e.g. https://example.com/signalr."""
@@ -361,6 +364,36 @@ class Options(usage.Options):
             raise usage.UsageError(f"--demo-port {port!r}: must be between 0 and 65535")
         self["demo-port"] = value
 
+    def opt_ca(self, path: str) -> None:
+        """PEM file of the CA certificate(s) to trust for https/wss instead of the system's."""
+        self._tls_file("ca", path)
+
+    def opt_client_cert(self, path: str) -> None:
+        """PEM file of a client certificate for TLS client authentication (may hold its key)."""
+        self._tls_file("client-cert", path)
+
+    def opt_client_key(self, path: str) -> None:
+        """PEM file of the --client-cert's private key, when it is not in that file."""
+        self._tls_file("client-key", path)
+
+    def _tls_file(self, option: str, path: str) -> None:
+        if self[option] is not None:
+            raise usage.UsageError(f"--{option} given twice")
+        self[option] = os.path.abspath(path)  # twistd may chdir before the service starts
+
+    def _check_tls(self) -> None:
+        """Load --ca/--client-cert/--client-key now, so a bad file is a usage error."""
+        if self["client-key"] is not None and self["client-cert"] is None:
+            raise usage.UsageError("--client-key needs --client-cert")
+        if all(self[o] is None for o in ("ca", "client-cert")):
+            return
+        if self["demo"]:
+            raise usage.UsageError("--ca/--client-cert are for --url https://...; --demo is http")
+        try:
+            self["tls"] = tls_policy_from_files(self["ca"], self["client-cert"], self["client-key"])
+        except TLSConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
     def postOptions(self) -> None:
         """Check the options fit together."""
         if self["demo"]:
@@ -384,6 +417,7 @@ class Options(usage.Options):
         self._check_hubs()
         self._check_access_token()
         self._check_core_options()
+        self._check_tls()
         if self["output"] == "-" and self.parent is not None:
             if not self.parent.get("nodaemon", True):
                 raise usage.UsageError(
@@ -516,7 +550,7 @@ class Options(usage.Options):
     def settings(self, url: str) -> ConnectionSettings:
         """The connection settings for ``url`` (the --url, or the demo server's)."""
         return ConnectionSettings(
-            url, **{name: self[name] for name in ConnectionSettings.options()}
+            url, tls=self["tls"], **{name: self[name] for name in ConnectionSettings.options()}
         )
 
 
