@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import protocol
@@ -25,6 +26,14 @@ from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from txsignalr.errors import MessageTooLarge, NegotiationError, SignalRError
 
 __all__ = ["HTTPClientLike", "HttpSession", "read_body"]
+
+#: query parameters of SignalR's own that are no secret, left in error bodies
+_PUBLIC_QUERY = frozenset(
+    {"transport", "clientProtocol", "connectionData", "negotiateVersion", "tid", "messageId"}
+)
+#: shorter values are not looked for in error bodies (too likely to be ordinary text)
+_MIN_SECRET = 4
+_REDACTED = b"<redacted>"
 
 
 class _BodyReader(protocol.Protocol):
@@ -219,7 +228,40 @@ class HttpSession:
             method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
         )
         body: bytes = await self._bounded(read_body(response, max_size), limit, what)
+        if not 200 <= response.code < 300 and body:
+            # Only errors are made of such a body: keep the request's secrets out of
+            # them, as a server may echo them (ASP.NET's developer error page lists
+            # the request's headers and cookies).
+            body = self.redact(body, url)
         return response.code, body
+
+    def secrets(self, url: str) -> list[bytes]:
+        """
+        The values a request to ``url`` carries that must not be shown: header values
+        (the bearer token among them), cookie values, and the URL's query values
+        (connection tokens, the user's keys) but SignalR's own public ones; each
+        also URL-quoted, longest first.
+        """
+        values: set[str] = set()
+        for value in self._base().values():
+            values.add(value)
+            values.update(value.split()[1:])  # "Bearer TOKEN": the token alone too
+        values.update(cookie.value for cookie in self.cookies if cookie.value)
+        try:
+            query = parse_qsl(urlsplit(url).query, keep_blank_values=False)
+        except ValueError:
+            query = []
+        values.update(v for k, v in query if k not in _PUBLIC_QUERY)
+        forms = {form for v in values for form in (v, quote(v, safe=""))}
+        found = [f.encode("utf-8") for f in forms if len(f) >= _MIN_SECRET]
+        return sorted(found, key=len, reverse=True)
+
+    def redact(self, body: bytes, url: str) -> bytes:
+        """``body`` with every one of :meth:`secrets` replaced by ``<redacted>``."""
+        for secret in self.secrets(url):
+            if secret in body:
+                body = body.replace(secret, _REDACTED)
+        return body
 
     async def authorize(self, factory: Callable[[], Any] | None) -> None:
         """
