@@ -23,8 +23,10 @@ import pytest_twisted
 from helpers import wait_until, within
 from twisted.internet import reactor as _reactor
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from txsignalr import ConnectionState, HubConnection, HubError
+from txsignalr import ConnectionState, HubConnection, HubError, NegotiationError
 from txsignalr.testing import C3Hub, EchoHub, SignalRServer
 
 reactor: Any = _reactor
@@ -260,3 +262,71 @@ async def test_no_secret_in_the_services_log_or_output(
     assert leaks(logged, list(SECRETS.values())) == [], [
         line for line in capture.texts if leaks(line, list(SECRETS.values()))
     ][:5]
+
+
+class _Recorder(Resource):
+    """A tiny HTTP server on its own port (so its own origin): answers negotiate with
+    ``answer`` (or 401) and records the Authorization header of every request."""
+
+    isLeaf = True
+
+    def __init__(self, answer: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.answer = answer
+        self.seen: list[tuple[str, str | None]] = []
+
+    def render(self, request: Any) -> bytes:
+        import json
+
+        auth = request.getHeader(b"authorization")
+        self.seen.append((request.path.decode(), auth.decode() if auth else None))
+        if self.answer is None:
+            request.setResponseCode(401)
+            return b"who are you"
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.answer).encode()
+
+
+async def _listen(resource: Resource) -> tuple[Any, str]:
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    return port, f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest.mark.parametrize("with_token", [False, True])
+@pytest.mark.parametrize("family", ["classic", "core"])
+@pytest_twisted.ensureDeferred
+async def test_a_token_goes_only_to_its_own_origin(family: str, with_token: bool) -> None:
+    """A negotiate redirect to another origin: the factory's token (Core) or the
+    user's Authorization header (classic) stays behind; the new origin gets only the
+    redirect's own token, when it gave one."""
+    target = _Recorder()
+    target_port, target_url = await _listen(target)
+    token = {"accessToken": "redirect-own-token"} if with_token else {}
+    if family == "core":
+        front = _Recorder({"url": f"{target_url}/client/?hub=echo", **token})
+    else:
+        classic = {"AccessToken": token["accessToken"]} if with_token else {}
+        front = _Recorder({"ProtocolVersion": "2.0", "RedirectUrl": f"{target_url}/signalr"})
+        front.answer.update(classic)  # type: ignore[union-attr]
+    front_port, front_url = await _listen(front)
+    own = "Bearer front-origin-token"
+    kwargs: dict[str, Any] = (
+        {"access_token_factory": lambda: own.split()[1]}
+        if family == "core"
+        else {"headers": {"Authorization": own}}
+    )
+    url = f"{front_url}/hubs/echo" if family == "core" else f"{front_url}/signalr"
+    conn = HubConnection(reactor, url, protocol=family, reconnect_delay=None, **kwargs)
+    if family == "classic":
+        conn.hub("c3")
+    try:
+        with pytest.raises(NegotiationError):
+            await within(conn.start())
+    finally:
+        await within(conn.stop())
+        await target_port.stopListening()
+        await front_port.stopListening()
+    assert front.seen and {auth for _, auth in front.seen} == {own}
+    assert target.seen, "the redirect was not followed"
+    expected = "Bearer redirect-own-token" if with_token else None
+    assert {auth for _, auth in target.seen} == {expected}

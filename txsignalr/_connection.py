@@ -229,7 +229,9 @@ class HubConnection:
 
             for key, value in cookies.items():
                 jar.set_cookie(scoped_cookie(self._session.endpoints.base, key, value))
-        self._http = HttpSession(reactor, header_map, jar, tls, http_client, http_timeout)
+        self._http = HttpSession(
+            reactor, header_map, jar, tls, http_client, http_timeout, origin=url
+        )
 
         log = self.log
         self._on_state_change = Observers(log, "state change")

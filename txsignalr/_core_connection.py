@@ -244,7 +244,7 @@ class CoreEngine:
             if type(answer) is Redirect:
                 self._log.info("negotiate redirected to {url}", url=redact_url(answer.url))
                 if answer.access_token is not None:
-                    self._http.set_bearer(answer.access_token)
+                    self._http.set_bearer(answer.access_token, answer.url)
                 continue
             self._log.debug("negotiated {negotiated!r}", negotiated=answer)
             break

@@ -36,6 +36,23 @@ _MIN_SECRET = 4
 _REDACTED = b"<redacted>"
 
 
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """
+    The origin of ``url``: (scheme, host, port), ``ws``/``wss`` counted as
+    ``http``/``https`` and default ports filled in, so that the WebSocket URL of a
+    server is on the same origin as its negotiate URL.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ("", url, None)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    return (scheme, (parts.hostname or "").lower(), port)
+
+
 class _BodyReader(protocol.Protocol):
     """Collects a response body; stopping it closes the connection under it."""
 
@@ -121,12 +138,18 @@ class HttpSession:
         tls: IPolicyForHTTPS | None,
         client: HTTPClientLike | None,
         timeout: float,
+        origin: str | None = None,
     ) -> None:
         self._reactor = reactor
         self.headers = dict(headers)
         #: a bearer token for every request and upgrade (an access token factory's or
         #: a negotiate redirect's); it takes the place of an ``Authorization`` header
         self.bearer: str | None = None
+        #: the origin the user's ``Authorization`` header and the factory's tokens
+        #: belong to (the connection URL's); ``None``: any origin
+        self._origin = origin_of(origin) if origin is not None else None
+        #: the origin :attr:`bearer` belongs to: a redirect's token, its URL's
+        self._bearer_origin = self._origin
         self.cookies = cookies
         self.tls = tls
         self.timeout = timeout
@@ -146,8 +169,10 @@ class HttpSession:
         assert client is not None
         self._client: HTTPClientLike = client
 
-    def _headers(self, extra: Mapping[str, str] | None) -> dict[bytes | str, list[bytes | str]]:
-        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self._base().items()}
+    def _headers(
+        self, url: str, extra: Mapping[str, str] | None
+    ) -> dict[bytes | str, list[bytes | str]]:
+        headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in self._base(url).items()}
         if extra:
             for k, v in extra.items():
                 headers[k] = [v]
@@ -186,7 +211,10 @@ class HttpSession:
         :raises SignalRError: (through the Deferred) when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
-        kwargs: dict[str, Any] = {"headers": self._headers(headers), "cookies": self.cookies}
+        kwargs: dict[str, Any] = {
+            "headers": self._headers(url, headers),
+            "cookies": self.cookies,
+        }
         if data is not None:
             kwargs["data"] = data
         if unbuffered:
@@ -271,6 +299,7 @@ class HttpSession:
         :raises NegotiationError: when the factory fails or its token is unusable.
         """
         self.bearer = None
+        self._bearer_origin = self._origin
         if factory is None:
             return
         try:
@@ -284,23 +313,36 @@ class HttpSession:
         if token:
             self.set_bearer(str(token))
 
-    def set_bearer(self, token: str) -> None:
-        """Send ``Authorization: Bearer token`` from now on."""
+    def set_bearer(self, token: str, url: str | None = None) -> None:
+        """
+        Send ``Authorization: Bearer token`` from now on, to the origin of ``url``
+        only (a negotiate redirect's URL; ``None``: the connection's own origin).
+        """
         if "\r" in token or "\n" in token:
             raise NegotiationError("the access token contains a line break")
         self.bearer = token
+        if url is not None:
+            self._bearer_origin = origin_of(url)
 
-    def _base(self) -> dict[str, str]:
-        """The custom headers, with the bearer token in ``Authorization`` when set."""
-        if self.bearer is None:
+    def _base(self, url: str | None = None) -> dict[str, str]:
+        """
+        The custom headers, with the bearer token in ``Authorization`` when set.  A
+        request to ``url`` gets ``Authorization`` only when ``url`` is on the origin
+        that header belongs to, so a redirect to another origin never carries a
+        token that was not given for it.
+        """
+        origin = self._origin if self.bearer is None else self._bearer_origin
+        foreign = url is not None and origin is not None and origin_of(url) != origin
+        if self.bearer is None and not foreign:
             return self.headers
         headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
-        headers["Authorization"] = f"Bearer {self.bearer}"
+        if self.bearer is not None and not foreign:
+            headers["Authorization"] = f"Bearer {self.bearer}"
         return headers
 
     def handshake_headers(self, http_url: str) -> dict[str, str]:
         """The custom headers plus the cookies for ``http_url`` (for a WebSocket upgrade)."""
-        headers = dict(self._base())
+        headers = dict(self._base(http_url))
         request = urllib.request.Request(http_url)
         self.cookies.add_cookie_header(request)
         cookie = request.get_header("Cookie")

@@ -277,7 +277,7 @@ class ClassicLink(Link):
             except ClassicRedirect as redirect:
                 session.follow_redirect(redirect.url)
                 if redirect.access_token is not None:
-                    self._http.set_bearer(redirect.access_token)
+                    self._http.set_bearer(redirect.access_token, redirect.url)
                 self._log.info("negotiate redirected to {url}", url=redact_url(redirect.url))
                 continue
             self._log.debug("negotiated {negotiated!r}", negotiated=negotiated)
