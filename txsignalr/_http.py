@@ -34,6 +34,10 @@ _PUBLIC_QUERY = frozenset(
 #: shorter values are not looked for in error bodies (too likely to be ordinary text)
 _MIN_SECRET = 4
 _REDACTED = b"<redacted>"
+#: the most a body may hold when the request names no limit of its own: negotiate,
+#: /start, /abort, /ping answer in a few hundred bytes (an Azure redirect with its
+#: token in a few KiB), so anything near this is not a SignalR server talking
+CONTROL_BODY_LIMIT = 1024 * 1024
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:
@@ -56,8 +60,16 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
 class _BodyReader(protocol.Protocol):
     """Collects a response body; stopping it closes the connection under it."""
 
-    def __init__(self, finished: Deferred[bytes], max_size: int | None = None) -> None:
+    def __init__(
+        self,
+        finished: Deferred[bytes],
+        max_size: int | None = None,
+        what: str = "a response body",
+        limit: str = "max_receive_size",
+    ) -> None:
         self._finished = finished
+        self._what = what
+        self._limit = limit
         self._chunks: list[bytes] = []
         self._max = max_size
         self._size = 0
@@ -74,7 +86,7 @@ class _BodyReader(protocol.Protocol):
                     self.transport.stopProducing()  # type: ignore[attr-defined]
                 self._finished.errback(
                     MessageTooLarge(
-                        f"a response body is over the {self._max} byte limit (max_receive_size)"
+                        f"{self._what} is over the {self._max} byte limit ({self._limit})"
                     )
                 )
 
@@ -87,7 +99,12 @@ class _BodyReader(protocol.Protocol):
             self._finished.errback(reason)
 
 
-def read_body(response: IResponse, max_size: int | None = None) -> Deferred[bytes]:
+def read_body(
+    response: IResponse,
+    max_size: int | None = None,
+    what: str = "a response body",
+    limit: str = "max_receive_size",
+) -> Deferred[bytes]:
     """
     Read a whole response body.  Unlike ``treq.content``, cancelling the Deferred (or
     its timeout firing) closes the connection, so an abandoned long poll does not keep
@@ -95,6 +112,8 @@ def read_body(response: IResponse, max_size: int | None = None) -> Deferred[byte
 
     :param max_size: the most bytes the body may hold; a larger one closes the
         connection and fails with :class:`~txsignalr.MessageTooLarge`.
+    :param what: the body, as the error names it.
+    :param limit: where the limit comes from, as the error names it.
     """
     reader: _BodyReader | None = None
 
@@ -104,7 +123,7 @@ def read_body(response: IResponse, max_size: int | None = None) -> Deferred[byte
             transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
-    reader = _BodyReader(finished, max_size)
+    reader = _BodyReader(finished, max_size, what, limit)
     response.deliverBody(reader)
     return finished
 
@@ -246,7 +265,8 @@ class HttpSession:
         """
         Send a request and read its whole body.
 
-        :param max_size: the most bytes the body may hold.
+        :param max_size: the most bytes the body may hold (:data:`CONTROL_BODY_LIMIT`
+            when None: negotiate, /start, /abort and /ping answers are small).
 
         :returns: the status and the body.
         :raises SignalRError: when the request fails or times out.
@@ -255,7 +275,13 @@ class HttpSession:
         response = await self.open(
             method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
         )
-        body: bytes = await self._bounded(read_body(response, max_size), limit, what)
+        if max_size is None:
+            reading = read_body(
+                response, CONTROL_BODY_LIMIT, f"the {what} answer", "the limit for control requests"
+            )
+        else:
+            reading = read_body(response, max_size)
+        body: bytes = await self._bounded(reading, limit, what)
         if not 200 <= response.code < 300 and body:
             # Only errors are made of such a body: keep the request's secrets out of
             # them, as a server may echo them (ASP.NET's developer error page lists
