@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import protocol
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -199,15 +199,26 @@ class HttpSession:
 
     async def _bounded(self, d: Deferred[Any], limit: float, what: str) -> Any:
         """Await ``d`` for at most ``limit`` seconds; every failure as a SignalRError."""
+        timed_out = False
         if limit != math.inf:
-            d.addTimeout(limit, self._reactor)
+
+            def on_timeout(result: object, timeout: float) -> object:
+                nonlocal timed_out
+                timed_out = True
+                return result
+
+            d.addTimeout(limit, self._reactor, onTimeoutCancel=on_timeout)
         try:
             return await d
-        except (CancelledError, SignalRError):
+        except SignalRError:
             raise
-        except TimeoutError:
-            raise SignalRError(f"{what} request timed out after {limit:g} s") from None
         except Exception as e:
+            # The timeout cancels the request, which treq reports in many ways (a
+            # CancelledError, or ResponseNeverReceived wrapping one): say what happened.
+            if timed_out:
+                raise SignalRError(f"{what} request timed out after {limit:g} s") from None
+            if isinstance(e, CancelledError):
+                raise
             raise SignalRError(f"{what} request failed: {type(e).__name__}: {e}") from e
 
     def open(
