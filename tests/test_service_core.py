@@ -690,3 +690,40 @@ def test_core_reconnect_keeps_feeding_the_stale_watchdog() -> None:
         conn.own.call("tick", 1)
     assert service.connection is conn
     assert len(factory.connections) == 1
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("transport", ["webSockets", "serverSentEvents", "longPolling"])
+async def test_core_server_restart_resubscribes_within_the_backoff(transport: str) -> None:
+    """The Core server is killed and restarted on the same port, refusing negotiates
+    for a while: the service renegotiates (the reconnect policy, then its own retry
+    backoff), subscribes again and the numbered ticks resume, in order, none twice."""
+    server = make_server()
+    port = await server.listen(port=0, interface="127.0.0.1")
+    seqs: list[int] = []
+    settings = ConnectionSettings(server.core_url("c3"), protocol="core", transports=[transport])
+    service = core_service(
+        settings, [SUBSCRIBE], [Handler(None, "tick", lambda c: seqs.append(c.args[0]["Seq"]))]
+    )
+    with capturedLogs() as events:
+        try:
+            service.startService()
+            await within(service.when_subscribed())
+            await wait_until(lambda: len(seqs) >= 3, "ticks before the restart")
+            await server.stop()
+            before = max(seqs)
+            server.refuse_negotiate(503, b"restarting")
+            await server.listen(port=port, interface="127.0.0.1")
+            await wait_until(lambda: len(server.events("negotiate")) >= 2, "a refused negotiate")
+            assert not service.subscribed
+            server.refuse_negotiate(None)
+            await within(service.when_subscribed(), seconds=30)
+            await wait_until(lambda: max(seqs) >= before + 3, "ticks after the restart")
+        finally:
+            await within(service.stopService())
+            await server.stop()
+    text = "\n".join(messages(events))
+    assert "503" in text  # the refused negotiates were reported
+    assert "resubscribed 1 subscriptions" in text, text
+    after = [s for s in seqs if s > before]
+    assert after == sorted(set(after))
