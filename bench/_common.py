@@ -596,13 +596,32 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 
 def pin_cpu(cpu: int) -> None:
-    """Pin this process to one CPU when there are at least two (best effort)."""
+    """
+    Pin this process to one CPU when there are at least two (best effort).
+
+    The CPUs to choose from are those this process could use before the first
+    benchmark process pinned itself (``BENCH_CPUS``, inherited by children), so a
+    child of a parent pinned to CPU 0 can still pin itself to CPU 1.
+    """
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        known = os.environ.get("BENCH_CPUS")
+        cpus = [int(c) for c in known.split(",")] if known else sorted(os.sched_getaffinity(0))
+        os.environ["BENCH_CPUS"] = ",".join(map(str, cpus))
         if len(cpus) >= 2:
             os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, ValueError):
         pass
+
+
+def cpu_id(cpu: int) -> int | None:
+    """The CPU :func:`pin_cpu` would pin ``cpu`` to, or ``None`` when it would not pin
+    (for ``taskset -c`` of child processes that are not Python)."""
+    known = os.environ.get("BENCH_CPUS")
+    try:
+        cpus = [int(c) for c in known.split(",")] if known else sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError, ValueError):
+        return None
+    return cpus[cpu % len(cpus)] if len(cpus) >= 2 else None
 
 
 def emit_result(result: dict[str, Any]) -> None:
