@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -263,3 +264,59 @@ def test_core_msgpack_framing_round_trips() -> None:
     assert [v[4][0]["Seq"] for v in values[:-1]] == list(range(300))
     assert values[-1] == [3, {}, "7", 3, "x" * 200]
     assert m.varint(127) == b"\x7f" and m.varint(128) == b"\x80\x01"
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _assert_figures(name: str, client: dict[str, Any]) -> None:
+    assert "error" not in client, (name, client)
+    for key in ("calls_per_s", "us_per_call", "cpu_us_per_call", "client_seconds"):
+        assert _positive(client[key]), (name, key, client)
+
+
+def _run_core_bench(script: str, tmp_path: Path) -> dict[str, Any]:
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{script}.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=BENCH.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wrote" in proc.stdout, proc.stdout
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["benchmark"] == script and data["smoke"] is True
+    assert data["environment"]["python"]
+    return data
+
+
+@pytest.mark.parametrize("script", ["core_throughput", "core_stream"])
+def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
+    """core_throughput.py / core_stream.py --smoke run every row (JSON over the three
+    transports, MessagePack over WebSockets and long polling) with txsignalr, its
+    transport floor and Microsoft's Node client (which must run: CI installs
+    tests/js), plus a decode-only floor per hub protocol; each run handshook with the
+    transport and hub protocol asked, and every figure and ratio is positive."""
+    data = _run_core_bench(script, tmp_path)
+    assert data["mode"] == ("stream" if script == "core_throughput" else "counter")
+    assert set(data["decode"]) == {"json", "messagepack"}
+    for protocol, decode in data["decode"].items():
+        assert "error" not in decode, (protocol, decode)
+        assert _positive(decode["calls_per_s"]) and _positive(decode["cpu_us_per_call"])
+    assert list(data["rows"]) == [
+        "json/webSockets",
+        "json/serverSentEvents",
+        "json/longPolling",
+        "messagepack/webSockets",
+        "messagepack/longPolling",
+    ]
+    for row, result in data["rows"].items():
+        protocol, transport = row.split("/")
+        assert set(result["clients"]) == {"floor", "txsignalr", "node"}
+        for name, client in result["clients"].items():
+            _assert_figures(f"{row} {name}", client)
+            assert [r["handshakes_seen"] for r in client["runs"]] == [[[transport, protocol]]]
+            assert [r["transport_in_use"] for r in client["runs"]] == [transport]
+        for key in ("ratio_txsignalr_vs_floor", "ratio_txsignalr_vs_decode",
+                    "ratio_txsignalr_vs_node"):  # fmt: skip
+            assert _positive(result[key]), (row, key, result)
