@@ -136,9 +136,9 @@ def wrap(
     msgs: list[bytes], transport: str, protocol: str, chunk_size: int = 256 * 1024
 ) -> list[bytes]:
     """
-    Transport messages as the bytes to write: WebSocket frames or SSE events joined in
-    message-aligned chunks of about ``chunk_size``, or for long polling one whole
-    ``200`` response per message.
+    Transport messages as the bytes to write: WebSocket frames or SSE events (each in
+    its own HTTP chunk) joined in message-aligned writes of about ``chunk_size``, or for
+    long polling one whole ``200`` response per message.
     """
     if transport == "longPolling":
         return [http_response(200, m, _OCTETS) for m in msgs]
@@ -149,9 +149,11 @@ def wrap(
             return ws_frame(m, opcode)
 
     else:
+        # One HTTP chunk per event, as Kestrel flushes each event (many chunks to a
+        # write): clients' chunked decoders then see the real server's framing.
 
         def encode(m: bytes) -> bytes:
-            return sse_data(m)
+            return http_chunk(sse_data(m))
 
     chunks: list[bytes] = []
     current: list[bytes] = []
@@ -165,8 +167,6 @@ def wrap(
             current, size = [], 0
     if current:
         chunks.append(b"".join(current))
-    if transport == "serverSentEvents":
-        chunks = [http_chunk(c) for c in chunks]
     return chunks
 
 
