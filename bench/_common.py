@@ -707,7 +707,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
-    for mod in ("twisted", "autobahn", "orjson"):
+    for mod in ("twisted", "autobahn", "orjson", "ormsgpack"):
         try:
             m = __import__(mod)
             info[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", "?"))

@@ -242,6 +242,15 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join([table(head, lines), *notes])
 
 
+def _node_versions(results: dict[str, Any]) -> str:
+    """Which Node and @microsoft/signalr the node rows ran, from their first good run."""
+    for data in results["rows"].values():
+        for run in data["clients"]["node"]["runs"]:
+            if "node" in run:
+                return f"@microsoft/signalr {run['signalr']} on Node {run['node']}"
+    return "no node run succeeded"
+
+
 async def parent(args: Any) -> int:
     n = args.n or (2_000 if args.smoke else 100_000)
     lp_n = args.lp_n or (300 if args.smoke else max(1, n // 20))
@@ -260,7 +269,7 @@ async def parent(args: Any) -> int:
         "batch": args.batch,
         "repeat": repeat,
         "smoke": args.smoke,
-        "node": node_missing() or "@microsoft/signalr (tests/js/package.json pin)",
+        "node": node_missing() or _node_versions(results),
         **results,
     }
     path = write_results(args.json_name, summary, args.json)

@@ -299,6 +299,7 @@ def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
     transport and hub protocol asked, and every figure and ratio is positive."""
     data = _run_core_bench(script, tmp_path)
     assert data["mode"] == ("stream" if script == "core_throughput" else "counter")
+    assert data["node"].startswith("@microsoft/signalr 10.0.11 on Node v"), data["node"]
     assert set(data["decode"]) == {"json", "messagepack"}
     for protocol, decode in data["decode"].items():
         assert "error" not in decode, (protocol, decode)
