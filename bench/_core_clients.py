@@ -228,8 +228,9 @@ async def floor_lp_main(reactor: Any, url: str, n: int, protocol: str, kind: int
 async def txsignalr_main(
     reactor: Any, url: str, n: int, protocol: str, transport: str, mode: str
 ) -> dict[str, Any]:
-    """txsignalr: ``conn.on("tick", handler)`` (mode ``stream``) or ``async for item in
-    conn.stream("Counter", n)`` (mode ``counter``)."""
+    """txsignalr: ``conn.on("tick", handler)`` (mode ``stream``), ``async for item in
+    conn.stream("Counter", n)`` (mode ``counter``) or ``conn.stream("Counter",
+    n).each(callback)`` (mode ``each``)."""
     from txsignalr import HubConnection
 
     meter = _Meter(n)
@@ -241,17 +242,17 @@ async def txsignalr_main(
         transports=[transport],
         reconnect_delay=None,
     )
+
+    def one(*args: Any) -> None:
+        meter.count += 1
+        c = meter.count
+        if c == 1:
+            meter.first()
+        elif c == meter.n:
+            meter.last()
+
     if mode == "stream":
-
-        def on_tick(*args: Any) -> None:
-            meter.count += 1
-            c = meter.count
-            if c == 1:
-                meter.first()
-            elif c == meter.n:
-                meter.last()
-
-        conn.on("tick", on_tick)
+        conn.on("tick", one)
     await conn.start()
     in_use = conn.transport
     hub_protocol = conn.hub_protocol
@@ -263,6 +264,8 @@ async def txsignalr_main(
                 meter.first()
             elif c == meter.n:
                 meter.last()
+    elif mode == "each":
+        await conn.stream("Counter", n).each(one)
     await meter.done
     result = meter.result()
     await conn.stop()

@@ -14,7 +14,9 @@ longPolling) three clients run in child processes pinned to CPU 1:
   conn.stream("Counter", N)``);
 * ``floor``: the bare transport client (autobahn WebSocket, treq streaming GET of the
   event stream, or a treq poll loop) splitting and decoding every record;
-* ``node``: Microsoft's ``@microsoft/signalr`` 10.0.11 (``tests/js/node_modules``).
+* ``node``: Microsoft's ``@microsoft/signalr`` 10.0.11 (``tests/js/node_modules``);
+* in ``--mode counter`` also ``txsignalr-each``: the same stream read with
+  ``conn.stream("Counter", N).each(callback)``.
 
 Plus per hub protocol a ``decode`` row: the cheapest decode of the same records in a
 tight loop, no I/O.  A run in which the server saw the client handshake with another
@@ -56,7 +58,11 @@ ROWS = (
     "messagepack/webSockets",
     "messagepack/longPolling",
 )
-CLIENTS = ("floor", "txsignalr", "node")
+#: The clients of each row, by mode (``counter`` adds ``stream.each(callback)``).
+CLIENTS = {
+    "stream": ("floor", "txsignalr", "node"),
+    "counter": ("floor", "txsignalr", "txsignalr-each", "node"),
+}
 NODE_SCRIPT = BENCH_DIR / "node_core_client.js"
 NODE_MODULES = REPO / "tests" / "js" / "node_modules"
 
@@ -143,7 +149,7 @@ async def measure(
         protocol, transport = row.split("/")
         server.prepare(mode, sizes[row], batch, transport, protocol)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        row: {name: [] for name in CLIENTS} for row in rows
+        row: {name: [] for name in CLIENTS[mode]} for row in rows
     }
     decode_runs: dict[str, list[dict[str, Any]]] = {p: [] for p in protocols}
     try:
@@ -156,7 +162,7 @@ async def measure(
             for row in rows:
                 protocol, transport = row.split("/")
                 url = server.url(mode, n=sizes[row], batch=batch)
-                for name in CLIENTS:
+                for name in CLIENTS[mode]:
                     command = child_command(name, row, url, sizes[row], mode)
                     if isinstance(command, str):
                         runs[row][name].append({"error": command})
@@ -197,6 +203,10 @@ async def measure(
                 clients["txsignalr"].get("cpu_us_per_call"), clients["floor"].get("cpu_us_per_call")
             ),
         }
+        if "txsignalr-each" in clients:
+            out["rows"][row]["ratio_txsignalr_each_vs_node"] = ratio(
+                clients["txsignalr-each"].get("calls_per_s"), clients["node"].get("calls_per_s")
+            )
     return out
 
 
@@ -218,7 +228,7 @@ def report(results: dict[str, Any]) -> str:
         floor = clients["floor"].get("calls_per_s")
         decode = results["decode"][row.split("/")[0]].get("calls_per_s")
         node = clients["node"].get("calls_per_s")
-        for name in ("floor", "txsignalr", "node"):
+        for name in clients:
             r = clients[name]
             rate = r.get("calls_per_s")
             if rate is None:
@@ -233,9 +243,7 @@ def report(results: dict[str, Any]) -> str:
                     r.get("cpu_us_per_call") or "-",
                     _x(ratio(rate, floor)),
                     _x(ratio(rate, decode)),
-                    _x(ratio(clients["txsignalr"].get("calls_per_s"), node))
-                    if name == "txsignalr"
-                    else "-",
+                    _x(ratio(rate, node)) if name.startswith("txsignalr") else "-",
                 ]
             )
     head = ["row", "client", "msgs/s", "cpu us/msg", "vs floor", "vs decode", "txsignalr/node"]
@@ -296,8 +304,9 @@ def child(args: Any) -> None:
     kind = 1 if args.mode == "stream" else 2
     if args.child == "decode":
         child_main(decode_main, args.n, args.protocol, args.mode)
-    elif args.child == "txsignalr":
-        child_main(txsignalr_main, args.url, args.n, args.protocol, args.transport, args.mode)
+    elif args.child in ("txsignalr", "txsignalr-each"):
+        mode = "each" if args.child == "txsignalr-each" else args.mode
+        child_main(txsignalr_main, args.url, args.n, args.protocol, args.transport, mode)
     else:
         floors = {
             "webSockets": floor_ws_main,

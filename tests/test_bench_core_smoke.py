@@ -293,10 +293,11 @@ def _run_core_bench(script: str, tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("script", ["core_throughput", "core_stream"])
 def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
     """core_throughput.py / core_stream.py --smoke run every row (JSON over the three
-    transports, MessagePack over WebSockets and long polling) with txsignalr, its
-    transport floor and Microsoft's Node client (which must run: CI installs
-    tests/js), plus a decode-only floor per hub protocol; each run handshook with the
-    transport and hub protocol asked, and every figure and ratio is positive."""
+    transports, MessagePack over WebSockets and long polling) with txsignalr (for the
+    stream also read with each()), its transport floor and Microsoft's Node client
+    (which must run: CI installs tests/js), plus a decode-only floor per hub protocol;
+    each run handshook with the transport and hub protocol asked, and every figure and
+    ratio is positive."""
     data = _run_core_bench(script, tmp_path)
     assert data["mode"] == ("stream" if script == "core_throughput" else "counter")
     assert data["node"].startswith("@microsoft/signalr 10.0.11 on Node v"), data["node"]
@@ -313,7 +314,10 @@ def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
     ]
     for row, result in data["rows"].items():
         protocol, transport = row.split("/")
-        assert set(result["clients"]) == {"floor", "txsignalr", "node"}
+        clients = {"floor", "txsignalr", "node"}
+        if script == "core_stream":
+            clients.add("txsignalr-each")  # conn.stream(...).each(callback)
+        assert set(result["clients"]) == clients
         for name, client in result["clients"].items():
             _assert_figures(f"{row} {name}", client)
             assert [r["handshakes_seen"] for r in client["runs"]] == [[[transport, protocol]]]
