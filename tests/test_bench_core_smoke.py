@@ -325,3 +325,38 @@ def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
         for key in ("ratio_txsignalr_vs_floor", "ratio_txsignalr_vs_decode",
                     "ratio_txsignalr_vs_node"):  # fmt: skip
             assert _positive(result[key]), (row, key, result)
+
+
+def test_core_bench_server_refuses_messagepack_over_sse() -> None:
+    """A MessagePack handshake over SSE is refused as .NET refuses it (an error
+    handshake answer, then the stream ends) and is not recorded as a connect."""
+    server_mod = _bench_module("_core_server")
+
+    async def scenario() -> None:
+        server = server_mod.CoreBenchServer()
+        port = await server.start()
+        base = "/core/stream/n=5/batch=1/hub"
+        try:
+            http = await _HTTP.open(port)
+            http.request("POST", f"{base}/negotiate?negotiateVersion=1")
+            token = json.loads((await http.response())[2])["connectionToken"]
+            stream = await _HTTP.open(port)
+            stream.request("GET", f"{base}?id={token}", accept="text/event-stream")
+            assert (await stream.head())[0] == 200
+            assert await stream.chunk() == b":\r\n"
+            http.request(
+                "POST", f"{base}?id={token}", b'{"protocol":"messagepack","version":1}\x1e'
+            )
+            assert (await http.response())[0] == 200
+            event = await stream.chunk()
+            assert event.startswith(b"data: ") and event.endswith(b"\x1e\r\n\r\n")
+            assert json.loads(event[6:-5]) == {
+                "error": "Cannot use the 'messagepack' protocol on the current transport. "
+                "The transport does not support 'Binary' transfer format."
+            }
+            assert await stream.chunk() == b""  # the end of the chunked body
+        finally:
+            await server.stop()
+        assert server.connects == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
