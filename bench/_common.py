@@ -161,6 +161,39 @@ def stream_chunks(
 # ----------------------------------------------------------------- server
 
 
+async def read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, dict[str, str], bytes] | None:
+    """
+    Read one HTTP/1.1 request: ``(method, target, headers, body)`` with header names
+    lower-cased, or ``None`` once the client closed the socket.
+    """
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target = lines[0].split(" ", 2)[:2]
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    body = await reader.readexactly(length) if length else b""
+    return method, target, headers, body
+
+
+def ws_upgrade_response(headers: dict[str, str]) -> bytes:
+    """The ``101 Switching Protocols`` answer to a WebSocket upgrade request."""
+    key = headers.get("sec-websocket-key", "").encode()
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept
+    )
+
+
 class _Conn:
     """The server side of one connection's receive channel (a WebSocket, an SSE
     response, or the long polls of one connection token)."""
@@ -293,19 +326,10 @@ class BenchServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                target = lines[0].split(" ", 2)[1]
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                body = await reader.readexactly(length) if length else b""
+                _, target, headers, body = request
                 self.http_requests += 1
                 url = urlsplit(target)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -474,12 +498,7 @@ class BenchServer:
         query: dict[str, str],
         headers: dict[str, str],
     ) -> None:
-        key = headers.get("sec-websocket-key", "").encode()
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept
-        )
+        writer.write(ws_upgrade_response(headers))
         token = query.get("connectionToken", "")
         ws = self._register("webSockets", writer, path, token)
         self._sockets.add(ws)
@@ -518,20 +537,10 @@ class BenchServer:
         echo = ws.scenario["name"] == "echo"
         writer = ws.writer
         while True:
-            try:
-                b0, b1 = await reader.readexactly(2)
-                n = b1 & 0x7F
-                if n == 126:
-                    (n,) = struct.unpack("!H", await reader.readexactly(2))
-                elif n == 127:
-                    (n,) = struct.unpack("!Q", await reader.readexactly(8))
-                mask = await reader.readexactly(4) if b1 & 0x80 else b""
-                payload = await reader.readexactly(n)
-            except (asyncio.IncompleteReadError, ConnectionError):
+            frame = await read_ws_frame(reader)
+            if frame is None:
                 return
-            if mask:
-                payload = _unmask(payload, mask)
-            opcode = b0 & 0x0F
+            opcode, payload = frame
             if opcode == 8:
                 if not ws.closed:
                     writer.write(ws_frame(payload[:2], opcode=8))
@@ -559,6 +568,24 @@ async def _first(*waits: Any) -> None:
             task.cancel()
 
 
+async def read_ws_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """Read one (client-masked) WebSocket frame: ``(opcode, payload)``, or ``None`` at EOF."""
+    try:
+        b0, b1 = await reader.readexactly(2)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await reader.readexactly(8))
+        mask = await reader.readexactly(4) if b1 & 0x80 else b""
+        payload = await reader.readexactly(n)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    if mask:
+        payload = _unmask(payload, mask)
+    return b0 & 0x0F, payload
+
+
 def _unmask(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
@@ -569,13 +596,32 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 
 def pin_cpu(cpu: int) -> None:
-    """Pin this process to one CPU when there are at least two (best effort)."""
+    """
+    Pin this process to one CPU when there are at least two (best effort).
+
+    The CPUs to choose from are those this process could use before the first
+    benchmark process pinned itself (``BENCH_CPUS``, inherited by children), so a
+    child of a parent pinned to CPU 0 can still pin itself to CPU 1.
+    """
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        known = os.environ.get("BENCH_CPUS")
+        cpus = [int(c) for c in known.split(",")] if known else sorted(os.sched_getaffinity(0))
+        os.environ["BENCH_CPUS"] = ",".join(map(str, cpus))
         if len(cpus) >= 2:
             os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, ValueError):
         pass
+
+
+def cpu_id(cpu: int) -> int | None:
+    """The CPU :func:`pin_cpu` would pin ``cpu`` to, or ``None`` when it would not pin
+    (for ``taskset -c`` of child processes that are not Python)."""
+    known = os.environ.get("BENCH_CPUS")
+    try:
+        cpus = [int(c) for c in known.split(",")] if known else sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError, ValueError):
+        return None
+    return cpus[cpu % len(cpus)] if len(cpus) >= 2 else None
 
 
 def emit_result(result: dict[str, Any]) -> None:
@@ -661,14 +707,13 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
-    for mod in ("twisted", "autobahn", "orjson"):
+    for mod in ("twisted", "autobahn", "orjson", "ormsgpack"):
         try:
             m = __import__(mod)
             info[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", "?"))
         except ImportError:
             info[mod] = None
     info["txsignalr_path"] = os.environ.get("BENCH_TXSIGNALR") or str(REPO)
-    return info
     return info
 
 
