@@ -124,3 +124,13 @@ def quiet_log() -> Any:
         )
     ]
     assert loud == []
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback tests connect direct even on a machine whose environment names an
+    HTTP proxy (txsignalr honours HTTPS_PROXY/HTTP_PROXY/ALL_PROXY like curl); the
+    proxy tests set what they need themselves."""
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)

@@ -1073,6 +1073,7 @@ def test_settings_connection_arguments_are_hub_connection_parameters() -> None:
         "protocol",
         "hub_protocol",
         "stateful_reconnect",
+        "proxy",
     }
     for name in arguments:
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

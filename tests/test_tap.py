@@ -188,6 +188,7 @@ def test_every_connection_setting_has_its_option() -> None:
         "access_token_env": "access-token-env",
         "hub_protocol": "hub-protocol",
         "stateful_reconnect": "stateful-reconnect",
+        "proxy": "proxy",
     }
     flags = {"stateful-reconnect"}
     text = str(tap.Options())

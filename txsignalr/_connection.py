@@ -149,6 +149,11 @@ class HubConnection:
         what either side missed, so nothing is lost or repeated and pending calls go
         on; the state stays connected meanwhile.  When the server refuses the resume,
         the ordinary reconnect (``reconnect_delay``) runs.
+    :param proxy: the HTTP proxy every request and WebSocket goes through, as
+        ``"http://[user:password@]host:port"``; ``None`` (the default) reads
+        ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` as curl does;
+        ``False``: never a proxy.  Everything crosses it in a ``CONNECT`` tunnel, with
+        TLS to the server inside it for https and wss.
     :param stateful_buffer_size: Core, stateful reconnect: bytes of sent messages kept
         until the server acknowledges them; while it is full, :meth:`send`,
         :meth:`invoke` and uploads wait (back-pressure).
@@ -183,6 +188,7 @@ class HubConnection:
         hub_protocol: str = "json",
         stateful_reconnect: bool = False,
         stateful_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        proxy: str | bool | None = None,
     ) -> None:
         if protocol not in _PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(_PROTOCOLS)}, not {protocol!r}")
@@ -230,7 +236,7 @@ class HubConnection:
             for key, value in cookies.items():
                 jar.set_cookie(scoped_cookie(self._session.endpoints.base, key, value))
         self._http = HttpSession(
-            reactor, header_map, jar, tls, http_client, http_timeout, origin=url
+            reactor, header_map, jar, tls, http_client, http_timeout, origin=url, proxy=proxy
         )
 
         log = self.log

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import urllib.request
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
@@ -16,13 +17,16 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from treq.client import HTTPClient
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
+from txsignalr._proxy import ProxyURL, TunnelEndpoint, proxy_for
 from txsignalr.errors import MessageTooLarge, NegotiationError, SignalRError
 
 __all__ = ["HTTPClientLike", "HttpSession", "read_body"]
@@ -34,6 +38,8 @@ _PUBLIC_QUERY = frozenset(
 #: shorter values are not looked for in error bodies (too likely to be ordinary text)
 _MIN_SECRET = 4
 _REDACTED = b"<redacted>"
+_PROXY_VARIABLES: tuple[str, ...] = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
+_PROXY_VARIABLES += ("all_proxy", "ALL_PROXY")
 #: the most a body may hold when the request names no limit of its own: negotiate,
 #: /start, /abort, /ping answer in a few hundred bytes (an Azure redirect with its
 #: token in a few KiB), so anything near this is not a SignalR server talking
@@ -128,6 +134,31 @@ def read_body(
     return finished
 
 
+@implementer(IAgentEndpointFactory)
+class _EndpointFactory:
+    """Endpoints for the Agent: through the proxy's CONNECT tunnel when one applies."""
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, http: HttpSession) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._http = http
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else uri.host
+        scheme = uri.scheme.decode() if isinstance(uri.scheme, bytes) else uri.scheme
+        url = f"{scheme}://{host}:{uri.port}/"
+        proxy = self._http.proxy_for(url)
+        endpoint: Any
+        if proxy is None:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        else:
+            endpoint = TunnelEndpoint(self._reactor, proxy, host, uri.port)
+        if scheme == "https":
+            creator = self._policy.creatorForNetloc(host.encode("idna"), uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+
 class HTTPClientLike(Protocol):
     """What the connection needs of an HTTP client: treq's ``request``."""
 
@@ -158,6 +189,7 @@ class HttpSession:
         client: HTTPClientLike | None,
         timeout: float,
         origin: str | None = None,
+        proxy: str | bool | None = None,
     ) -> None:
         self._reactor = reactor
         self.headers = dict(headers)
@@ -173,6 +205,10 @@ class HttpSession:
         self.tls = tls
         self.timeout = timeout
         self._pool: HTTPConnectionPool | None = None
+        #: ``proxy=`` as given: None (the environment), False (never) or a URL
+        self.proxy = proxy
+        if isinstance(proxy, str):
+            ProxyURL.parse(proxy)  # InvalidURL now, not at the first request
         if client is None:
             # The connection owns its pool and closes it on stop, so no idle HTTP
             # connection (or its timer) outlives the connection.
@@ -180,13 +216,28 @@ class HttpSession:
             # A GET (an ASP.NET Core long poll) whose pooled connection broke is not
             # to be re-sent behind the transport's back: the loss must be seen.
             self._pool.retryAutomatically = False
-            agent = Agent(
-                reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=self._pool
-            )
+            policy = tls or BrowserLikePolicyForHTTPS()
+            if self._may_proxy():
+                agent = Agent.usingEndpointFactory(
+                    reactor, _EndpointFactory(reactor, policy, self), pool=self._pool
+                )
+            else:
+                agent = Agent(reactor, contextFactory=policy, pool=self._pool)
             own: Any = HTTPClient(agent)
             client = own
         assert client is not None
         self._client: HTTPClientLike = client
+
+    def _may_proxy(self) -> bool:
+        if self.proxy is False:
+            return False
+        if isinstance(self.proxy, str):
+            return True
+        return any(os.environ.get(name, "").strip() for name in _PROXY_VARIABLES)
+
+    def proxy_for(self, url: str) -> ProxyURL | None:
+        """The proxy a request or WebSocket to ``url`` goes through (None: direct)."""
+        return proxy_for(url, self.proxy)
 
     def _headers(
         self, url: str, extra: Mapping[str, str] | None

@@ -24,6 +24,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from txsignalr._http import HttpSession
 from txsignalr._protocol import websocket_url
+from txsignalr._proxy import TunnelEndpoint
 from txsignalr._transport import TransportRequest, TransportSink
 from txsignalr.errors import ConnectionClosed, MessageTooLarge
 
@@ -123,6 +124,7 @@ class WebSocketTransport:
         self._binary = request.frame_binary
         self._headers = http.handshake_headers(request.url)
         self._tls: IPolicyForHTTPS | None = http.tls
+        self._proxy = http.proxy_for(self._url)
         self._sink = sink
         self._protocol: WebSocketClientProtocol | None = None
         self._open = False
@@ -151,7 +153,12 @@ class WebSocketTransport:
             maxMessagePayloadSize=self._max_size,
             maxFramePayloadSize=self._max_size,
         )
-        endpoint: Any = HostnameEndpoint(self._reactor, host, port)
+        proxy = self._proxy
+        endpoint: Any = (
+            HostnameEndpoint(self._reactor, host, port)
+            if proxy is None
+            else TunnelEndpoint(self._reactor, proxy, host, port)
+        )
         if secure:
             policy = self._tls
             if policy is None:

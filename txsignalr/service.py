@@ -403,6 +403,12 @@ def _looks_like_variable(name: str) -> bool:
     return len(name) <= 40 and name.upper() == name and name.replace("_", "").isalnum()
 
 
+def _redacted_proxy(proxy: str | None) -> str:
+    if proxy is None:
+        return "None"
+    return repr(redact_url(proxy if "://" in proxy else "http://" + proxy))
+
+
 def core_hub_name(url: str) -> str:
     """
     The name an ASP.NET Core connection's hub goes by in the service's logs and
@@ -451,6 +457,8 @@ class ConnectionSettings:
         (needs the ``txsignalr[messagepack]`` extra).
     :ivar stateful_reconnect: ASP.NET Core: resume a dropped WebSocket without losing
         or repeating a message when the server allows it (.NET 8+).
+    :ivar proxy: the HTTP proxy (``http://[user:password@]host:port``), or ``None``
+        for ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` from the environment.
     """
 
     url: str = attrs.field(repr=redact_url, metadata=_setting(None, hub_connection=False))
@@ -485,6 +493,7 @@ class ConnectionSettings:
     stateful_reconnect: bool = attrs.field(
         default=False, converter=bool, metadata=_setting("stateful-reconnect")
     )
+    proxy: str | None = attrs.field(default=None, repr=_redacted_proxy, metadata=_setting("proxy"))
     #: every token handed out, so that one rotated away still stays out of the logs
     _tokens: set[str] = attrs.field(factory=set, init=False, repr=False, eq=False)
 
@@ -527,6 +536,13 @@ class ConnectionSettings:
             current = os.environ.get(self.access_token_env, "").strip()
             if current:
                 tokens.add(current)
+        if self.proxy:
+            try:
+                password = urlsplit(self.proxy if "://" in self.proxy else "//" + self.proxy)
+                if password.password:
+                    tokens.add(unquote(password.password))
+            except ValueError:
+                pass
         return _secret_values(self.url, self.headers, self.cookies, self.query, tokens)
 
     @classmethod

@@ -364,6 +364,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--demo-port {port!r}: must be between 0 and 65535")
         self["demo-port"] = value
 
+    def opt_proxy(self, url: str) -> None:
+        """HTTP proxy for every request and WebSocket, http://[user:password@]host:port (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment)."""  # noqa: E501
+        from txsignalr._proxy import ProxyURL
+
+        try:
+            ProxyURL.parse(url)
+        except InvalidURL as e:
+            raise usage.UsageError(f"--proxy: {e}") from None
+        self["proxy"] = url
+
     def opt_ca(self, path: str) -> None:
         """PEM file of the CA certificate(s) to trust for https/wss instead of the system's."""
         self._tls_file("ca", path)
