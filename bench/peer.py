@@ -13,24 +13,19 @@ says why instead of showing a number.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import venv
 from typing import Any
 
 from _common import BENCH_DIR, common_args, ratio, run_parent, write_results
+from _peers import PEERS, ensure_peer
 from throughput import default_clients, measure, report
 
 NAME = "peer"
 PEER = "signalr-async"
-PEER_VERSION = "3.0.0"
-#: signalr-async 3.0.0 sends through aiohttp's private ``WebSocketWriter.send``,
-#: renamed ``send_frame`` in aiohttp 3.11: with the aiohttp pip picks by default every
-#: send fails (``AttributeError: 'WebSocketWriter' object has no attribute 'send'``),
-#: starting with the ``{}`` ping signalr-async sends right after ``/start``, so
-#: ``start()`` itself fails.  Pin the last aiohttp it works with.
-PEER_AIOHTTP = "aiohttp<3.11"
-VENV = BENCH_DIR / ".peer-venv"
+#: The pins and their reasons are in ``_peers.PEERS``: signalr-async 3.0.0 needs
+#: aiohttp<3.11 (it sends through aiohttp's private ``WebSocketWriter.send``).
+PEER_VERSION = PEERS[PEER].requirements[0].split("==", 1)[1]
+PEER_AIOHTTP = PEERS[PEER].requirements[1]
 
 
 def _args() -> Any:
@@ -46,61 +41,13 @@ def _args() -> Any:
     return p.parse_args()
 
 
-def ensure_peer(version: str, aiohttp: str) -> tuple[str | None, str]:
-    """
-    Make sure the peer virtualenv has ``signalr-async==version`` (and ``aiohttp``).
-
-    :returns: ``(python, detail)``: the venv's interpreter and the installed version,
-        or ``(None, reason)`` when it cannot be installed or imported.
-    """
-    python = VENV / "bin" / "python"
-    check = [
-        str(python),
-        "-c",
-        "import importlib.metadata as m, signalr_async.net; "
-        "print(m.version('signalr-async'), 'with aiohttp', m.version('aiohttp'))",
-    ]
-    stamp = VENV / "requirements.txt"
-    wanted = f"{PEER}=={version}\n{aiohttp}\n"
-    if python.exists():
-        r = subprocess.run(check, capture_output=True, text=True, timeout=60)
-        if r.returncode == 0 and stamp.exists() and stamp.read_text() == wanted:
-            return str(python), r.stdout.strip()
-    else:
-        try:
-            venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-        except Exception as e:
-            return None, f"could not create {VENV}: {e}"
-    r = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            f"{PEER}=={version}",
-            *([aiohttp] if aiohttp else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if r.returncode != 0:
-        tail = [line for line in r.stderr.splitlines() if "WARNING" not in line][-3:]
-        return None, f"pip install {PEER}=={version} failed: " + " | ".join(tail)
-    r = subprocess.run(check, capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        return None, f"{PEER} installed but does not import: " + r.stderr.strip().splitlines()[-1]
-    stamp.write_text(wanted)
-    return str(python), r.stdout.strip()
-
-
 async def parent(args: Any) -> int:
     n = args.n or (5_000 if args.smoke else 200_000)
     repeat = args.repeat or (1 if args.smoke else 3)
     timeout = 60.0 if args.smoke else 600.0
-    python, detail = ensure_peer(args.peer_version, args.peer_aiohttp)
+    python, detail = ensure_peer(
+        PEER, requirements=(f"{PEER}=={args.peer_version}", args.peer_aiohttp)
+    )
     clients = default_clients()
     if python is not None:
         clients[PEER] = [
