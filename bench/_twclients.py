@@ -202,11 +202,15 @@ async def floor_echo_main(reactor: Any, url: str, n: int, warmup: int) -> dict[s
     return _latencies(samples, cpu)
 
 
-async def txsignalr_invoke_main(reactor: Any, url: str, n: int, warmup: int) -> dict[str, Any]:
-    """txsignalr: ``await hub.invoke("Echo", x)``, one at a time."""
+async def txsignalr_invoke_main(
+    reactor: Any, url: str, n: int, warmup: int, transport: str = "webSockets"
+) -> dict[str, Any]:
+    """txsignalr over ``transport``: ``await hub.invoke("Echo", x)``, one at a time
+    (over serverSentEvents and longPolling each call is a form ``POST /send`` whose
+    answer carries the result)."""
     from txsignalr import HubConnection
 
-    conn = HubConnection(reactor, url)
+    conn = HubConnection(reactor, url, transports=[transport])
     hub = conn.hub(HUB)
     await conn.start()
     samples: list[int] = []
@@ -221,8 +225,11 @@ async def txsignalr_invoke_main(reactor: Any, url: str, n: int, warmup: int) -> 
             samples.append(t1 - t0)
     cpu = _cpu() - cpu0
     assert result == ECHO_VALUE, result
+    in_use = conn.transport
     await conn.stop()
-    return _latencies(samples, cpu)
+    out = _latencies(samples, cpu)
+    out["transport_in_use"] = None if in_use is None else in_use.value
+    return out
 
 
 # --------------------------------------------------------------------- idle

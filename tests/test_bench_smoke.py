@@ -62,7 +62,13 @@ def test_throughput_smoke(tmp_path: Path) -> None:
 def test_invoke_smoke(tmp_path: Path) -> None:
     """invoke.py --smoke gives latency percentiles for raw echo and txsignalr."""
     data = run_smoke("invoke", tmp_path, timeout=180)
-    assert set(data["clients"]) == {"raw echo", "txsignalr", "txsignalr vs testing server"}
+    assert set(data["clients"]) == {
+        "raw echo",
+        "txsignalr",
+        "txsignalr serverSentEvents",
+        "txsignalr longPolling",
+        "txsignalr vs testing server",
+    }
     for name, client in data["clients"].items():
         assert "error" not in client, (name, client)
         assert client["calls"] == data["calls"]
