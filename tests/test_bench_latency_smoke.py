@@ -33,3 +33,27 @@ def test_invoke_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
     for transport in ("serverSentEvents", "longPolling"):
         assert data["clients"][f"txsignalr {transport}"]["transport_in_use"] == transport
     assert data["clients"]["txsignalr"]["transport_in_use"] == "webSockets"
+
+
+def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
+    """connections.py --smoke opens every connection over each transport and reports
+    memory, fds, the connect rate and the CPU per connection, with the round trips."""
+    data = run_smoke("connections", tmp_path, timeout=180)
+    (n,) = data["sizes"]
+    rows = {
+        "floor": "webSockets",
+        "txsignalr": "webSockets",
+        "txsignalr serverSentEvents": "serverSentEvents",
+        "txsignalr longPolling": "longPolling",
+    }
+    assert set(data["clients"]) == {f"{name}@{n}" for name in rows}
+    for name, transport in rows.items():
+        client = data["clients"][f"{name}@{n}"]
+        assert "error" not in client, (name, client)
+        assert client["transport"] == transport
+        assert client["connections"] == n
+        assert client["failed"] == 0
+        for key in ("connect_seconds", "connections_per_s", "cpu_ms_per_connection", "rss_kib"):
+            assert positive(client[key]), (name, key, client)
+    assert set(data["round_trips_to_open"]) == {"webSockets", "serverSentEvents", "longPolling"}
+    assert positive(data["target_connections_per_s"])

@@ -82,7 +82,12 @@ def test_connections_smoke(tmp_path: Path) -> None:
     """connections.py --smoke opens every connection and reports memory and fds."""
     data = run_smoke("connections", tmp_path, timeout=180)
     (n,) = data["sizes"]
-    assert set(data["clients"]) == {f"floor@{n}", f"txsignalr@{n}"}
+    assert set(data["clients"]) == {
+        f"floor@{n}",
+        f"txsignalr@{n}",
+        f"txsignalr serverSentEvents@{n}",
+        f"txsignalr longPolling@{n}",
+    }
     for name, client in data["clients"].items():
         assert "error" not in client, (name, client)
         assert client["connections"] == n
