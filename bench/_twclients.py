@@ -202,11 +202,15 @@ async def floor_echo_main(reactor: Any, url: str, n: int, warmup: int) -> dict[s
     return _latencies(samples, cpu)
 
 
-async def txsignalr_invoke_main(reactor: Any, url: str, n: int, warmup: int) -> dict[str, Any]:
-    """txsignalr: ``await hub.invoke("Echo", x)``, one at a time."""
+async def txsignalr_invoke_main(
+    reactor: Any, url: str, n: int, warmup: int, transport: str = "webSockets"
+) -> dict[str, Any]:
+    """txsignalr over ``transport``: ``await hub.invoke("Echo", x)``, one at a time
+    (over serverSentEvents and longPolling each call is a form ``POST /send`` whose
+    answer carries the result)."""
     from txsignalr import HubConnection
 
-    conn = HubConnection(reactor, url)
+    conn = HubConnection(reactor, url, transports=[transport])
     hub = conn.hub(HUB)
     await conn.start()
     samples: list[int] = []
@@ -221,8 +225,11 @@ async def txsignalr_invoke_main(reactor: Any, url: str, n: int, warmup: int) -> 
             samples.append(t1 - t0)
     cpu = _cpu() - cpu0
     assert result == ECHO_VALUE, result
+    in_use = conn.transport
     await conn.stop()
-    return _latencies(samples, cpu)
+    out = _latencies(samples, cpu)
+    out["transport_in_use"] = None if in_use is None else in_use.value
+    return out
 
 
 # --------------------------------------------------------------------- idle
@@ -254,9 +261,9 @@ async def _idle_run(
     base = rss_kib()
     fds0 = open_fds()
     sem = DeferredSemaphore(concurrency)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     await gatherResults([sem.run(lambda: ensureDeferred(guarded())) for _ in range(n)])
-    elapsed = time.perf_counter() - t0
+    elapsed, connect_cpu = time.perf_counter() - t0, _cpu() - c0
     gc.collect()
     rss = rss_kib()
     fds = open_fds()
@@ -269,6 +276,7 @@ async def _idle_run(
         "failed": len(failures),
         "connect_seconds": elapsed,
         "connections_per_s": opened / elapsed,
+        "cpu_ms_per_connection": connect_cpu / max(1, opened) * 1e3,
         "rss_base_kib": base,
         "rss_kib": rss,
         "kib_per_connection": (rss - base) / max(1, opened),
@@ -312,9 +320,10 @@ async def floor_idle_main(
 
 
 async def txsignalr_idle_main(
-    reactor: Any, url: str, n: int, concurrency: int, idle: float
+    reactor: Any, url: str, n: int, concurrency: int, idle: float, transport: str = "webSockets"
 ) -> dict[str, Any]:
-    """N started txsignalr HubConnections, each with one hub proxy and one handler."""
+    """N started txsignalr HubConnections over ``transport``, each with one hub proxy
+    and one handler."""
     from txsignalr import HubConnection
 
     conns: list[Any] = []
@@ -323,7 +332,7 @@ async def txsignalr_idle_main(
         pass
 
     async def one() -> None:
-        conn = HubConnection(reactor, url)
+        conn = HubConnection(reactor, url, transports=[transport])
         conn.hub(HUB).on("tick", noop)
         await conn.start()
         conns.append(conn)

@@ -7,7 +7,24 @@ reports the RSS and file descriptors each connection adds, the time to open them
 and the CPU the process uses while they sit idle (keep-alive timers).
 
 * ``floor``: bare autobahn WebSockets (no negotiate, no ``/start``);
-* ``txsignalr``: started ``HubConnection`` objects, one hub proxy and handler each.
+* ``txsignalr``: started ``HubConnection`` objects over WebSockets, one hub proxy
+  and handler each;
+* ``txsignalr serverSentEvents`` / ``txsignalr longPolling``: the same over the other
+  transports (at the smallest N only, unless ``--all-transports-at-every-n``).
+
+Round trips to open one classic connection (each ``HubConnection`` owns a treq
+``HTTPConnectionPool(persistent=True)``, Twisted's default ``maxPersistentPerHost``
+of 2, and closes its idle pooled sockets once started):
+
+* webSockets: TCP connect + ``GET /negotiate``; a second TCP connect + the WebSocket
+  upgrade (the server pushes the init frame with the 101); ``GET /start`` on the
+  pooled negotiate socket: 3 HTTP round trips, 2 TCP handshakes;
+* serverSentEvents: ``GET /negotiate``; ``GET /connect`` (the event stream, reusing
+  the pooled negotiate socket, which it then holds); ``GET /start`` on a new socket:
+  3 round trips, 2 TCP handshakes;
+* longPolling: ``GET /negotiate``; ``POST /connect`` (answers the init frame);
+  ``GET /start``; then the first ``POST /poll``, held by the server: 3 round trips
+  before started, plus the poll.
 
 The server sends ``{}`` keep-alives every 10 s (negotiate ``KeepAliveTimeout`` 20 s)
 and keeps HTTP connections alive as long as the client wants, like a real server.
@@ -18,10 +35,12 @@ and keeps HTTP connections alive as long as the client wants, like a real server
 from __future__ import annotations
 
 import sys
+from argparse import SUPPRESS
 from typing import Any
 
 from _common import (
     BENCH_DIR,
+    TRANSPORTS,
     BenchServer,
     common_args,
     raise_fd_limit,
@@ -39,6 +58,12 @@ def _args() -> Any:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, default=100, help="connections starting at once")
     p.add_argument("--idle", type=float, default=None, help="seconds to measure idle CPU")
+    p.add_argument(
+        "--all-transports-at-every-n",
+        action="store_true",
+        help="run serverSentEvents and longPolling at every N, not only the smallest",
+    )
+    p.add_argument("--transport", choices=TRANSPORTS, default="webSockets", help=SUPPRESS)
     return p.parse_args()
 
 
@@ -52,7 +77,10 @@ async def parent(args: Any) -> int:
     notes = []
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
-        for client in ("floor", "txsignalr"):
+        rows_here = [("floor", "floor", "webSockets"), ("txsignalr", "txsignalr", "webSockets")]
+        if n == sizes[0] or args.all_transports_at_every_n:
+            rows_here += [(f"txsignalr {t}", "txsignalr", t) for t in TRANSPORTS[1:]]
+        for client, child_kind, transport in rows_here:
             # HTTP keep-alive on, as a real server has it: txsignalr releases its pooled
             # HTTP connection once connected, leaving one socket per connection.
             keep_alive = True
@@ -63,7 +91,9 @@ async def parent(args: Any) -> int:
                     [
                         me,
                         "--child",
-                        client,
+                        child_kind,
+                        "--transport",
+                        transport,
                         "--url",
                         server.url("idle"),
                         "--n",
@@ -78,6 +108,10 @@ async def parent(args: Any) -> int:
             finally:
                 await server.stop()
             r["server_http_keep_alive"] = keep_alive
+            r["transport"] = transport
+            seen = sorted(set(server.connects))
+            if child_kind != "floor" and "error" not in r and seen != [transport]:
+                r["error"] = f"asked for {transport}, the server saw {seen}"
             if server.accept_errors:
                 r["server_accept_errors"] = server.accept_errors
                 r["server_first_accept_error"] = server.first_accept_error
@@ -99,13 +133,14 @@ async def parent(args: Any) -> int:
                         r["fds_per_connection"],
                         r["connect_seconds"],
                         r["connections_per_s"],
+                        r["cpu_ms_per_connection"],
                         r["idle_cpu_percent"],
                     ]
                 )
                 if r.get("error"):
                     notes.append(f"{key}: {r['error']}")
             else:
-                rows.append([label, n, "n/a", "-", "-", "-", "-", "-"])
+                rows.append([label, n, "n/a", "-", "-", "-", "-", "-", "-"])
                 notes.append(f"{key}: {r.get('error')}")
     ours = results.get(f"txsignalr@{sizes[0]}", {}).get("kib_per_connection")
     floor = results.get(f"floor@{sizes[0]}", {}).get("kib_per_connection")
@@ -117,6 +152,12 @@ async def parent(args: Any) -> int:
         "smoke": args.smoke,
         "clients": results,
         "target_kib_per_connection": 32,
+        "target_connections_per_s": 1000,
+        "round_trips_to_open": {
+            "webSockets": ["GET /negotiate", "WebSocket upgrade (init frame)", "GET /start"],
+            "serverSentEvents": ["GET /negotiate", "GET /connect (init frame)", "GET /start"],
+            "longPolling": ["GET /negotiate", "POST /connect (init frame)", "GET /start"],
+        },
         "ratio_kib_txsignalr_vs_floor": ratio(ours, floor),
     }
     path = write_results(NAME, summary, args.json)
@@ -126,13 +167,27 @@ async def parent(args: Any) -> int:
     )
     print(
         table(
-            ["client", "N", "open", "KiB/conn", "fds/conn", "connect s", "conn/s", "idle CPU %"],
+            [
+                "client",
+                "N",
+                "open",
+                "KiB/conn",
+                "fds/conn",
+                "connect s",
+                "conn/s",
+                "cpu ms/conn",
+                "idle CPU %",
+            ],
             rows,
         )
     )
     for note in notes:
         print(note)
-    print("target: <= 32 KiB RSS per idle txsignalr connection")
+    print("target: <= 32 KiB RSS per idle txsignalr connection, >= 1,000 connections/s")
+    print(
+        "round trips to open: negotiate, connect (WebSocket upgrade / event stream / "
+        "first long poll), /start = 3, on a per-connection pool (maxPersistentPerHost 2)"
+    )
     print(f"wrote {path}")
     return 0
 
@@ -141,8 +196,12 @@ def child(args: Any) -> None:
     raise_fd_limit(1 << 20)
     from _twclients import child_main, floor_idle_main, txsignalr_idle_main
 
-    run = {"floor": floor_idle_main, "txsignalr": txsignalr_idle_main}[args.child]
-    child_main(run, args.url, args.n, args.concurrency, args.idle)
+    if args.child == "floor":
+        child_main(floor_idle_main, args.url, args.n, args.concurrency, args.idle)
+    else:
+        child_main(
+            txsignalr_idle_main, args.url, args.n, args.concurrency, args.idle, args.transport
+        )
 
 
 if __name__ == "__main__":

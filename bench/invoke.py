@@ -5,8 +5,14 @@ Rows, all in one run, each client in a child process:
 
 * ``raw echo``: a bare autobahn client sends the same invocation JSON and waits for
   the server to echo the bytes back, then decodes them (the floor);
-* ``txsignalr``: ``hub.invoke("Echo", x)`` against the same minimal server, which
-  answers ``{"R":x,"I":id}`` (so the difference is the client's own overhead);
+* ``txsignalr``: ``hub.invoke("Echo", x)`` over WebSockets against the same minimal
+  server, which answers ``{"R":x,"I":id}`` (so the difference is the client's own
+  overhead);
+* ``txsignalr serverSentEvents`` / ``txsignalr longPolling``: the same calls over the
+  other transports.  There each invocation is a form ``POST /send`` on a pooled
+  keep-alive HTTP connection and the result comes back in that answer's body (not on
+  the receive channel), so a call costs an HTTP request/response through treq instead
+  of one WebSocket frame each way;
 * ``txsignalr vs testing server`` (informational): the same calls against
   ``txsignalr.testing.SignalRServer`` with ``C3Hub`` in its own process, which adds
   that server's hub dispatch.
@@ -23,6 +29,7 @@ from typing import Any
 
 from _common import (
     BENCH_DIR,
+    TRANSPORTS,
     BenchServer,
     child_pythonpath,
     common_args,
@@ -36,6 +43,11 @@ from _common import (
 
 NAME = "invoke"
 
+#: (row, child, transport) of the rows against the bench server.
+CLASSIC_ROWS = [("raw echo", "floor", "webSockets")] + [
+    ("txsignalr" if t == "webSockets" else f"txsignalr {t}", "txsignalr", t) for t in TRANSPORTS
+]
+
 
 def _args() -> Any:
     p = common_args(__doc__.split("\n\n")[0])
@@ -44,6 +56,9 @@ def _args() -> Any:
         "--no-testing-server", action="store_true", help="skip the row against txsignalr.testing"
     )
     p.add_argument("--serve-testing", action="store_true", help=argparse_suppress())
+    p.add_argument(
+        "--transport", choices=TRANSPORTS, default="webSockets", help=argparse_suppress()
+    )
     return p.parse_args()
 
 
@@ -89,12 +104,27 @@ async def parent(args: Any) -> int:
     url = server.url("echo")
     results: dict[str, dict[str, Any]] = {}
     try:
-        for name in ("raw echo", "txsignalr"):
-            child = "floor" if name == "raw echo" else "txsignalr"
-            results[name] = await run_child(
-                [me, "--child", child, "--url", url, "--n", str(n), "--warmup", str(warmup)],
+        for name, child, transport in CLASSIC_ROWS:
+            connects = len(server.connects)
+            results[name] = r = await run_child(
+                [
+                    me,
+                    "--child",
+                    child,
+                    "--url",
+                    url,
+                    "--n",
+                    str(n),
+                    "--warmup",
+                    str(warmup),
+                    "--transport",
+                    transport,
+                ],
                 timeout,
             )
+            seen = sorted(set(server.connects[connects:]))
+            if child != "floor" and "error" not in r and seen != [transport]:
+                results[name] = {"error": f"asked for {transport}, the server saw {seen}"}
     finally:
         await server.stop()
     if not args.no_testing_server:
@@ -198,8 +228,10 @@ def serve_testing() -> None:
 def child(args: Any) -> None:
     from _twclients import child_main, floor_echo_main, txsignalr_invoke_main
 
-    run = {"floor": floor_echo_main, "txsignalr": txsignalr_invoke_main}[args.child]
-    child_main(run, args.url, args.n, args.warmup)
+    if args.child == "floor":
+        child_main(floor_echo_main, args.url, args.n, args.warmup)
+    else:
+        child_main(txsignalr_invoke_main, args.url, args.n, args.warmup, args.transport)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,13 @@ def test_throughput_smoke(tmp_path: Path) -> None:
 def test_invoke_smoke(tmp_path: Path) -> None:
     """invoke.py --smoke gives latency percentiles for raw echo and txsignalr."""
     data = run_smoke("invoke", tmp_path, timeout=180)
-    assert set(data["clients"]) == {"raw echo", "txsignalr", "txsignalr vs testing server"}
+    assert set(data["clients"]) == {
+        "raw echo",
+        "txsignalr",
+        "txsignalr serverSentEvents",
+        "txsignalr longPolling",
+        "txsignalr vs testing server",
+    }
     for name, client in data["clients"].items():
         assert "error" not in client, (name, client)
         assert client["calls"] == data["calls"]
@@ -76,7 +82,12 @@ def test_connections_smoke(tmp_path: Path) -> None:
     """connections.py --smoke opens every connection and reports memory and fds."""
     data = run_smoke("connections", tmp_path, timeout=180)
     (n,) = data["sizes"]
-    assert set(data["clients"]) == {f"floor@{n}", f"txsignalr@{n}"}
+    assert set(data["clients"]) == {
+        f"floor@{n}",
+        f"txsignalr@{n}",
+        f"txsignalr serverSentEvents@{n}",
+        f"txsignalr longPolling@{n}",
+    }
     for name, client in data["clients"].items():
         assert "error" not in client, (name, client)
         assert client["connections"] == n
