@@ -101,7 +101,8 @@ def tick_record(seq: int, protocol: str) -> bytes:
             b'{"type":1,"target":"tick","arguments":[{"Seq":%d,"Ts":"%s"}]}' % (seq, TS.encode())
             + RS
         )
-    return _pack([1, {}, None, "tick", [tick_value(seq)]])
+    # .NET always writes 6 elements, StreamIds [] when there are none (core.md)
+    return _pack([1, {}, None, "tick", [tick_value(seq)], []])
 
 
 def item_record(invocation_id: str, seq: int, protocol: str) -> bytes:
@@ -439,7 +440,13 @@ class CoreBenchServer:
     # ------------------------------------------------------------ HTTP
 
     def _conn(self, query: dict[str, str]) -> _Conn | None:
-        return self._conns.get(query.get("id", ""))
+        key = query.get("id", "")
+        # pysignalr 1.3.3 and signalrcore 1.0.2 send the connectionId where negotiate
+        # v1 asks for the connectionToken (a .NET server would answer 404): take it too,
+        # so the peers can be measured at all (each result says which id it used).
+        if key.startswith("id") and key[2:].isdigit():
+            key = "tok" + key[2:]
+        return self._conns.get(key)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         keep = self.http_keep_alive

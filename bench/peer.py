@@ -26,7 +26,8 @@ import sys
 from typing import Any
 
 from _common import BENCH_DIR, common_args, ratio, run_parent, table, write_results
-from _peers import PEERS, core_peer_rows, ensure_peer, testing_core_server
+from _core_server import CoreBenchServer
+from _peers import PEERS, core_peer_rows, ensure_peer
 from throughput import default_clients, measure, report
 
 NAME = "peer"
@@ -54,20 +55,27 @@ def _args() -> Any:
 
 
 async def core_section(args: Any, repeat: int, timeout: float) -> dict[str, Any]:
-    """The Core peer rows against the txsignalr.testing stand-in server."""
+    """The Core peer rows against the Core bench server (pre-encoded frames)."""
     n = args.core_n or (2_000 if args.smoke else 100_000)
     echo_n = args.echo_n or (200 if args.smoke else 2_000)
     warmup = 20 if args.smoke else 200
+    server = CoreBenchServer()
     try:
-        async with testing_core_server(n) as (ticks_url, echo_url):
-            receive = await core_peer_rows(ticks_url, n, repeat=repeat, timeout=timeout)
-            echo = await core_peer_rows(
-                echo_url, echo_n, scenario="echo", repeat=repeat, warmup=warmup, timeout=timeout
-            )
+        await server.start()
+        for protocol in ("json", "messagepack"):
+            server.prepare("stream", n, 1, "webSockets", protocol)
+        ticks_url = server.url("stream", n=n, batch=1)
+        echo_url = server.url("echo")
+        receive = await core_peer_rows(ticks_url, n, repeat=repeat, timeout=timeout)
+        echo = await core_peer_rows(
+            echo_url, echo_n, scenario="echo", repeat=repeat, warmup=warmup, timeout=timeout
+        )
     except Exception as e:
         return {"error": f"Core rows not run: {type(e).__name__}: {e}"}
+    finally:
+        await server.stop()
     return {
-        "server": "txsignalr.testing SignalRServer (stand-in for the Core bench server)",
+        "server": "bench/_core_server.py CoreBenchServer (pre-encoded frames)",
         "transport": "webSockets",
         "calls": n,
         "echo_calls": echo_n,

@@ -250,7 +250,7 @@ def test_core_bench_server_long_polling_and_sse_wire() -> None:
 
 def test_core_msgpack_framing_round_trips() -> None:
     """The bench server's MessagePack records are varint-framed arrays in the layout
-    Microsoft's server writes ([1, {}, None, "tick", [value]] for a tick); its own
+    Microsoft's server writes ([1, {}, None, "tick", [value], []] for a tick); its own
     splitter gives them back whole."""
     m = _bench_module("_core_server")
     import ormsgpack
@@ -260,7 +260,7 @@ def test_core_msgpack_framing_round_trips() -> None:
     records, rest = m.split_records(data + b"\x85", "messagepack")
     assert rest == b"\x85"
     values = [ormsgpack.unpackb(r) for r in records]
-    assert values[0] == [1, {}, None, "tick", [{"Seq": 0, "Ts": m.TS}]]
+    assert values[0] == [1, {}, None, "tick", [{"Seq": 0, "Ts": m.TS}], []]
     assert [v[4][0]["Seq"] for v in values[:-1]] == list(range(300))
     assert values[-1] == [3, {}, "7", 3, "x" * 200]
     assert m.varint(127) == b"\x7f" and m.varint(128) == b"\x80\x01"
