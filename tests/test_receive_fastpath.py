@@ -362,6 +362,21 @@ def test_a_handler_that_drops_the_connection_stops_delivery() -> None:
         assert owner._sink.payloads == [b"1"]
 
 
+def test_data_fed_from_inside_a_handler_keeps_its_order() -> None:
+    """A read delivered synchronously by a handler is taken after the current read."""
+    proto, _transport, owner = connected()
+    fed = []
+
+    def on_payload(payload: bytes) -> None:
+        if not fed:
+            fed.append(True)
+            proto.dataReceived(frame(b"later"))
+
+    owner._sink.on_payload = on_payload
+    proto.dataReceived(frame(b"first") + frame(b"second"))
+    assert owner._sink.payloads == [b"first", b"second", b"later"]
+
+
 # ------------------------------------------------------------------ over a real socket
 
 
