@@ -137,10 +137,7 @@ class CoreCalls:
     def client_call(self, message: Invocation) -> None:
         invocation_id = message.invocation_id
         if invocation_id is None:
-            handlers = self._router.route(self._hub, message.target)
-            if handlers:
-                self._router.call_handlers(handlers, message.arguments, self._hub, message.target)
-            else:
+            if not self._router.call(self._hub, message.target, message.arguments):
                 self._log.warn("no handler for client method {method!r}", method=message.target)
             return
         # The server waits for a result: it comes from the on() handlers; on_any()

@@ -417,6 +417,19 @@ def parse_body(body: bytes) -> HubMessage | None:
         raise ProtocolError(f"a received message is not MessagePack ({e})", body[:200]) from None
     if type(m) is not list or not m:
         raise ProtocolError("Invalid payload.", m)
+    if len(m) == 5 and m[0] == 1 and m[2] is None:
+        # The common message, a non-blocking call without headers:
+        # [1, {}, nil, target, [args]] gives what _invocation would.
+        kind, headers, _, target, args = m
+        if (
+            type(kind) is int
+            and type(headers) is dict
+            and not headers
+            and type(target) is str
+            and target
+            and type(args) is list
+        ):
+            return Invocation(target, tuple(args))
     kind = m[0]
     if type(kind) is not int:
         raise ProtocolError("Invalid payload.", m)
