@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import struct
 import subprocess
@@ -28,7 +29,15 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.testing import StringTransport
 
 from txsignalr import HubConnection
+from txsignalr._core_protocol import (
+    Invocation,
+    parse_message,
+    parse_record,
+    parse_record_plain,
+)
+from txsignalr._sse import EventStreamParser
 from txsignalr._websocket import _ClientFactory, _ClientProtocol
+from txsignalr.errors import MessageTooLarge, ProtocolError
 from txsignalr.testing import EchoHub, SignalRServer
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -375,6 +384,117 @@ def test_data_fed_from_inside_a_handler_keeps_its_order() -> None:
     owner._sink.on_payload = on_payload
     proto.dataReceived(frame(b"first") + frame(b"second"))
     assert owner._sink.payloads == [b"first", b"second", b"later"]
+
+
+# ------------------------------------------------------------------ SSE and Core records
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.binary(max_size=60),
+    ending=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\r\r", b"\r\n\n", b"\n", b""]),
+    prefix=st.sampled_from([b"data: ", b"data:", b"data:  ", b": c\n", b""]),
+    max_size=st.sampled_from([4, 30, 1000]),
+)
+def test_sse_whole_event_chunk_matches_the_line_scanner(
+    value: bytes, ending: bytes, prefix: bytes, max_size: int
+) -> None:
+    """A chunk fed whole gives what the same bytes give fed in two (the line-by-line scan)."""
+    first = prefix + value + ending
+    whole = EventStreamParser(max_size)
+    split = EventStreamParser(max_size)
+    try:
+        got = whole.feed(first) + whole.feed(b"data: next\n\n")
+    except MessageTooLarge:
+        got = None
+    try:
+        expected = split.feed(first[:1]) + split.feed(first[1:]) + split.feed(b"data: next\n\n")
+    except MessageTooLarge:
+        expected = None
+    assert got == expected
+
+
+def test_sse_one_event_chunk_over_the_limit_is_refused() -> None:
+    """An event chunk over max size raises MessageTooLarge on the quick path too."""
+    with pytest.raises(MessageTooLarge):
+        EventStreamParser(10).feed(b"data: " + b"x" * 10 + b"\r\n\r\n")
+    assert EventStreamParser(10).feed(b"data: " + b"x" * 9 + b"\r\n\r\n") == [b"x" * 9]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"type": 1, "target": "tick", "arguments": [1, {"a": 2}]},
+        {"type": 1, "target": "tick", "arguments": []},
+        {"type": 1, "target": "", "arguments": []},
+        {"type": 1, "target": "tick", "arguments": {}},
+        {"type": 1, "target": 5, "arguments": []},
+        {"type": True, "target": "tick", "arguments": []},
+        {"type": 1.0, "target": "tick", "arguments": []},
+        {"type": 1, "target": "tick", "arguments": [], "invocationId": "7"},
+        {"type": 1, "target": "tick", "arguments": [], "headers": {"a": "b"}},
+        {"type": 1, "target": "tick", "arguments": [], "streamIds": ["s"]},
+        {"type": 1, "target": "tick", "x": []},
+        {"type": 2, "invocationId": "1", "item": 3},
+    ],
+)
+def test_core_json_quick_parse_gives_what_the_full_checks_give(record: dict[str, Any]) -> None:
+    """parse_record and parse_record_plain agree with parse_message on every near-miss."""
+    raw = json.dumps(record).encode()
+    try:
+        expected: Any = parse_message(json.loads(raw))
+    except ProtocolError as e:
+        expected = ("error", str(e))
+    for parse in (parse_record, parse_record_plain):
+        try:
+            got: Any = parse(raw)
+        except ProtocolError as e:
+            got = ("error", str(e))
+        if type(got) is tuple and got[0] != "error":
+            got = Invocation(got[0], tuple(got[1]))
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [1, {}, None, "tick", [1, 2]],
+        [1, {}, "", "tick", [1]],
+        [1, {}, "7", "tick", [1]],
+        [1, {"a": "b"}, None, "tick", [1]],
+        [1, None, None, "tick", [1]],
+        [1, {}, None, "", [1]],
+        [1, {}, None, "tick", {}],
+        [1, {}, None, "tick", [1], ["s"]],
+        [True, {}, None, "tick", [1]],
+        [1, [], None, "tick", [1]],
+        [2, {}, "1", 3],
+    ],
+)
+def test_core_msgpack_quick_parse_gives_what_the_full_checks_give(message: list[Any]) -> None:
+    """parse_body and parse_body_plain agree with the full parsers on every near-miss."""
+    pytest.importorskip("ormsgpack")
+    import ormsgpack
+
+    from txsignalr import _core_msgpack as mp
+
+    body = ormsgpack.packb(message)
+    kind = message[0]
+    parser = mp._PARSERS.get(kind) if type(kind) is int else None
+    try:
+        if parser is None:
+            raise ProtocolError("Invalid payload.", message)
+        expected: Any = parser(message)
+    except ProtocolError as e:
+        expected = ("error", str(e))
+    for parse in (mp.parse_body, mp.parse_body_plain):
+        try:
+            got: Any = parse(body)
+        except ProtocolError as e:
+            got = ("error", str(e))
+        if type(got) is tuple and got[0] != "error":
+            got = Invocation(got[0], tuple(got[1]))
+        assert got == expected
 
 
 # ------------------------------------------------------------------ over a real socket

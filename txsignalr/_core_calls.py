@@ -134,6 +134,11 @@ class CoreCalls:
         else:
             call.callback(message.result)
 
+    def plain_call(self, target: str, arguments: list[Any]) -> None:
+        """A non-blocking call from the receive path's fast lane (no Invocation value)."""
+        if not self._router.call(self._hub, target, arguments):
+            self._log.warn("no handler for client method {method!r}", method=target)
+
     def client_call(self, message: Invocation) -> None:
         invocation_id = message.invocation_id
         if invocation_id is None:

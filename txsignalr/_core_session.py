@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from txsignalr._core_codecs import JSON, HubCodec
@@ -28,6 +28,7 @@ from txsignalr._core_protocol import (
     HandshakeParser,
     HandshakeResponse,
     HubMessage,
+    PlainCall,
     handshake_request,
 )
 from txsignalr._protocol import Transport, redact_url, websocket_url
@@ -326,7 +327,21 @@ class CoreSession:
             a length prefix is not valid: nothing after it can be read.
         :raises MessageTooLarge: for a message over ``max_message_size``.
         """
-        out: list[HubMessage | HandshakeResponse | ProtocolError] = []
+        return self._receive(data, self.codec.parse)  # type: ignore[return-value]
+
+    def receive_plain(
+        self, data: bytes
+    ) -> list[HubMessage | HandshakeResponse | ProtocolError | PlainCall]:
+        """
+        :meth:`receive` for the connection's fast lane: a plain non-blocking call
+        comes as a ``(target, arguments)`` tuple, not as an :class:`Invocation`.
+        """
+        return self._receive(data, self.codec.parse_plain)
+
+    def _receive(
+        self, data: bytes, parse: Callable[[bytes], HubMessage | PlainCall | None]
+    ) -> list[HubMessage | HandshakeResponse | ProtocolError | PlainCall]:
+        out: list[HubMessage | HandshakeResponse | ProtocolError | PlainCall] = []
         handshake = self._handshake
         if handshake is not None:
             found = handshake.feed(data)
@@ -337,15 +352,15 @@ class CoreSession:
             out.append(response)
             if not data:
                 return out
-        parse = self.codec.parse
+        append = out.append
         for record in self._splitter.feed(data):
             try:
                 message = parse(record)
             except ProtocolError as e:
-                out.append(e)
+                append(e)
                 continue
             if message is not None:
-                out.append(message)
+                append(message)
         return out
 
     # -- sending
