@@ -182,6 +182,11 @@ class RecordSeparatorSplitter:
         """
         if self._buffer:
             data = self._buffer + data
+        elif data[-1:] == RECORD_SEPARATOR and len(data) <= self._max:
+            # whole records only, none of them over the limit: the common chunk
+            records = data.split(RECORD_SEPARATOR)
+            records.pop()
+            return records
         records = data.split(RECORD_SEPARATOR)
         tail = records.pop()
         self._buffer = tail

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from txsignalr._core_codecs import JSON, HubCodec
@@ -28,6 +28,7 @@ from txsignalr._core_protocol import (
     HandshakeParser,
     HandshakeResponse,
     HubMessage,
+    Invocation,
     PlainCall,
     handshake_request,
 )
@@ -327,7 +328,13 @@ class CoreSession:
             a length prefix is not valid: nothing after it can be read.
         :raises MessageTooLarge: for a message over ``max_message_size``.
         """
-        return self._receive(data, self.codec.parse)  # type: ignore[return-value]
+        out: list[HubMessage | HandshakeResponse | ProtocolError] = []
+        for message in self.receive_plain(data):
+            if type(message) is tuple:
+                target, arguments = message
+                message = Invocation(target, tuple(arguments))
+            out.append(message)  # type: ignore[arg-type]
+        return out
 
     def receive_plain(
         self, data: bytes
@@ -336,11 +343,6 @@ class CoreSession:
         :meth:`receive` for the connection's fast lane: a plain non-blocking call
         comes as a ``(target, arguments)`` tuple, not as an :class:`Invocation`.
         """
-        return self._receive(data, self.codec.parse_plain)
-
-    def _receive(
-        self, data: bytes, parse: Callable[[bytes], HubMessage | PlainCall | None]
-    ) -> list[HubMessage | HandshakeResponse | ProtocolError | PlainCall]:
         out: list[HubMessage | HandshakeResponse | ProtocolError | PlainCall] = []
         handshake = self._handshake
         if handshake is not None:
@@ -352,6 +354,7 @@ class CoreSession:
             out.append(response)
             if not data:
                 return out
+        parse = self.codec.parse_plain
         append = out.append
         for record in self._splitter.feed(data):
             try:
