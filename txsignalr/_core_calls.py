@@ -134,13 +134,15 @@ class CoreCalls:
         else:
             call.callback(message.result)
 
+    def plain_call(self, target: str, arguments: list[Any]) -> None:
+        """A non-blocking call from the receive path's fast lane (no Invocation value)."""
+        if not self._router.call(self._hub, target, arguments):
+            self._log.warn("no handler for client method {method!r}", method=target)
+
     def client_call(self, message: Invocation) -> None:
         invocation_id = message.invocation_id
         if invocation_id is None:
-            handlers = self._router.route(self._hub, message.target)
-            if handlers:
-                self._router.call_handlers(handlers, message.arguments, self._hub, message.target)
-            else:
+            if not self._router.call(self._hub, message.target, message.arguments):
                 self._log.warn("no handler for client method {method!r}", method=message.target)
             return
         # The server waits for a result: it comes from the on() handlers; on_any()

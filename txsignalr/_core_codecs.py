@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol
 
 from txsignalr import _core_msgpack as _mp
 from txsignalr import _core_protocol as _json
-from txsignalr._core_protocol import _NO_RESULT, HubMessage
+from txsignalr._core_protocol import _NO_RESULT, HubMessage, PlainCall
 
 __all__ = ["HUB_PROTOCOLS", "JSON", "MESSAGEPACK", "HubCodec", "Splitter", "hub_codec"]
 
@@ -51,6 +51,9 @@ class HubCodec(Protocol):
         :returns: the message, ``None`` for an unknown type.
         :raises ProtocolError: for a message that is not valid.
         """
+
+    def parse_plain(self, record: bytes) -> HubMessage | PlainCall | None:
+        """:meth:`parse`, with a plain non-blocking call as ``(target, arguments)``."""
 
     def encode_invocation(
         self,
@@ -94,6 +97,7 @@ class _JsonCodec:
         return _json.RecordSeparatorSplitter(max_size)
 
     parse = staticmethod(_json.parse_record)
+    parse_plain = staticmethod(_json.parse_record_plain)
     encode_invocation = staticmethod(_json.encode_invocation)
     encode_stream_invocation = staticmethod(_json.encode_stream_invocation)
     encode_stream_item = staticmethod(_json.encode_stream_item)
@@ -118,6 +122,7 @@ class _MessagePackCodec:
         return _mp.VarIntSplitter(max_size)
 
     parse = staticmethod(_mp.parse_body)
+    parse_plain = staticmethod(_mp.parse_body_plain)
     encode_invocation = staticmethod(_mp.encode_invocation)
     encode_stream_invocation = staticmethod(_mp.encode_stream_invocation)
     encode_stream_item = staticmethod(_mp.encode_stream_item)

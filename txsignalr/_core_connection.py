@@ -327,7 +327,7 @@ class CoreEngine:
             return
         self._watch.last_received = self._seconds()
         try:
-            messages = self.session.receive(data)
+            messages = self.session.receive_plain(data)
         except HandshakeError as e:
             self._handshake_failed(e)
             return
@@ -348,9 +348,21 @@ class CoreEngine:
                 self._lost(ConnectionClosed(str(e), e))
             return
         connected = self._connected()
-        buffer = self.calls.buffer
+        calls = self.calls
+        buffer = calls.buffer
         for message in messages:
             kind = type(message)
+            if kind is tuple:
+                # a plain non-blocking call (the fast lane): straight to its handlers
+                # when nothing else has to see it first
+                target, arguments = message  # type: ignore[misc]
+                if connected and buffer is None:
+                    calls.plain_call(target, arguments)
+                    if transport is not self.link.transport:
+                        return
+                    continue
+                message = Invocation(target, tuple(arguments))
+                kind = Invocation
             if kind is HandshakeResponse:
                 waiter = self._handshake
                 if waiter is not None and not waiter.called:

@@ -29,6 +29,7 @@ from txsignalr._core_protocol import (
     Headers,
     HubMessage,
     Invocation,
+    PlainCall,
     Sequence,
     StreamInvocation,
     StreamItem,
@@ -401,15 +402,11 @@ _PARSERS: Final[dict[Any, abc.Callable[[list[Any]], HubMessage]]] = {
 }
 
 
-def parse_body(body: bytes) -> HubMessage | None:
+def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
     """
-    Decode one message body (without its length prefix) and build its message value.
-    Extra trailing array elements are ignored, and so are bytes after the array
-    (ormsgpack reads one value and does not say where it ended).
-
-    :returns: the message, or ``None`` for a type this client does not know.
-    :raises ProtocolError: when the body is not MessagePack, not an array headed by an
-        integer type, or a known type misses a field or has one of the wrong type.
+    :func:`parse_body`, except that the common message, a non-blocking call without
+    headers ``[1, {}, nil, target, [args]]``, comes back as a ``(target, arguments)``
+    tuple without building its :class:`Invocation`.
     """
     try:
         m = _unpackb(body, ext_hook=_ext_hook, option=_UNPACK)
@@ -417,6 +414,17 @@ def parse_body(body: bytes) -> HubMessage | None:
         raise ProtocolError(f"a received message is not MessagePack ({e})", body[:200]) from None
     if type(m) is not list or not m:
         raise ProtocolError("Invalid payload.", m)
+    if len(m) == 5 and m[0] == 1 and m[2] is None:
+        kind, headers, _, target, args = m
+        if (
+            type(kind) is int
+            and type(headers) is dict
+            and not headers
+            and type(target) is str
+            and target
+            and type(args) is list
+        ):
+            return target, args
     kind = m[0]
     if type(kind) is not int:
         raise ProtocolError("Invalid payload.", m)
@@ -428,6 +436,22 @@ def parse_body(body: bytes) -> HubMessage | None:
     except ProtocolError as e:
         e.message_type = kind
         raise
+
+
+def parse_body(body: bytes) -> HubMessage | None:
+    """
+    Decode one message body (without its length prefix) and build its message value.
+    Extra trailing array elements are ignored, and so are bytes after the array
+    (ormsgpack reads one value and does not say where it ended).
+
+    :returns: the message, or ``None`` for a type this client does not know.
+    :raises ProtocolError: when the body is not MessagePack, not an array headed by an
+        integer type, or a known type misses a field or has one of the wrong type.
+    """
+    message = parse_body_plain(body)
+    if type(message) is tuple:
+        return Invocation(message[0], tuple(message[1]))
+    return message  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ encoding

@@ -69,6 +69,7 @@ __all__ = [
     "parse_core_negotiate",
     "parse_message",
     "parse_record",
+    "parse_record_plain",
 ]
 
 #: The byte that ends every JSON record (and the handshake), ASCII Record Separator.
@@ -181,6 +182,11 @@ class RecordSeparatorSplitter:
         """
         if self._buffer:
             data = self._buffer + data
+        elif data[-1:] == RECORD_SEPARATOR and len(data) <= self._max:
+            # whole records only, none of them over the limit: the common chunk
+            records = data.split(RECORD_SEPARATOR)
+            records.pop()
+            return records
         records = data.split(RECORD_SEPARATOR)
         tail = records.pop()
         self._buffer = tail
@@ -467,13 +473,37 @@ def parse_message(obj: Any) -> HubMessage | None:
         raise
 
 
+#: A plain non-blocking call as the receive path's fast lane takes it: (target, arguments).
+PlainCall = tuple[str, list[Any]]
+
+
+def parse_record_plain(record: bytes) -> HubMessage | PlainCall | None:
+    """
+    :func:`parse_record`, except that the common record, a non-blocking call
+    ``{"type":1,"target":…,"arguments":[…]}`` with nothing else, comes back as a
+    ``(target, arguments)`` tuple without building its :class:`Invocation`.
+    """
+    obj = decode_frame(record)
+    if type(obj) is dict and len(obj) == 3:
+        kind = obj.get("type")
+        target = obj.get("target")
+        args = obj.get("arguments")
+        if kind == 1 and type(kind) is int and type(target) is str and target:
+            if type(args) is list:
+                return target, args
+    return parse_message(obj)
+
+
 def parse_record(record: bytes) -> HubMessage | None:
     """
     Decode one record (without its ``0x1E``) and parse it (see :func:`parse_message`).
 
     :raises ProtocolError: when it is not JSON, or not a valid hub message.
     """
-    return parse_message(decode_frame(record))
+    message = parse_record_plain(record)
+    if type(message) is tuple:
+        return Invocation(message[0], tuple(message[1]))
+    return message  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ encoding

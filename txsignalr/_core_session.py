@@ -28,6 +28,8 @@ from txsignalr._core_protocol import (
     HandshakeParser,
     HandshakeResponse,
     HubMessage,
+    Invocation,
+    PlainCall,
     handshake_request,
 )
 from txsignalr._protocol import Transport, redact_url, websocket_url
@@ -327,6 +329,21 @@ class CoreSession:
         :raises MessageTooLarge: for a message over ``max_message_size``.
         """
         out: list[HubMessage | HandshakeResponse | ProtocolError] = []
+        for message in self.receive_plain(data):
+            if type(message) is tuple:
+                target, arguments = message
+                message = Invocation(target, tuple(arguments))
+            out.append(message)  # type: ignore[arg-type]
+        return out
+
+    def receive_plain(
+        self, data: bytes
+    ) -> list[HubMessage | HandshakeResponse | ProtocolError | PlainCall]:
+        """
+        :meth:`receive` for the connection's fast lane: a plain non-blocking call
+        comes as a ``(target, arguments)`` tuple, not as an :class:`Invocation`.
+        """
+        out: list[HubMessage | HandshakeResponse | ProtocolError | PlainCall] = []
         handshake = self._handshake
         if handshake is not None:
             found = handshake.feed(data)
@@ -337,15 +354,16 @@ class CoreSession:
             out.append(response)
             if not data:
                 return out
-        parse = self.codec.parse
+        parse = self.codec.parse_plain
+        append = out.append
         for record in self._splitter.feed(data):
             try:
                 message = parse(record)
             except ProtocolError as e:
-                out.append(e)
+                append(e)
                 continue
             if message is not None:
-                out.append(message)
+                append(message)
         return out
 
     # -- sending

@@ -335,6 +335,10 @@ def message_from_json(item: Any) -> ServerMessage:
         return MalformedMessage(item, e)
 
 
+#: what the receive path decodes with: orjson itself, without the wrapper's call
+_loads: Any = _orjson_loads if _orjson is not None else loads
+
+
 def parse_frame(data: bytes | str) -> Frame:
     """
     Parse one frame from the receive channel.
@@ -355,7 +359,7 @@ def decode_frame(data: bytes | str) -> Any:
     :raises ProtocolError: when it is not valid JSON.
     """
     try:
-        return loads(data)
+        return _loads(data)
     except _JSONError as e:
         raise ProtocolError(f"frame is not valid JSON ({e})", _text(data)) from None
 

@@ -191,6 +191,29 @@ class Router:
             self._routes.setdefault(hub, {})[method] = handlers
         return handlers
 
+    def call(self, hub: str, method: str, args: Sequence[Any]) -> bool:
+        """
+        Call the handlers of a server spelling of hub and method with ``args`` (the
+        hot path: :meth:`route` and :meth:`call_handlers` in one).
+
+        :returns: whether there was any handler.
+        """
+        route = self._routes.get(hub)
+        handlers = None if route is None else route.get(method)
+        if handlers is None:
+            handlers = self.route(hub, method)
+        if not handlers:
+            return False
+        for handler in handlers:
+            try:
+                outcome = handler(*args)
+            except Exception:
+                self.handler_failed(Failure(), hub, method)
+                continue
+            if outcome is not None:
+                self._watch_outcome(outcome, hub, method)
+        return True
+
     def dispatch_plain(
         self,
         messages: list[Any],

@@ -52,6 +52,27 @@ class EventStreamParser:
         """
         if not chunk:
             return []
+        if (
+            chunk.startswith(b"data: ")
+            and not self._partial
+            and not self._data
+            and not self._skip_lf
+        ):
+            # The common chunk, one whole one-line event (as Kestrel writes each
+            # event): its data without a scan line by line.
+            if chunk.endswith(b"\r\n\r\n"):
+                stop = len(chunk) - 4
+            elif chunk.endswith(b"\n\n"):
+                stop = len(chunk) - 2
+            else:
+                stop = -1
+            if (
+                stop >= 6
+                and stop - 5 <= self._max
+                and chunk.find(b"\n", 6, stop) < 0
+                and chunk.find(b"\r", 6, stop) < 0
+            ):
+                return [chunk[6:stop]]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

@@ -11,7 +11,7 @@ The connection applies its own deadlines on the injected clock instead.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -62,11 +62,114 @@ class QuietAutobahnLog:
         self._log.failure("autobahn: " + (fmt or "failure"), failure, **kwargs)
 
 
+_OPEN: Final = WebSocketClientProtocol.STATE_OPEN
+_CLOSED: Final = WebSocketClientProtocol.STATE_CLOSED
+
+#: A partial frame longer than this is left to autobahn, which collects its payload
+#: chunk by chunk instead of joining the buffer again on every read.
+_FAST_PARTIAL: Final = 256 * 1024
+
+
 class _ClientProtocol(WebSocketClientProtocol):
-    """Forwards autobahn's callbacks to the owning :class:`WebSocketTransport`."""
+    """
+    Forwards autobahn's callbacks to the owning :class:`WebSocketTransport`, and
+    receives the common frames itself.
+
+    Once open, a server sends unmasked, unfragmented text or binary frames almost
+    always; :meth:`dataReceived` cuts those out of the read and hands their payloads
+    straight to the transport's sink.  Anything else (a control frame, a fragment,
+    RSV bits, a mask, a reserved opcode, a frame over the size limit, a long partial
+    frame, a closing handshake) and everything after it in the read goes through
+    autobahn's own processing, frame by frame, until it is back between messages.
+    """
 
     owner: WebSocketTransport | None = None
     log = QuietAutobahnLog()
+    _busy = False
+    _later: list[bytes] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != _OPEN or self.owner is None:
+            super().dataReceived(data)
+            return
+        if self._busy:
+            # A handler made the transport deliver more synchronously: keep the
+            # order by letting the outer call take it after what it holds.
+            if self._later is None:
+                self._later = []
+            self._later.append(data)
+            return
+        self._busy = True
+        try:
+            self._receive(data)
+            while self._later:
+                more = b"".join(self._later)
+                self._later = None
+                if self.state == _OPEN:
+                    self._receive(more)
+                else:
+                    super().dataReceived(more)
+        finally:
+            self._busy = False
+
+    def _receive(self, data: bytes) -> None:
+        held: bytes = self.data
+        buf = held + data if held else data
+        owner = self.owner
+        assert owner is not None
+        deliver = owner._sink.data_received
+        limit: int = self.maxMessagePayloadSize  # type: ignore[attr-defined]
+        end = len(buf)
+        pos = 0
+        while True:
+            if self.state == _OPEN and self.current_frame is None and not self.inside_message:
+                left = end - pos
+                if left < 2:
+                    self.data = buf[pos:] if left else b""
+                    return
+                b0 = buf[pos]
+                size = buf[pos + 1]
+                # FIN, no RSV, text or binary; unmasked (a 7-bit length below 0x80)
+                if b0 == 0x81 or b0 == 0x82:
+                    if size < 126:
+                        start = pos + 2
+                    elif size == 126:
+                        if left < 4:
+                            self.data = buf[pos:]
+                            return
+                        size = (buf[pos + 2] << 8) | buf[pos + 3]
+                        start = pos + 4 if size >= 126 else -1
+                    elif size == 127:
+                        if left < 10:
+                            self.data = buf[pos:]
+                            return
+                        size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                        start = pos + 10 if 65536 <= size <= 0x7FFFFFFFFFFFFFFF else -1
+                    else:
+                        start = -1  # masked
+                    if start >= 0 and (limit <= 0 or size <= limit):
+                        stop = start + size
+                        if stop <= end:
+                            pos = stop
+                            deliver(owner, buf[start:stop])
+                            continue
+                        if stop - pos <= _FAST_PARTIAL:
+                            self.data = buf[pos:]
+                            return
+            # autobahn's own path, one step at a time, until between messages again
+            self.data = buf[pos:]
+            if self.state == _CLOSED:
+                return
+            while True:
+                more = self.processData()
+                if self.state == _CLOSED or not more:
+                    return
+                if self.state == _OPEN and self.current_frame is None and not self.inside_message:
+                    break
+            buf = self.data
+            self.data = b""
+            end = len(buf)
+            pos = 0
 
     def onOpen(self) -> None:
         owner = self.factory.owner
