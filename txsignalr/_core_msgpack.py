@@ -406,7 +406,8 @@ def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
     """
     :func:`parse_body`, except that the common message, a non-blocking call without
     headers ``[1, {}, nil, target, [args]]``, comes back as a ``(target, arguments)``
-    tuple without building its :class:`Invocation`.
+    tuple without building its :class:`Invocation` (also with .NET's empty sixth
+    element, the stream ids).
     """
     try:
         m = _unpackb(body, ext_hook=_ext_hook, option=_UNPACK)
@@ -414,8 +415,10 @@ def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
         raise ProtocolError(f"a received message is not MessagePack ({e})", body[:200]) from None
     if type(m) is not list or not m:
         raise ProtocolError("Invalid payload.", m)
-    if len(m) == 5 and m[0] == 1 and m[2] is None:
-        kind, headers, _, target, args = m
+    # .NET writes 6 elements (StreamIds [] when none), Microsoft's TS server code 5
+    size = len(m)
+    if (size == 5 or (size == 6 and m[5] == [])) and m[0] == 1 and m[2] is None:
+        kind, headers, _, target, args = m[:5]
         if (
             type(kind) is int
             and type(headers) is dict
