@@ -146,7 +146,8 @@ class _EndpointFactory:
     def endpointForURI(self, uri: Any) -> Any:
         host = uri.host.decode("idna") if isinstance(uri.host, bytes) else uri.host
         scheme = uri.scheme.decode() if isinstance(uri.scheme, bytes) else uri.scheme
-        url = f"{scheme}://{host}:{uri.port}/"
+        netloc = f"[{host}]" if ":" in host else host  # an IPv6 address
+        url = f"{scheme}://{netloc}:{uri.port}/"
         proxy = self._http.proxy_for(url)
         endpoint: Any
         if proxy is None:
