@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from _core_server import RS, item_record, split_records, tick_record, varint
-from _twclients import _cpu, _Meter
+from _twclients import CHEAPEST_OPTIONS, _cpu, _Meter
 
 try:
     import ormsgpack
@@ -136,16 +136,7 @@ async def floor_ws_main(reactor: Any, url: str, n: int, protocol: str, kind: int
     ws_url = "ws" + conn_url[4:]
     factory = WebSocketClientFactory(ws_url)
     factory.protocol = Floor
-    # The cheapest settings autobahn offers, as in _twclients._connect_raw.
-    factory.setProtocolOptions(
-        autoPingInterval=0,
-        autoPingTimeout=0,
-        openHandshakeTimeout=0,
-        closeHandshakeTimeout=0,
-        serverConnectionDropTimeout=0,
-        utf8validateIncoming=False,
-        tcpNoDelay=True,
-    )
+    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
     parts = urlsplit(ws_url)
     reactor.connectTCP(parts.hostname, parts.port, factory)
     await handshaken

@@ -33,6 +33,19 @@ def _raw_ws_url(http_url: str) -> str:
     return "ws" + http_url[4:] + "/connect?transport=webSockets&connectionToken=raw"
 
 
+#: The cheapest settings autobahn offers, the same txsignalr uses: no timers, no UTF-8
+#: validation (the JSON decoder checks UTF-8 anyway), TCP_NODELAY.
+CHEAPEST_OPTIONS: dict[str, Any] = {
+    "autoPingInterval": 0,
+    "autoPingTimeout": 0,
+    "openHandshakeTimeout": 0,
+    "closeHandshakeTimeout": 0,
+    "serverConnectionDropTimeout": 0,
+    "utf8validateIncoming": False,
+    "tcpNoDelay": True,
+}
+
+
 def _connect_raw(reactor: Any, url: str, protocol: Any) -> Any:
     """Open one bare autobahn WebSocket to the bench server (raw token: no SignalR)."""
     from autobahn.twisted.websocket import WebSocketClientFactory
@@ -40,17 +53,7 @@ def _connect_raw(reactor: Any, url: str, protocol: Any) -> Any:
     ws_url = _raw_ws_url(url)
     factory = WebSocketClientFactory(ws_url)
     factory.protocol = protocol
-    # The cheapest settings autobahn offers, the same txsignalr uses: no timers, no
-    # UTF-8 validation (the JSON decoder checks UTF-8 anyway), TCP_NODELAY.
-    factory.setProtocolOptions(
-        autoPingInterval=0,
-        autoPingTimeout=0,
-        openHandshakeTimeout=0,
-        closeHandshakeTimeout=0,
-        serverConnectionDropTimeout=0,
-        utf8validateIncoming=False,
-        tcpNoDelay=True,
-    )
+    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
     parts = urlsplit(ws_url)
     reactor.connectTCP(parts.hostname, parts.port, factory)
     return factory
