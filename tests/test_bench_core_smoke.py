@@ -291,13 +291,13 @@ def _run_core_bench(script: str, tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("script", ["core_throughput", "core_stream"])
-def test_core_throughput_smoke(tmp_path: Path, script: str) -> None:
+def test_core_throughput_smoke(tmp_path: Path, script: str, js_env: Any) -> None:
     """core_throughput.py / core_stream.py --smoke run every row (JSON over the three
     transports, MessagePack over WebSockets and long polling) with txsignalr (for the
     stream also read with each()), its transport floor and Microsoft's Node client
-    (which must run: CI installs tests/js), plus a decode-only floor per hub protocol;
-    each run handshook with the transport and hub protocol asked, and every figure and
-    ratio is positive."""
+    (which must run: the js_env fixture installs tests/js with npm ci), plus a
+    decode-only floor per hub protocol; each run handshook with the transport and hub
+    protocol asked, and every figure and ratio is positive."""
     data = _run_core_bench(script, tmp_path)
     assert data["mode"] == ("stream" if script == "core_throughput" else "counter")
     assert data["node"].startswith("@microsoft/signalr 10.0.11 on Node v"), data["node"]
