@@ -204,14 +204,7 @@ class Router:
             handlers = self.route(hub, method)
         if not handlers:
             return False
-        for handler in handlers:
-            try:
-                outcome = handler(*args)
-            except Exception:
-                self.handler_failed(Failure(), hub, method)
-                continue
-            if outcome is not None:
-                self._watch_outcome(outcome, hub, method)
+        self.call_handlers(handlers, args, hub, method)
         return True
 
     def dispatch_plain(
@@ -230,21 +223,15 @@ class Router:
             dispatch stops when it is no longer ``transport`` (a handler stopped or
             dropped the connection).
         """
-        routes = self._routes
+        call = self.call
         for item in messages:
             if type(item) is dict and len(item) == 3:
                 hub = item.get("H")
                 method = item.get("M")
                 args = item.get("A")
                 if type(hub) is str and type(method) is str and type(args) is list:
-                    route = routes.get(hub)
-                    handlers = None if route is None else route.get(method)
-                    if handlers is None:
-                        handlers = self.route(hub, method)
-                    if handlers:
-                        self.call_handlers(handlers, args, hub, method)
-                        if link.transport is not transport:
-                            return
+                    if call(hub, method, args) and link.transport is not transport:
+                        return
                     continue
             other(message_from_json(item))
             if link.transport is not transport:
