@@ -124,7 +124,7 @@ class HubConnection:
     :param transports: the transports to try, most preferred first, by wire name or
         :class:`~txsignalr.Transport` value; all three by default.
     :param transport_factories: replaces how a transport is built, by transport
-        (``factory(reactor, request, http, sink)``; see :mod:`txsignalr._transport`);
+        (``factory(reactor, request, http, sink)``; see ``txsignalr._transport``);
         for tests and custom transports.
     :param protocol: ``"auto"`` (the family is found from the negotiate answer: one
         ASP.NET Core negotiate, and a classic one when a classic server answered),

@@ -644,7 +644,7 @@ class GaveUpError(SignalRError):
     def __init__(self, attempts: int, reason: Failure, description: str | None = None):
         """
         :param description: the redacted account of ``reason`` for the message;
-            by default it is made with :func:`redact`.
+            by default it is made with ``redact()``.
         """
         if description is None:
             description = _describe(reason)

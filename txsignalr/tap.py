@@ -721,7 +721,7 @@ class DemoService(MultiService):
     service made for its URL (the classic one, or with ``core`` the c3 hub's ASP.NET
     Core URL); stopping stops the child, then the server.
 
-    The port is bound in :meth:`privilegedStartService` (or :meth:`startService`,
+    The port is bound in ``privilegedStartService()`` (or ``startService()``,
     when that was not called), so that under ``twistd`` a port in use stops the
     start-up with :class:`DemoServerError` and exit status 1.
 
