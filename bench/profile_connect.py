@@ -37,6 +37,7 @@ def _args() -> Any:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime")
     p.add_argument("--gc-freeze", action="store_true")
+    p.add_argument("--dump", default="", help="write the cProfile stats to this file")
     p.add_argument("--profile-last", action="store_true", help="profile only the last batch")
     return p.parse_args()
 
@@ -68,6 +69,8 @@ async def parent(args: Any) -> int:
         argv.append("--profile")
     if args.gc_freeze:
         argv.append("--gc-freeze")
+    if args.dump:
+        argv += ["--dump", args.dump]
     if args.profile_last:
         argv.append("--profile-last")
     try:
@@ -169,6 +172,8 @@ def child(args: Any) -> None:
             out["error"] = f"{len(failures)} failed, first: {failures[0]}"
         if prof is not None:
             s = io.StringIO()
+            if args.dump:
+                prof.dump_stats(args.dump)
             stats = pstats.Stats(prof, stream=s)
             out["calls_per_connection"] = stats.total_calls / args.n  # type: ignore[attr-defined]
             if args.top:

@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 
-from txsignalr._http import HttpSession
+from txsignalr._http import HttpSession, tcp_endpoint
 from txsignalr._protocol import websocket_url
 from txsignalr._proxy import TunnelEndpoint
 from txsignalr._transport import TransportRequest, TransportSink
@@ -290,7 +290,7 @@ class WebSocketTransport:
         )
         proxy = self._proxy
         endpoint: Any = (
-            HostnameEndpoint(self._reactor, host, port)
+            tcp_endpoint(self._reactor, host, port)
             if proxy is None
             else TunnelEndpoint(self._reactor, proxy, host, port)
         )
