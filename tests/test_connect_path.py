@@ -5,17 +5,22 @@ a connection opened by host name still works end to end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar
 from typing import Any
 
 import pytest
 import pytest_twisted
 from helpers import within
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from txsignalr import ConnectionState, HubConnection
-from txsignalr._http import tcp_endpoint
+from txsignalr._http import HttpSession, tcp_endpoint
 from txsignalr.testing import C3Hub, SignalRServer
 
 reactor: Any = _reactor
@@ -66,3 +71,73 @@ async def test_connect_by_address_and_by_name(
     finally:
         await within(conn.stop())
     assert [e["transport"] for e in server.events("connect")] == [transport]
+
+
+class _Echo(Resource):
+    """Answers with what it got: method, URI, Cookie header and body; sets a cookie."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.addCookie(b"affinity", b"srv1", path=b"/")
+        body = request.content.read() if request.content is not None else b""
+        return json.dumps(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "cookie": (request.getHeader(b"cookie") or b"").decode(),
+                "length": (request.getHeader(b"content-length") or b"").decode(),
+                "type": (request.getHeader(b"content-type") or b"").decode(),
+                "body": body.decode(),
+            }
+        ).encode()
+
+
+@pytest_twisted.async_yield_fixture
+async def echo_url() -> AsyncIterator[str]:
+    port = reactor.listenTCP(0, Site(_Echo()), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}"
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_own_client_cookies_body_and_url_encoding(echo_url: str) -> None:
+    """
+    The session's own client: a plain URL goes out as it is, one that is not a URI
+    yet is percent-encoded as treq would, the body is sent with its length, and the
+    server's cookie lands in the jar and goes back on the next request.
+    """
+    jar = CookieJar()
+    http = HttpSession(reactor, {"X-Key": "v"}, jar, None, None, 10.0)
+    try:
+        status, body = await within(
+            Deferred.fromCoroutine(
+                http.request(
+                    "POST",
+                    echo_url + "/signalr/send?transport=longPolling&a=%2F",
+                    "send",
+                    data=b"data=%7B%7D",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+            )
+        )
+        first = json.loads(body)
+        assert status == 200
+        assert first["method"] == "POST"
+        assert first["uri"] == "/signalr/send?transport=longPolling&a=%2F"
+        assert (first["body"], first["length"]) == ("data=%7B%7D", "11")
+        assert first["type"] == "application/x-www-form-urlencoded"
+        assert first["cookie"] == ""
+        assert [c.value for c in jar if c.name == "affinity"] == ["srv1"]
+
+        status, body = await within(
+            Deferred.fromCoroutine(
+                http.request("GET", echo_url + "/signalr/p a?name=h\u00e9", "ping")
+            )
+        )
+        second = json.loads(body)
+        assert second["uri"] == "/signalr/p%20a?name=h%C3%A9"
+        assert second["cookie"] == "affinity=srv1"
+        assert second["body"] == "" and second["method"] == "GET"
+    finally:
+        await within(http.close_idle())

@@ -1,5 +1,5 @@
 """
-HTTP for a connection: treq requests with the user's headers and one cookie jar, the
+HTTP for a connection: requests with the user's headers and one cookie jar, the
 connection's own connection pool, and the handshake headers of a WebSocket upgrade.
 """
 
@@ -8,13 +8,13 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import urllib.request
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from treq.client import HTTPClient
 from twisted.internet import protocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -27,9 +27,25 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    ContentDecoderAgent,
+    CookieAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+    RedirectAgent,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import (
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 from txsignalr._proxy import ProxyURL, TunnelEndpoint, proxy_for
@@ -183,6 +199,72 @@ class _EndpointFactory:
         return endpoint
 
 
+#: a URL that is a valid URI as it is: ASCII, nothing treq would percent-encode
+_PLAIN_URI = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*\Z")
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory, written at once (treq's FileBodyProducer
+    writes it from a cooperator task, on a later reactor turn)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _AgentClient:
+    """
+    The session's own HTTP client: what ``treq.HTTPClient.request`` does for the
+    requests a connection sends (cookies from and into the session's jar, redirects
+    followed, gzip decoded), with its agent stack built once instead of on every
+    request, the URL parsed by hyperlink only when it is not a plain URI already, and
+    the body written at once.  Responses are not buffered (every caller reads them
+    with :func:`read_body` or streams them).
+    """
+
+    def __init__(self, agent: IAgent, cookies: CookieJar) -> None:
+        self._agent: IAgent = ContentDecoderAgent(
+            RedirectAgent(CookieAgent(agent, cookies)), [(b"gzip", GzipDecoder)]
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[bytes | str, list[bytes | str]] | None = None,
+        cookies: object = None,
+        data: bytes | None = None,
+        unbuffered: bool = False,
+    ) -> Deferred[IResponse]:
+        if _PLAIN_URI.match(url):
+            uri = url.encode("ascii")
+        else:
+            from hyperlink import EncodedURL
+
+            uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+        raw = Headers()
+        if headers:
+            for k, v in headers.items():
+                raw.setRawHeaders(k, v)
+        body = None if data is None else _BytesProducer(data)
+        return self._agent.request(method.encode("ascii").upper(), uri, raw, body)
+
+
 class HTTPClientLike(Protocol):
     """What the connection needs of an HTTP client: treq's ``request``."""
 
@@ -244,10 +326,13 @@ class HttpSession:
             agent = Agent.usingEndpointFactory(
                 reactor, _EndpointFactory(reactor, policy, self), pool=self._pool
             )
-            own: Any = HTTPClient(agent)
+            own: Any = _AgentClient(agent, cookies)
             client = own
         assert client is not None
         self._client: HTTPClientLike = client
+        #: whether responses carry cookies to copy into the jar (a treq client's
+        #: do; the session's own client sets them in the jar itself)
+        self._copy_cookies = self._pool is None
 
     def may_proxy(self) -> bool:
         """Whether any request may go through a proxy (``proxy=`` or the environment)."""
@@ -327,7 +412,7 @@ class HttpSession:
             response: IResponse = await self._bounded(
                 self._client.request(method, url, **kwargs), limit, what
             )
-            cookies = getattr(response, "cookies", None)
+            cookies = getattr(response, "cookies", None) if self._copy_cookies else None
             if cookies is not None:
                 for cookie in cookies():
                     self.cookies.set_cookie(cookie)
