@@ -37,6 +37,12 @@ def _args() -> Any:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime")
     p.add_argument("--gc-freeze", action="store_true")
+    p.add_argument(
+        "--begin-logging",
+        action="store_true",
+        help="start twisted.logger with no observer (no start-up buffer of events)",
+    )
+    p.add_argument("--types", type=int, default=0, help="show the K types that grew most")
     p.add_argument("--dump", default="", help="write the cProfile stats to this file")
     p.add_argument("--profile-last", action="store_true", help="profile only the last batch")
     return p.parse_args()
@@ -71,6 +77,10 @@ async def parent(args: Any) -> int:
         argv.append("--gc-freeze")
     if args.dump:
         argv += ["--dump", args.dump]
+    if args.begin_logging:
+        argv.append("--begin-logging")
+    if args.types:
+        argv += ["--types", str(args.types)]
     if args.profile_last:
         argv.append("--profile-last")
     try:
@@ -89,6 +99,9 @@ async def parent(args: Any) -> int:
     print(f"  total cpu ms/conn {r['cpu_ms']:.3f}")
     if "calls_per_connection" in r:
         print(f"  Python function calls per connection (cProfile) {r['calls_per_connection']:.0f}")
+    print(f"  RSS KiB per connection {r['kib_per_connection']:.1f}")
+    for name, count in r.get("types", []):
+        print(f"  {count / n:8.2f} {name} per connection")
     if r.get("profile"):
         print(r["profile"])
     return 0
@@ -135,10 +148,24 @@ def child(args: Any) -> None:
             except Exception as e:
                 failures.append(f"{type(e).__name__}: {e}")
 
+        from _common import rss_kib
+
+        if args.begin_logging:
+            from twisted.logger import globalLogBeginner
+
+            globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
         await one()
         if failures:
             return {"error": failures[0]}
         gc.collect()
+        rss0 = rss_kib()
+
+        def census() -> dict[str, int]:
+            from collections import Counter
+
+            return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+        types0 = census() if args.types else {}
         prof = cProfile.Profile() if args.profile else None
         sem = DeferredSemaphore(args.concurrency)
         batches = []
@@ -167,7 +194,17 @@ def child(args: Any) -> None:
             )
             if args.gc_freeze:
                 gc.freeze()
-        out: dict[str, Any] = {"batches": batches, "cpu_ms": total / args.n * 1e3}
+        gc.collect()
+        out: dict[str, Any] = {
+            "batches": batches,
+            "cpu_ms": total / args.n * 1e3,
+            "kib_per_connection": (rss_kib() - rss0) / args.n,
+        }
+        if args.types:
+            grown = census()
+            for k, v in types0.items():
+                grown[k] -= v
+            out["types"] = sorted(grown.items(), key=lambda kv: -kv[1])[: args.types]
         if failures:
             out["error"] = f"{len(failures)} failed, first: {failures[0]}"
         if prof is not None:
