@@ -344,6 +344,8 @@ class HttpSession:
 
     def proxy_for(self, url: str) -> ProxyURL | None:
         """The proxy a request or WebSocket to ``url`` goes through (None: direct)."""
+        if not self.may_proxy():
+            return None  # no URL to parse when no proxy can apply
         return proxy_for(url, self.proxy)
 
     def _headers(
@@ -526,6 +528,8 @@ class HttpSession:
         that header belongs to, so a redirect to another origin never carries a
         token that was not given for it.
         """
+        if self.bearer is None and not any(k.lower() == "authorization" for k in self.headers):
+            return self.headers  # no token to keep from another origin: no URL to parse
         origin = self._origin if self.bearer is None else self._bearer_origin
         foreign = url is not None and origin is not None and origin_of(url) != origin
         if self.bearer is None and not foreign:
