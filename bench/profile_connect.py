@@ -93,8 +93,9 @@ async def parent(args: Any) -> int:
     print(f"{args.transport}, N={n}, concurrency {args.concurrency}")
     for i, b in enumerate(r["batches"]):
         print(
-            f"  batch {i}: live {b['live']:>6}  cpu ms/conn {b['cpu_ms']:.3f}  "
-            f"gc ms/conn {b['gc_ms']:.3f}  gc s/runs {b['gc']} objects {b['objects']}"
+            f"  batch {i}: live {b['live']:>6}  conn/s {b['per_s']:7.1f}  "
+            f"cpu ms/conn {b['cpu_ms']:.3f}  gc ms/conn {b['gc_ms']:.3f}  "
+            f"gc s/runs {b['gc']} objects {b['objects']}"
         )
     print(f"  total cpu ms/conn {r['cpu_ms']:.3f}")
     if "calls_per_connection" in r:
@@ -116,6 +117,7 @@ def child(args: Any) -> None:
         import gc
         import io
         import pstats
+        import time
 
         from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
 
@@ -174,19 +176,20 @@ def child(args: Any) -> None:
         while left > 0:
             k = min(args.batch, left)
             left -= k
-            c0 = _cpu()
+            c0, w0 = _cpu(), time.perf_counter()
             g0 = sum(gc_time)
             if prof is not None and (left == 0 or not args.profile_last):
                 prof.enable()
             await gatherResults([sem.run(lambda: ensureDeferred(one())) for _ in range(k)])
             if prof is not None and (left == 0 or not args.profile_last):
                 prof.disable()
-            c = _cpu() - c0
+            c, w = _cpu() - c0, time.perf_counter() - w0
             total += c
             batches.append(
                 {
                     "live": len(conns),
                     "cpu_ms": c / k * 1e3,
+                    "per_s": k / w,
                     "gc_ms": (sum(gc_time) - g0) / k * 1e3,
                     "gc": [round(t, 3) for t in gc_time] + list(gc_runs),
                     "objects": len(gc.get_objects()),
