@@ -31,6 +31,9 @@ from _common import (
 def _args() -> Any:
     p = common_args(__doc__.split("\n\n")[0])
     p.add_argument("--transport", choices=TRANSPORTS, default="webSockets")
+    p.add_argument(
+        "--core", action="store_true", help="ASP.NET Core connections (bench/_core_server.py)"
+    )
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--batch", type=int, default=1000, help="connections per timed batch")
     p.add_argument("--profile", action="store_true", help="run under cProfile")
@@ -50,7 +53,13 @@ def _args() -> Any:
 
 async def parent(args: Any) -> int:
     n = args.n or (50 if args.smoke else 1000)
-    server = BenchServer()
+    server: Any
+    if args.core:
+        from _core_server import CoreBenchServer
+
+        server = CoreBenchServer()
+    else:
+        server = BenchServer()
     await server.start()
     argv = [
         str(BENCH_DIR / "profile_connect.py"),
@@ -81,6 +90,8 @@ async def parent(args: Any) -> int:
         argv.append("--begin-logging")
     if args.types:
         argv += ["--types", str(args.types)]
+    if args.core:
+        argv.append("--core")
     if args.profile_last:
         argv.append("--profile-last")
     try:
@@ -90,7 +101,7 @@ async def parent(args: Any) -> int:
     if "error" in r:
         print(r["error"])
         return 1
-    print(f"{args.transport}, N={n}, concurrency {args.concurrency}")
+    print(f"{'Core ' if args.core else ''}{args.transport}, N={n}, concurrency {args.concurrency}")
     for i, b in enumerate(r["batches"]):
         print(
             f"  batch {i}: live {b['live']:>6}  conn/s {b['per_s']:7.1f}  "
@@ -144,7 +155,10 @@ def child(args: Any) -> None:
         async def one() -> None:
             try:
                 conn = HubConnection(reactor, url, transports=[args.transport])
-                conn.hub("c3").on("tick", noop)
+                if args.core:
+                    conn.on("tick", noop)
+                else:
+                    conn.hub("c3").on("tick", noop)
                 await conn.start()
                 conns.append(conn)
             except Exception as e:
