@@ -16,11 +16,15 @@ from helpers import within
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from txsignalr import ConnectionState, HubConnection
 from txsignalr._http import HttpSession, tcp_endpoint
+from txsignalr.errors import SignalRError
 from txsignalr.testing import C3Hub, SignalRServer
 
 reactor: Any = _reactor
@@ -141,3 +145,67 @@ async def test_own_client_cookies_body_and_url_encoding(echo_url: str) -> None:
         assert second["body"] == "" and second["method"] == "GET"
     finally:
         await within(http.close_idle())
+
+
+class _SlowResponse:
+    """An IResponse whose body the test delivers."""
+
+    code = 200
+
+    def __init__(self) -> None:
+        self.reader: Any = None
+
+    def deliverBody(self, reader: Any) -> None:
+        self.reader = reader
+
+
+class _HeldClient:
+    """A treq-like client whose answers the test fires."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def _held_session() -> tuple[Clock, _HeldClient, HttpSession]:
+    clock = Clock()
+    client = _HeldClient()
+    return clock, client, HttpSession(clock, {}, CookieJar(), None, client, 10.0)
+
+
+def test_each_phase_of_a_request_has_its_own_limit() -> None:
+    """Headers after 9 s and the body 9 s later: within the 10 s of each phase."""
+    clock, client, http = _held_session()
+    got: list[Any] = []
+    Deferred.fromCoroutine(http.request("GET", "http://127.0.0.1:1/x", "start")).addBoth(got.append)
+    clock.advance(9)
+    response = _SlowResponse()
+    client.pending[0].callback(response)
+    assert got == []
+    clock.advance(9)
+    response.reader.dataReceived(b"ok")
+    response.reader.connectionLost(Failure(ResponseDone()))
+    assert got == [(200, b"ok")]
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_stalled_phase_times_out(phase: str) -> None:
+    """No answer, or no end of its body, within 10 s: a clear error, no timer left."""
+    clock, client, http = _held_session()
+    got: list[Any] = []
+    Deferred.fromCoroutine(http.request("GET", "http://127.0.0.1:1/x", "start")).addBoth(got.append)
+    if phase == "body":
+        clock.advance(5)
+        client.pending[0].callback(_SlowResponse())
+    clock.advance(9.9)
+    assert got == []
+    clock.advance(0.2)
+    assert len(got) == 1 and isinstance(got[0], Failure)
+    assert got[0].check(SignalRError)
+    assert str(got[0].value) == "start request timed out after 10 s"
+    assert clock.getDelayedCalls() == []

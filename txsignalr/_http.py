@@ -265,6 +265,50 @@ class _AgentClient:
         return self._agent.request(method.encode("ascii").upper(), uri, raw, body)
 
 
+class _Deadline:
+    """
+    One timer for the phases of a request (its answer's headers, then its body), each
+    allowed its own ``limit`` seconds from its start: the timer is moved on to the
+    next phase instead of a new one being made (``Deferred.addTimeout`` makes a
+    timer and two callbacks a phase).
+    """
+
+    __slots__ = ("_call", "_clock", "_waiting", "expired")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._call: Any = None
+        self._waiting: Deferred[Any] | None = None
+        #: the timer fired while a phase was waiting (and cancelled it)
+        self.expired = False
+
+    def watch(self, d: Deferred[Any], limit: float) -> None:
+        """Cancel ``d`` unless it fires within ``limit`` seconds from now."""
+        self._waiting = d
+        d.addBoth(self._settled)
+        if self._call is None:
+            self._call = self._clock.callLater(limit, self._fire)
+        else:
+            self._call.reset(limit)
+
+    def _settled(self, result: object) -> object:
+        self._waiting = None
+        return result
+
+    def _fire(self) -> None:
+        self._call = None
+        d, self._waiting = self._waiting, None
+        if d is not None and not d.called:
+            self.expired = True
+            d.cancel()
+
+    def stop(self) -> None:
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+
 class HTTPClientLike(Protocol):
     """What the connection needs of an HTTP client: treq's ``request``."""
 
@@ -357,10 +401,17 @@ class HttpSession:
                 headers[k] = [v]
         return headers
 
-    async def _bounded(self, d: Deferred[Any], limit: float, what: str) -> Any:
-        """Await ``d`` for at most ``limit`` seconds; every failure as a SignalRError."""
+    async def _bounded(
+        self, d: Deferred[Any], limit: float, what: str, deadline: _Deadline | None = None
+    ) -> Any:
+        """
+        Await ``d`` for at most ``limit`` seconds (on ``deadline``'s timer when given);
+        every failure as a SignalRError.
+        """
         timed_out = False
-        if limit != math.inf:
+        if limit != math.inf and deadline is not None:
+            deadline.watch(d, limit)
+        elif limit != math.inf:
 
             def on_timeout(result: object, timeout: float) -> object:
                 nonlocal timed_out
@@ -375,7 +426,7 @@ class HttpSession:
         except Exception as e:
             # The timeout cancels the request, which treq reports in many ways (a
             # CancelledError, or ResponseNeverReceived wrapping one): say what happened.
-            if timed_out:
+            if timed_out or (deadline is not None and deadline.expired):
                 raise SignalRError(f"{what} request timed out after {limit:g} s") from None
             if isinstance(e, CancelledError):
                 raise
@@ -391,6 +442,7 @@ class HttpSession:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         unbuffered: bool = False,
+        deadline: _Deadline | None = None,
     ) -> Deferred[IResponse]:
         """
         Send a request; the Deferred fires with the response once its headers arrived.
@@ -398,6 +450,7 @@ class HttpSession:
         :param timeout: seconds allowed (the session's default when None;
             :attr:`no_timeout` for none).
         :param unbuffered: do not read the body into memory (for streaming it).
+        :param deadline: the timer to bound the wait with (one of its own when None).
         :raises SignalRError: (through the Deferred) when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
@@ -412,7 +465,7 @@ class HttpSession:
 
         async def run() -> IResponse:
             response: IResponse = await self._bounded(
-                self._client.request(method, url, **kwargs), limit, what
+                self._client.request(method, url, **kwargs), limit, what, deadline
             )
             cookies = getattr(response, "cookies", None) if self._copy_cookies else None
             if cookies is not None:
@@ -443,16 +496,31 @@ class HttpSession:
         :raises SignalRError: when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
-        response = await self.open(
-            method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
-        )
-        if max_size is None:
-            reading = read_body(
-                response, CONTROL_BODY_LIMIT, f"the {what} answer", "the limit for control requests"
+        deadline = None if limit == math.inf else _Deadline(self._reactor)
+        try:
+            response = await self.open(
+                method,
+                url,
+                what,
+                data=data,
+                headers=headers,
+                timeout=limit,
+                unbuffered=True,
+                deadline=deadline,
             )
-        else:
-            reading = read_body(response, max_size)
-        body: bytes = await self._bounded(reading, limit, what)
+            if max_size is None:
+                reading = read_body(
+                    response,
+                    CONTROL_BODY_LIMIT,
+                    f"the {what} answer",
+                    "the limit for control requests",
+                )
+            else:
+                reading = read_body(response, max_size)
+            body: bytes = await self._bounded(reading, limit, what, deadline)
+        finally:
+            if deadline is not None:
+                deadline.stop()
         if not 200 <= response.code < 300 and body:
             # Only errors are made of such a body: keep the request's secrets out of
             # them, as a server may echo them (ASP.NET's developer error page lists
