@@ -1,5 +1,5 @@
 """
-HTTP for a connection: treq requests with the user's headers and one cookie jar, the
+HTTP for a connection: requests with the user's headers and one cookie jar, the
 connection's own connection pool, and the handshake headers of a WebSocket upgrade.
 """
 
@@ -8,28 +8,50 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import urllib.request
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from treq.client import HTTPClient
 from twisted.internet import protocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    ContentDecoderAgent,
+    CookieAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+    RedirectAgent,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import (
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 from txsignalr._proxy import ProxyURL, TunnelEndpoint, proxy_for
 from txsignalr.errors import MessageTooLarge, NegotiationError, SignalRError
 
-__all__ = ["HTTPClientLike", "HttpSession", "read_body"]
+__all__ = ["HTTPClientLike", "HttpSession", "read_body", "tcp_endpoint"]
 
 #: query parameters of SignalR's own that are no secret, left in error bodies
 _PUBLIC_QUERY = frozenset(
@@ -61,6 +83,22 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
     if port is None:
         port = {"http": 80, "https": 443}.get(scheme)
     return (scheme, (parts.hostname or "").lower(), port)
+
+
+def tcp_endpoint(reactor: Any, host: str, port: int) -> Any:
+    """
+    A client endpoint for ``host``: a plain TCP one for an IP address, which needs no
+    name resolution, else a ``HostnameEndpoint``.
+
+    ``HostnameEndpoint`` resolves even an address literal through the reactor's
+    resolver, a round trip through the thread pool, and builds a class and a
+    happy-eyeballs attempt for every connect (about 0.3 ms of CPU a connect).
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port)
+    return HostnameEndpoint(reactor, host, port)
 
 
 class _BodyReader(protocol.Protocol):
@@ -146,18 +184,129 @@ class _EndpointFactory:
     def endpointForURI(self, uri: Any) -> Any:
         host = uri.host.decode("idna") if isinstance(uri.host, bytes) else uri.host
         scheme = uri.scheme.decode() if isinstance(uri.scheme, bytes) else uri.scheme
-        netloc = f"[{host}]" if ":" in host else host  # an IPv6 address
-        url = f"{scheme}://{netloc}:{uri.port}/"
-        proxy = self._http.proxy_for(url)
+        proxy = None
+        if self._http.may_proxy():
+            netloc = f"[{host}]" if ":" in host else host  # an IPv6 address
+            proxy = self._http.proxy_for(f"{scheme}://{netloc}:{uri.port}/")
         endpoint: Any
         if proxy is None:
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            endpoint = tcp_endpoint(self._reactor, host, uri.port)
         else:
             endpoint = TunnelEndpoint(self._reactor, proxy, host, uri.port)
         if scheme == "https":
             creator = self._policy.creatorForNetloc(host.encode("idna"), uri.port)
             endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
+
+
+#: a URL that is a valid URI as it is: ASCII, nothing treq would percent-encode
+_PLAIN_URI = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*\Z")
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory, written at once (treq's FileBodyProducer
+    writes it from a cooperator task, on a later reactor turn)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _AgentClient:
+    """
+    The session's own HTTP client: what ``treq.HTTPClient.request`` does for the
+    requests a connection sends (cookies from and into the session's jar, redirects
+    followed, gzip decoded), with its agent stack built once instead of on every
+    request, the URL parsed by hyperlink only when it is not a plain URI already, and
+    the body written at once.  Responses are not buffered (every caller reads them
+    with :func:`read_body` or streams them).
+    """
+
+    def __init__(self, agent: IAgent, cookies: CookieJar) -> None:
+        self._agent: IAgent = ContentDecoderAgent(
+            RedirectAgent(CookieAgent(agent, cookies)), [(b"gzip", GzipDecoder)]
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[bytes | str, list[bytes | str]] | None = None,
+        cookies: object = None,
+        data: bytes | None = None,
+        unbuffered: bool = False,
+    ) -> Deferred[IResponse]:
+        if _PLAIN_URI.match(url):
+            uri = url.encode("ascii")
+        else:
+            from hyperlink import EncodedURL
+
+            uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+        raw = Headers()
+        if headers:
+            for k, v in headers.items():
+                raw.setRawHeaders(k, v)
+        body = None if data is None else _BytesProducer(data)
+        return self._agent.request(method.encode("ascii").upper(), uri, raw, body)
+
+
+class _Deadline:
+    """
+    One timer for the phases of a request (its answer's headers, then its body), each
+    allowed its own ``limit`` seconds from its start: the timer is moved on to the
+    next phase instead of a new one being made (``Deferred.addTimeout`` makes a
+    timer and two callbacks a phase).
+    """
+
+    __slots__ = ("_call", "_clock", "_waiting", "expired")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._call: Any = None
+        self._waiting: Deferred[Any] | None = None
+        #: the timer fired while a phase was waiting (and cancelled it)
+        self.expired = False
+
+    def watch(self, d: Deferred[Any], limit: float) -> None:
+        """Cancel ``d`` unless it fires within ``limit`` seconds from now."""
+        self._waiting = d
+        d.addBoth(self._settled)
+        if self._call is None:
+            self._call = self._clock.callLater(limit, self._fire)
+        else:
+            self._call.reset(limit)
+
+    def _settled(self, result: object) -> object:
+        self._waiting = None
+        return result
+
+    def _fire(self) -> None:
+        self._call = None
+        d, self._waiting = self._waiting, None
+        if d is not None and not d.called:
+            self.expired = True
+            d.cancel()
+
+    def stop(self) -> None:
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
 
 
 class HTTPClientLike(Protocol):
@@ -218,18 +367,19 @@ class HttpSession:
             # to be re-sent behind the transport's back: the loss must be seen.
             self._pool.retryAutomatically = False
             policy = tls or BrowserLikePolicyForHTTPS()
-            if self._may_proxy():
-                agent = Agent.usingEndpointFactory(
-                    reactor, _EndpointFactory(reactor, policy, self), pool=self._pool
-                )
-            else:
-                agent = Agent(reactor, contextFactory=policy, pool=self._pool)
-            own: Any = HTTPClient(agent)
+            agent = Agent.usingEndpointFactory(
+                reactor, _EndpointFactory(reactor, policy, self), pool=self._pool
+            )
+            own: Any = _AgentClient(agent, cookies)
             client = own
         assert client is not None
         self._client: HTTPClientLike = client
+        #: whether responses carry cookies to copy into the jar (a treq client's
+        #: do; the session's own client sets them in the jar itself)
+        self._copy_cookies = self._pool is None
 
-    def _may_proxy(self) -> bool:
+    def may_proxy(self) -> bool:
+        """Whether any request may go through a proxy (``proxy=`` or the environment)."""
         if self.proxy is False:
             return False
         if isinstance(self.proxy, str):
@@ -238,6 +388,8 @@ class HttpSession:
 
     def proxy_for(self, url: str) -> ProxyURL | None:
         """The proxy a request or WebSocket to ``url`` goes through (None: direct)."""
+        if not self.may_proxy():
+            return None  # no URL to parse when no proxy can apply
         return proxy_for(url, self.proxy)
 
     def _headers(
@@ -249,10 +401,17 @@ class HttpSession:
                 headers[k] = [v]
         return headers
 
-    async def _bounded(self, d: Deferred[Any], limit: float, what: str) -> Any:
-        """Await ``d`` for at most ``limit`` seconds; every failure as a SignalRError."""
+    async def _bounded(
+        self, d: Deferred[Any], limit: float, what: str, deadline: _Deadline | None = None
+    ) -> Any:
+        """
+        Await ``d`` for at most ``limit`` seconds (on ``deadline``'s timer when given);
+        every failure as a SignalRError.
+        """
         timed_out = False
-        if limit != math.inf:
+        if limit != math.inf and deadline is not None:
+            deadline.watch(d, limit)
+        elif limit != math.inf:
 
             def on_timeout(result: object, timeout: float) -> object:
                 nonlocal timed_out
@@ -267,7 +426,7 @@ class HttpSession:
         except Exception as e:
             # The timeout cancels the request, which treq reports in many ways (a
             # CancelledError, or ResponseNeverReceived wrapping one): say what happened.
-            if timed_out:
+            if timed_out or (deadline is not None and deadline.expired):
                 raise SignalRError(f"{what} request timed out after {limit:g} s") from None
             if isinstance(e, CancelledError):
                 raise
@@ -283,6 +442,7 @@ class HttpSession:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         unbuffered: bool = False,
+        deadline: _Deadline | None = None,
     ) -> Deferred[IResponse]:
         """
         Send a request; the Deferred fires with the response once its headers arrived.
@@ -290,6 +450,7 @@ class HttpSession:
         :param timeout: seconds allowed (the session's default when None;
             :attr:`no_timeout` for none).
         :param unbuffered: do not read the body into memory (for streaming it).
+        :param deadline: the timer to bound the wait with (one of its own when None).
         :raises SignalRError: (through the Deferred) when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
@@ -304,9 +465,9 @@ class HttpSession:
 
         async def run() -> IResponse:
             response: IResponse = await self._bounded(
-                self._client.request(method, url, **kwargs), limit, what
+                self._client.request(method, url, **kwargs), limit, what, deadline
             )
-            cookies = getattr(response, "cookies", None)
+            cookies = getattr(response, "cookies", None) if self._copy_cookies else None
             if cookies is not None:
                 for cookie in cookies():
                     self.cookies.set_cookie(cookie)
@@ -335,16 +496,31 @@ class HttpSession:
         :raises SignalRError: when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
-        response = await self.open(
-            method, url, what, data=data, headers=headers, timeout=limit, unbuffered=True
-        )
-        if max_size is None:
-            reading = read_body(
-                response, CONTROL_BODY_LIMIT, f"the {what} answer", "the limit for control requests"
+        deadline = None if limit == math.inf else _Deadline(self._reactor)
+        try:
+            response = await self.open(
+                method,
+                url,
+                what,
+                data=data,
+                headers=headers,
+                timeout=limit,
+                unbuffered=True,
+                deadline=deadline,
             )
-        else:
-            reading = read_body(response, max_size)
-        body: bytes = await self._bounded(reading, limit, what)
+            if max_size is None:
+                reading = read_body(
+                    response,
+                    CONTROL_BODY_LIMIT,
+                    f"the {what} answer",
+                    "the limit for control requests",
+                )
+            else:
+                reading = read_body(response, max_size)
+            body: bytes = await self._bounded(reading, limit, what, deadline)
+        finally:
+            if deadline is not None:
+                deadline.stop()
         if not 200 <= response.code < 300 and body:
             # Only errors are made of such a body: keep the request's secrets out of
             # them, as a server may echo them (ASP.NET's developer error page lists
@@ -420,6 +596,8 @@ class HttpSession:
         that header belongs to, so a redirect to another origin never carries a
         token that was not given for it.
         """
+        if self.bearer is None and not any(k.lower() == "authorization" for k in self.headers):
+            return self.headers  # no token to keep from another origin: no URL to parse
         origin = self._origin if self.bearer is None else self._bearer_origin
         foreign = url is not None and origin is not None and origin_of(url) != origin
         if self.bearer is None and not foreign:
