@@ -264,3 +264,26 @@ def _turn() -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(0.01, d.callback, None)
     return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_garbage_answer_is_a_named_request_failure() -> None:
+    """Bytes that are not HTTP: the poll fails naming the request and the fault."""
+
+    class Garbage(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.write(b"SSH-2.0-OpenSSH_9\r\n\r\n")
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Garbage), interface="127.0.0.1")
+    client = PollClient(reactor, session())
+    try:
+        with pytest.raises(SignalRError, match="poll request failed: HttpProtocolError: not an"):
+            await within(
+                client.request(
+                    "GET", f"http://127.0.0.1:{port.getHost().port}/hub", "poll", 5.0, max_size=64
+                )
+            )
+    finally:
+        client.close()
+        await port.stopListening()

@@ -233,3 +233,9 @@ def test_the_whole_event_lane_keeps_the_bound() -> None:
     parser.feed(b"data: " + b"x" * 50)
     with pytest.raises(MessageTooLarge):
         parser.feed(b"x" * 80)
+
+
+def test_a_close_before_any_answer_says_so() -> None:
+    parser = ResponseParser(Sink())
+    with pytest.raises(HttpProtocolError, match="before an answer came"):
+        parser.feed_eof()

@@ -173,6 +173,8 @@ class ResponseParser:
         if self._state == _CLOSE:
             self._state = _DONE
             self._sink.response_end(False)
+        elif self._state == _HEAD and not self._buf:
+            raise HttpProtocolError("the connection closed before an answer came")
         elif self._state != _DONE:
             what = "headers" if self._state == _HEAD else "body"
             raise HttpProtocolError(f"the connection closed in the middle of the response {what}")
@@ -571,7 +573,9 @@ def connect(http: HttpSession, reactor: Any, target: _Target, url: str) -> Defer
 
 
 def _failure_text(what: str, error: BaseException) -> SignalRError:
-    if isinstance(error, SignalRError):
+    """``error`` as the session reports a failed request: a SignalRError of ours (a
+    proxy's, a bound's) as it is, anything else (a bad answer too) named."""
+    if isinstance(error, SignalRError) and not isinstance(error, HttpProtocolError):
         return error
     return SignalRError(f"{what} request failed: {type(error).__name__}: {error}")
 
