@@ -583,8 +583,14 @@ def _failure_text(what: str, error: BaseException) -> SignalRError:
 class _Collect:
     """A :class:`ResponseSink` that reads a whole body within a bound."""
 
-    def __init__(self, done: Callable[[ResponseHead, bytes, bool], None], max_size: int) -> None:
+    def __init__(
+        self,
+        done: Callable[[ResponseHead, bytes, bool], None],
+        max_size: int,
+        headed: Callable[[], None],
+    ) -> None:
         self._done = done
+        self._headed = headed
         self._max = max_size
         self._chunks: list[bytes] = []
         self._size = 0
@@ -597,6 +603,7 @@ class _Collect:
             raise MessageTooLarge(
                 f"a response body is over the {self._max} byte limit (max_receive_size)"
             )
+        self._headed()
 
     def response_body(self, data: bytes) -> None:
         self._size += len(data)
@@ -710,17 +717,13 @@ class PollClient:
             if not result.called:
                 result.callback((head.status, body))
 
-        collector = _Collect(answered, max_size)
-        original_head = collector.response_head
-
-        def on_head(head: ResponseHead) -> None:
-            original_head(head)
+        def headed() -> None:
             # the body has its own bound, as with the session
             timer: IDelayedCall | None = state["timer"]
             if timer is not None and timer.active():
                 timer.reset(limit)
 
-        collector.response_head = on_head  # type: ignore[method-assign]
+        collector = _Collect(answered, max_size, headed)
 
         def on_lost(error: Exception) -> None:
             if state["channel"] is not None:
