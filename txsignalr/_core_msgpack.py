@@ -415,19 +415,28 @@ def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
         raise ProtocolError(f"a received message is not MessagePack ({e})", body[:200]) from None
     if type(m) is not list or not m:
         raise ProtocolError("Invalid payload.", m)
-    # .NET writes 6 elements (StreamIds [] when none), Microsoft's TS server code 5
+    # .NET writes 6 elements (StreamIds [] when none), Microsoft's TS code 5: unpacked
+    # straight into names (no slice), the cheapest tests first
     size = len(m)
-    if (size == 5 or (size == 6 and m[5] == [])) and m[0] == 1 and m[2] is None:
-        kind, headers, _, target, args = m[:5]
-        if (
-            type(kind) is int
-            and type(headers) is dict
-            and not headers
-            and type(target) is str
-            and target
-            and type(args) is list
-        ):
-            return target, args
+    if size == 5:
+        kind, headers, invocation_id, target, args = m
+    elif size == 6:
+        kind, headers, invocation_id, target, args, streams = m
+        if streams != []:
+            kind = None
+    else:
+        kind = None
+    if (
+        kind == 1
+        and invocation_id is None
+        and type(target) is str
+        and type(args) is list
+        and type(headers) is dict
+        and not headers
+        and target
+        and type(kind) is int
+    ):
+        return target, args
     kind = m[0]
     if type(kind) is not int:
         raise ProtocolError("Invalid payload.", m)

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from txsignalr._http import HttpSession
+from txsignalr._httpstream import PollClient, lean_http
 from txsignalr._transport import HttpTransport, TransportRequest, TransportSink
 from txsignalr.errors import ConnectionClosed, SignalRError
 
@@ -48,6 +49,8 @@ class LongPollingTransport(HttpTransport):
         self._delay: IDelayedCall | None = None
         self._grace: IDelayedCall | None = None
         self._opened = False
+        #: the polls' own kept-alive connection (the session's Agent otherwise)
+        self._lean = PollClient(reactor, http) if lean_http(http, request.url) else None
 
     def open(self) -> None:
         self._grace = self._reactor.callLater(OPEN_GRACE, self._mark_open)
@@ -66,18 +69,31 @@ class LongPollingTransport(HttpTransport):
             headers: dict[str, str] | None = _FORM
         else:
             data = headers = None
-        d = Deferred.fromCoroutine(
-            self._http.request(
+        # A poll body holds every message since the last poll.
+        max_size = 4 * request.max_size
+        d: Deferred[tuple[int, bytes]]
+        if self._lean is not None and lean_http(self._http, url):
+            d = self._lean.request(
                 request.poll_method,
                 url,
                 what,
                 request.poll_timeout,
                 data=data,
                 headers=headers,
-                # A poll body holds every message since the last poll.
-                max_size=4 * request.max_size,
+                max_size=max_size,
             )
-        )
+        else:
+            d = Deferred.fromCoroutine(
+                self._http.request(
+                    request.poll_method,
+                    url,
+                    what,
+                    request.poll_timeout,
+                    data=data,
+                    headers=headers,
+                    max_size=max_size,
+                )
+            )
         self._poll = d
         d.addCallbacks(self._answered, self._failed)
 
@@ -142,3 +158,5 @@ class LongPollingTransport(HttpTransport):
         poll, self._poll = self._poll, None
         if poll is not None:
             poll.cancel()
+        if self._lean is not None:
+            self._lean.close()
