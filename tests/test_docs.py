@@ -199,9 +199,12 @@ def _parse_twistd(argv: list[str]) -> Any:
 
 
 @pytest.mark.parametrize("snippet", by_kind("twistd"), ids=str)
-def test_twistd_snippet(snippet: Snippet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_twistd_snippet(
+    snippet: Snippet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Every twistd command line of the block parses with the real plugin."""
     monkeypatch.setenv("HUB_TOKEN", "token-for-the-docs-test")
+    monkeypatch.chdir(tmp_path)  # relative --output and -l files land here
     lines = [line for line in snippet.code.splitlines() if line.strip()]
     assert lines and all(line.startswith("twistd ") for line in lines), lines
     for line in lines:
