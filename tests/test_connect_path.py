@@ -209,3 +209,27 @@ def test_a_stalled_phase_times_out(phase: str) -> None:
     assert got[0].check(SignalRError)
     assert str(got[0].value) == "start request timed out after 10 s"
     assert clock.getDelayedCalls() == []
+
+
+def test_a_request_chained_on_an_inner_deferred_times_out() -> None:
+    """The agent stack's Deferred fires into another one that never fires: still a timeout."""
+    inner: Deferred[Any] = Deferred()
+
+    class _Chained:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            outer: Deferred[Any] = Deferred()
+            outer.callback(None)
+            outer.addCallback(lambda _: inner)  # called, but waiting on inner
+            return outer
+
+    clock = Clock()
+    http = HttpSession(clock, {}, CookieJar(), None, _Chained(), 10.0)
+    got: list[Any] = []
+    Deferred.fromCoroutine(http.request("GET", "http://127.0.0.1:1/x", "negotiate")).addBoth(
+        got.append
+    )
+    clock.advance(10.1)
+    assert inner.called  # cancelled through the chain
+    assert len(got) == 1 and isinstance(got[0], Failure)
+    assert str(got[0].value) == "negotiate request timed out after 10 s"
+    assert clock.getDelayedCalls() == []

@@ -298,7 +298,10 @@ class _Deadline:
     def _fire(self) -> None:
         self._call = None
         d, self._waiting = self._waiting, None
-        if d is not None and not d.called:
+        # _settled clears _waiting once the phase's result has gone by; a Deferred that
+        # is called but still waits on another (the agent stack chains them) is still
+        # waiting, and cancel() reaches the inner one
+        if d is not None:
             self.expired = True
             d.cancel()
 
