@@ -60,6 +60,9 @@ EXTRA_MODULES = (
     "twisted.internet.threads",
     "twisted.python.usage",
     "twisted.web.iweb",
+    "treq",
+    "treq.client",
+    "treq.testing",
 )
 
 
