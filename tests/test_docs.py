@@ -291,3 +291,21 @@ def test_local_inventories_link_twisted_names(tmp_path: Path) -> None:
     )
     for project in ("treq", "autobahn"):
         assert written[project].stat().st_size > 100
+
+
+@pytest.mark.parametrize(
+    ("module", "page"),
+    [
+        ("txsignalr", "api.rst"),
+        ("txsignalr.testing", "testing.rst"),
+        ("txsignalr.service", "service.rst"),
+    ],
+)
+def test_every_public_name_is_in_the_api_reference(module: str, page: str) -> None:
+    """Each name of the module's __all__ has an autodoc entry on its reference page."""
+    import importlib
+
+    names = set(importlib.import_module(module).__all__) - {"__version__"}
+    text = (DOCS / "reference" / page).read_text()
+    documented = set(re.findall(rf"^\.\. auto\w+:: {re.escape(module)}\.(\w+)", text, re.M))
+    assert names <= documented, sorted(names - documented)
