@@ -6,6 +6,7 @@ a connection opened by host name still works end to end.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar
 from typing import Any
@@ -16,7 +17,7 @@ from helpers import within
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.resource import Resource
@@ -233,3 +234,51 @@ def test_a_request_chained_on_an_inner_deferred_times_out() -> None:
     assert len(got) == 1 and isinstance(got[0], Failure)
     assert str(got[0].value) == "negotiate request timed out after 10 s"
     assert clock.getDelayedCalls() == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+FAMILY_WIRES = (
+    [("classic", t, "json") for t in TRANSPORTS]
+    + [("core", t, "json") for t in TRANSPORTS]
+    + [("core", "webSockets", "messagepack"), ("core", "longPolling", "messagepack")]
+)
+
+
+@pytest.mark.parametrize(
+    ("family", "transport", "hub_protocol"),
+    FAMILY_WIRES,
+    ids=[f"{f}-{t}-{p}" for f, t, p in FAMILY_WIRES],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_holds_one_socket(
+    family: str, transport: str, hub_protocol: str
+) -> None:
+    """Once started, a connection releases the pooled HTTP socket of negotiate (and of
+    /start or the handshake's POST): one socket per idle connection on every family and
+    transport, which is what bench/connections.py's fds/conn counts.  The server runs
+    in this process, so each TCP connection is two descriptors here."""
+    server = SignalRServer(reactor, hubs=[C3Hub()])
+    await server.listen(port=0, interface="127.0.0.1")
+    url = server.url if family == "classic" else server.core_url("c3")
+    conn = HubConnection(
+        reactor,
+        url,
+        protocol=family,
+        transports=[transport],
+        hub_protocol=hub_protocol,
+        reconnect_delay=None,
+    )
+    base = _open_fds()
+    try:
+        await within(conn.start())
+        deadline = reactor.seconds() + 5
+        while _open_fds() - base > 2 and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.02, lambda: None)
+        assert _open_fds() - base == 2, sorted(os.listdir("/proc/self/fd"))
+        assert conn.state is ConnectionState.connected
+    finally:
+        await within(conn.stop())
+        await server.stop()

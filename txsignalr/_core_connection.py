@@ -305,6 +305,10 @@ class CoreEngine:
         self._became_connected()
 
     def _became_connected(self) -> None:
+        # The pooled HTTP socket of negotiate (and of the handshake's POST over SSE and
+        # long polling) is not needed while the connection sits idle: release it, so an
+        # idle connection holds one socket, as a classic one does.
+        self._http.close_idle()
         self._start_keepalive()
         buffered, self._buffer = self._buffer, []
         for message in buffered:
