@@ -33,6 +33,7 @@ def test_invoke_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
     for transport in ("serverSentEvents", "longPolling"):
         assert data["clients"][f"txsignalr {transport}"]["transport_in_use"] == transport
     assert data["clients"]["txsignalr"]["transport_in_use"] == "webSockets"
+    assert positive(data["ratio_p50_txsignalr_vs_raw_echo"])
 
 
 def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
@@ -53,7 +54,14 @@ def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
         assert client["transport"] == transport
         assert client["connections"] == n
         assert client["failed"] == 0
-        for key in ("connect_seconds", "connections_per_s", "cpu_ms_per_connection", "rss_kib"):
+        for key in (
+            "connect_seconds",
+            "connections_per_s",
+            "cpu_ms_per_connection",
+            "rss_kib",
+            "fds_per_connection",
+        ):
             assert positive(client[key]), (name, key, client)
+        assert isinstance(client["kib_per_connection"], float)
     assert set(data["round_trips_to_open"]) == {"webSockets", "serverSentEvents", "longPolling"}
     assert positive(data["target_connections_per_s"])

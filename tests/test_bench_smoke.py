@@ -59,44 +59,6 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     assert positive(data["ratio_txsignalr_vs_floor"])
 
 
-def test_invoke_smoke(tmp_path: Path) -> None:
-    """invoke.py --smoke gives latency percentiles for raw echo and txsignalr."""
-    data = run_smoke("invoke", tmp_path, timeout=180)
-    assert set(data["clients"]) == {
-        "raw echo",
-        "txsignalr",
-        "txsignalr serverSentEvents",
-        "txsignalr longPolling",
-        "txsignalr vs testing server",
-    }
-    for name, client in data["clients"].items():
-        assert "error" not in client, (name, client)
-        assert client["calls"] == data["calls"]
-        for key in ("p50_us", "p90_us", "p99_us", "mean_us"):
-            assert positive(client[key]), (name, key, client)
-        assert client["p50_us"] <= client["p90_us"] <= client["p99_us"]
-    assert positive(data["ratio_p50_txsignalr_vs_raw_echo"])
-
-
-def test_connections_smoke(tmp_path: Path) -> None:
-    """connections.py --smoke opens every connection and reports memory and fds."""
-    data = run_smoke("connections", tmp_path, timeout=180)
-    (n,) = data["sizes"]
-    assert set(data["clients"]) == {
-        f"floor@{n}",
-        f"txsignalr@{n}",
-        f"txsignalr serverSentEvents@{n}",
-        f"txsignalr longPolling@{n}",
-    }
-    for name, client in data["clients"].items():
-        assert "error" not in client, (name, client)
-        assert client["connections"] == n
-        assert client["failed"] == 0
-        for key in ("connect_seconds", "connections_per_s", "rss_kib", "fds_per_connection"):
-            assert positive(client[key]), (name, key, client)
-        assert isinstance(client["kib_per_connection"], float)
-
-
 def test_peer_smoke(tmp_path: Path) -> None:
     """peer.py --smoke installs signalr-async (its pinned version, in bench/.peer-venv)
     and measures it beside txsignalr and the floor; a peer it could not install or run
