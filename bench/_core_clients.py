@@ -11,6 +11,10 @@ ASP.NET Core benchmark clients that run on Twisted, each in a child process of
   treq poll loop; each splits the records (on ``0x1e``, or by varint length) and decodes
   each with orjson / ormsgpack, counting the Invocations (or StreamItems).  Negotiate
   and handshake happen before the clock starts, as for txsignalr.
+* ``floor_echo_main`` / ``txsignalr_invoke_main`` (``invoke.py``): the invoke round
+  trip, a bare autobahn client encoding each ``Echo`` Invocation and decoding its
+  Completion, against ``await conn.invoke("Echo", x)`` over each transport.
+* ``txsignalr_idle_main`` (``connections.py``): N started Core connections held idle.
 * ``decode_main``: no I/O at all, the cheapest decode of the same pre-encoded records
   in a tight loop (``orjson.loads`` / ``ormsgpack.unpackb`` per record).
 """
@@ -22,8 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from _common import ECHO_VALUE
 from _core_server import RS, item_record, split_records, tick_record, varint
-from _twclients import CHEAPEST_OPTIONS, _cpu, _Meter
+from _twclients import CHEAPEST_OPTIONS, _cpu, _idle_run, _latencies, _Meter
 
 try:
     import ormsgpack
@@ -285,3 +290,156 @@ async def decode_main(reactor: Any, n: int, protocol: str, mode: str) -> dict[st
         "calls_per_s": n / span if span > 0 else None,
         "cpu_us_per_call": (cpu1 - cpu0) / n * 1e6,
     }
+
+
+# --------------------------------------------------------------------- invoke
+
+
+def _echo_invocation(protocol: str, invocation_id: int) -> bytes:
+    """One framed ``Echo(ECHO_VALUE)`` Invocation, as a client encodes it."""
+    if protocol == "json":
+        return (
+            orjson.dumps(
+                {
+                    "type": 1,
+                    "invocationId": str(invocation_id),
+                    "target": "Echo",
+                    "arguments": [ECHO_VALUE],
+                }
+            )
+            + RS
+        )
+    body = ormsgpack.packb([1, {}, str(invocation_id), "Echo", [ECHO_VALUE], []])
+    return varint(len(body)) + body
+
+
+async def floor_echo_main(
+    reactor: Any, url: str, n: int, warmup: int, protocol: str
+) -> dict[str, Any]:
+    """Bare autobahn: negotiate and handshake, then encode each ``Echo`` Invocation,
+    send it, wait for its Completion and decode it (the Core invoke floor)."""
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet.defer import Deferred
+
+    http, pool = _http(reactor)
+    conn_url = await _negotiate(http, url)
+    await pool.closeCachedConnections()
+    opened: Deferred[Any] = Deferred()
+    waiting: list[Deferred[Any]] = []
+    if protocol == "json":
+
+        def decode(payload: bytes) -> Any:
+            return orjson.loads(payload[:-1])["result"]
+
+    else:
+
+        def decode(payload: bytes) -> Any:
+            return ormsgpack.unpackb(split_records(payload, "messagepack")[0][0])[4]
+
+    class Echo(WebSocketClientProtocol):
+        started = False
+
+        def onOpen(self) -> None:
+            self.sendMessage(HANDSHAKE[protocol])
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            if not self.started:
+                self.started = True  # the handshake answer, {}\x1e
+                opened.callback(self)
+            elif waiting:
+                waiting.pop().callback(decode(payload))
+
+    ws_url = "ws" + conn_url[4:]
+    factory = WebSocketClientFactory(ws_url)
+    factory.protocol = Echo
+    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
+    parts = urlsplit(ws_url)
+    reactor.connectTCP(parts.hostname, parts.port, factory)
+    proto = await opened
+    binary = protocol != "json"
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    cpu0 = _cpu()
+    for i in range(warmup + n):
+        if i == warmup:
+            cpu0 = _cpu()
+        t0 = clock()
+        d: Deferred[Any] = Deferred()
+        waiting.append(d)
+        proto.sendMessage(_echo_invocation(protocol, i), isBinary=binary)
+        result = await d
+        t1 = clock()
+        if i >= warmup:
+            samples.append(t1 - t0)
+    cpu = _cpu() - cpu0
+    assert result == ECHO_VALUE, result
+    proto.sendClose()
+    return _latencies(samples, cpu) | {"transport_in_use": "webSockets", "hub_protocol": protocol}
+
+
+async def txsignalr_invoke_main(
+    reactor: Any, url: str, n: int, warmup: int, protocol: str, transport: str
+) -> dict[str, Any]:
+    """txsignalr: ``await conn.invoke("Echo", x)``, one at a time, over ``transport``
+    (over SSE and long polling each Invocation is its own ``POST`` and the Completion
+    comes back on the receive channel)."""
+    from txsignalr import HubConnection
+
+    conn = HubConnection(
+        reactor,
+        url,
+        protocol="core",
+        hub_protocol=protocol,
+        transports=[transport],
+        reconnect_delay=None,
+    )
+    await conn.start()
+    in_use, hub_protocol = conn.transport, conn.hub_protocol
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    cpu0 = _cpu()
+    result = None
+    for i in range(warmup + n):
+        if i == warmup:
+            cpu0 = _cpu()
+        t0 = clock()
+        result = await conn.invoke("Echo", ECHO_VALUE)
+        t1 = clock()
+        if i >= warmup:
+            samples.append(t1 - t0)
+    cpu = _cpu() - cpu0
+    assert result == ECHO_VALUE, result
+    await conn.stop()
+    out = _latencies(samples, cpu)
+    out["transport_in_use"] = None if in_use is None else in_use.value
+    out["hub_protocol"] = hub_protocol
+    return out
+
+
+# --------------------------------------------------------------------- idle
+
+
+async def txsignalr_idle_main(
+    reactor: Any, url: str, n: int, concurrency: int, idle: float, protocol: str, transport: str
+) -> dict[str, Any]:
+    """N started Core HubConnections over ``transport``, each with one handler."""
+    from txsignalr import HubConnection
+
+    conns: list[Any] = []
+
+    def noop(*args: Any) -> None:
+        pass
+
+    async def one() -> None:
+        conn = HubConnection(
+            reactor,
+            url,
+            protocol="core",
+            hub_protocol=protocol,
+            transports=[transport],
+        )
+        conn.on("tick", noop)
+        await conn.start()
+        conns.append(conn)
+
+    return await _idle_run(reactor, n, concurrency, idle, one)

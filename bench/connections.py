@@ -10,7 +10,12 @@ and the CPU the process uses while they sit idle (keep-alive timers).
 * ``txsignalr``: started ``HubConnection`` objects over WebSockets, one hub proxy
   and handler each;
 * ``txsignalr serverSentEvents`` / ``txsignalr longPolling``: the same over the other
-  transports (at the smallest N only, unless ``--all-transports-at-every-n``).
+  transports (at the smallest N only, unless ``--all-transports-at-every-n``);
+* ``core <hub protocol> <transport>``: started ASP.NET Core ``HubConnection``
+  objects, one handler each, against ``_core_server.CoreBenchServer``'s ``idle``
+  scenario (a Ping every 15 s on WebSockets and SSE, long polls held 90 s): JSON over
+  every transport and MessagePack over WebSockets at the smallest N, JSON over
+  WebSockets at every N (``--no-core`` skips them).
 
 Round trips to open one classic connection (each ``HubConnection`` owns a treq
 ``HTTPConnectionPool(persistent=True)``, Twisted's default ``maxPersistentPerHost``
@@ -26,7 +31,13 @@ of 2, and closes its idle pooled sockets once started):
   ``GET /start``; then the first ``POST /poll``, held by the server: 3 round trips
   before started, plus the poll.
 
-The server sends ``{}`` keep-alives every 10 s (negotiate ``KeepAliveTimeout`` 20 s)
+Round trips to open one Core connection: ``POST /negotiate?negotiateVersion=1``;
+the transport's connect (the WebSocket upgrade, the event stream, or the first poll,
+which the server answers at once); the handshake (sent as the first WebSocket
+message, or ``POST``-ed over SSE and long polling) and its answer: 3 round trips on
+every transport (long polling then holds the next poll).
+
+The classic server sends ``{}`` keep-alives every 10 s (negotiate ``KeepAliveTimeout`` 20 s)
 and keeps HTTP connections alive as long as the client wants, like a real server.
 
     python bench/connections.py [--smoke] [--n CONNECTIONS]
@@ -50,8 +61,16 @@ from _common import (
     table,
     write_results,
 )
+from _core_server import CoreBenchServer
 
 NAME = "connections"
+#: (hub protocol, transport) of the ASP.NET Core rows.
+CORE_ROWS = [
+    ("json", "webSockets"),
+    ("json", "serverSentEvents"),
+    ("json", "longPolling"),
+    ("messagepack", "webSockets"),
+]
 
 
 def _args() -> Any:
@@ -63,7 +82,9 @@ def _args() -> Any:
         action="store_true",
         help="run serverSentEvents and longPolling at every N, not only the smallest",
     )
+    p.add_argument("--no-core", action="store_true", help="skip the ASP.NET Core rows")
     p.add_argument("--transport", choices=TRANSPORTS, default="webSockets", help=SUPPRESS)
+    p.add_argument("--hub-protocol", default="", help=SUPPRESS)
     return p.parse_args()
 
 
@@ -77,14 +98,28 @@ async def parent(args: Any) -> int:
     notes = []
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
-        rows_here = [("floor", "floor", "webSockets"), ("txsignalr", "txsignalr", "webSockets")]
-        if n == sizes[0] or args.all_transports_at_every_n:
-            rows_here += [(f"txsignalr {t}", "txsignalr", t) for t in TRANSPORTS[1:]]
-        for client, child_kind, transport in rows_here:
+        every = n == sizes[0] or args.all_transports_at_every_n
+        rows_here = [
+            ("floor", "floor", "", "webSockets"),
+            ("txsignalr", "txsignalr", "", "webSockets"),
+        ]
+        if every:
+            rows_here += [(f"txsignalr {t}", "txsignalr", "", t) for t in TRANSPORTS[1:]]
+        if not args.no_core:
+            rows_here += [
+                (f"core {protocol} {t}", "txsignalr", protocol, t)
+                for protocol, t in CORE_ROWS
+                if every or (protocol, t) == ("json", "webSockets")
+            ]
+        for client, child_kind, hub_protocol, transport in rows_here:
             # HTTP keep-alive on, as a real server has it: txsignalr releases its pooled
             # HTTP connection once connected, leaving one socket per connection.
             keep_alive = True
-            server = BenchServer(http_keep_alive=keep_alive)
+            server: Any = (
+                CoreBenchServer(http_keep_alive=keep_alive)
+                if hub_protocol
+                else BenchServer(http_keep_alive=keep_alive)
+            )
             await server.start()
             try:
                 r = await run_child(
@@ -94,6 +129,8 @@ async def parent(args: Any) -> int:
                         child_kind,
                         "--transport",
                         transport,
+                        "--hub-protocol",
+                        hub_protocol,
                         "--url",
                         server.url("idle"),
                         "--n",
@@ -109,10 +146,13 @@ async def parent(args: Any) -> int:
                 await server.stop()
             r["server_http_keep_alive"] = keep_alive
             r["transport"] = transport
+            want: Any = (transport, hub_protocol) if hub_protocol else transport
+            if hub_protocol:
+                r["hub_protocol"] = hub_protocol
             seen = sorted(set(server.connects))
-            if child_kind != "floor" and "error" not in r and seen != [transport]:
-                r["error"] = f"asked for {transport}, the server saw {seen}"
-            if server.accept_errors:
+            if child_kind != "floor" and "error" not in r and seen != [want]:
+                r["error"] = f"asked for {want}, the server saw {seen}"
+            if getattr(server, "accept_errors", None):
                 r["server_accept_errors"] = server.accept_errors
                 r["server_first_accept_error"] = server.first_accept_error
             key = f"{client}@{n}"
@@ -158,6 +198,11 @@ async def parent(args: Any) -> int:
             "serverSentEvents": ["GET /negotiate", "GET /connect (init frame)", "GET /start"],
             "longPolling": ["GET /negotiate", "POST /connect (init frame)", "GET /start"],
         },
+        "core_round_trips_to_open": {
+            "webSockets": ["POST /negotiate", "WebSocket upgrade", "handshake message"],
+            "serverSentEvents": ["POST /negotiate", "GET (event stream)", "POST handshake"],
+            "longPolling": ["POST /negotiate", "GET (first poll)", "POST handshake"],
+        },
         "ratio_kib_txsignalr_vs_floor": ratio(ours, floor),
     }
     path = write_results(NAME, summary, args.json)
@@ -196,7 +241,19 @@ def child(args: Any) -> None:
     raise_fd_limit(1 << 20)
     from _twclients import child_main, floor_idle_main, txsignalr_idle_main
 
-    if args.child == "floor":
+    if args.hub_protocol:
+        import _core_clients as core
+
+        child_main(
+            core.txsignalr_idle_main,
+            args.url,
+            args.n,
+            args.concurrency,
+            args.idle,
+            args.hub_protocol,
+            args.transport,
+        )
+    elif args.child == "floor":
         child_main(floor_idle_main, args.url, args.n, args.concurrency, args.idle)
     else:
         child_main(

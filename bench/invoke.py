@@ -15,7 +15,15 @@ Rows, all in one run, each client in a child process:
   of one WebSocket frame each way;
 * ``txsignalr vs testing server`` (informational): the same calls against
   ``txsignalr.testing.SignalRServer`` with ``C3Hub`` in its own process, which adds
-  that server's hub dispatch.
+  that server's hub dispatch;
+* ``core <hub protocol> raw echo`` / ``core <hub protocol> <transport>``: ASP.NET
+  Core, against ``_core_server.CoreBenchServer``'s ``echo`` scenario (a Completion
+  whose result is the first argument).  The floor is a bare autobahn client that
+  encodes each Invocation, sends it, and decodes the Completion; txsignalr's rows are
+  ``await conn.invoke("Echo", x)`` over each transport (MessagePack not over SSE,
+  which carries text only).  Over SSE and long polling the Invocation is a ``POST``
+  and the Completion comes back on the receive channel (the event stream, or the
+  held poll), so a call costs an HTTP request plus one message received.
 
     python bench/invoke.py [--smoke] [--n CALLS]
 """
@@ -47,6 +55,18 @@ NAME = "invoke"
 CLASSIC_ROWS = [("raw echo", "floor", "webSockets")] + [
     ("txsignalr" if t == "webSockets" else f"txsignalr {t}", "txsignalr", t) for t in TRANSPORTS
 ]
+#: (row, child, hub protocol, transport) of the rows against the Core bench server;
+#: each txsignalr row is compared with the raw echo of its hub protocol.
+CORE_ROWS = [
+    row
+    for protocol in ("json", "messagepack")
+    for row in [(f"core {protocol} raw echo", "floor", protocol, "webSockets")]
+    + [
+        (f"core {protocol} {t}", "txsignalr", protocol, t)
+        for t in TRANSPORTS
+        if not (protocol == "messagepack" and t == "serverSentEvents")
+    ]
+]
 
 
 def _args() -> Any:
@@ -59,6 +79,8 @@ def _args() -> Any:
     p.add_argument(
         "--transport", choices=TRANSPORTS, default="webSockets", help=argparse_suppress()
     )
+    p.add_argument("--no-core", action="store_true", help="skip the ASP.NET Core rows")
+    p.add_argument("--hub-protocol", default="", help=argparse_suppress())
     return p.parse_args()
 
 
@@ -152,7 +174,9 @@ async def parent(args: Any) -> int:
             finally:
                 proc.kill()
                 await proc.wait()
-    floor = results["raw echo"].get("p50_us")
+    if not args.no_core:
+        results.update(await _core_rows(me, n, warmup, timeout))
+    classic_floor = floor = results["raw echo"].get("p50_us")
     rows = []
     notes = []
     for name, r in results.items():
@@ -160,6 +184,9 @@ async def parent(args: Any) -> int:
             rows.append([name, "n/a", "-", "-", "-", "-", "-"])
             notes.append(f"{name}: {r.get('error')}")
             continue
+        floor = classic_floor
+        if name.startswith("core "):
+            floor = results[" ".join(name.split()[:2]) + " raw echo"].get("p50_us")
         rows.append(
             [
                 name,
@@ -178,7 +205,7 @@ async def parent(args: Any) -> int:
         "smoke": args.smoke,
         "server": "bench/_common.py BenchServer echo scenario (minimal asyncio server)",
         "clients": results,
-        "ratio_p50_txsignalr_vs_raw_echo": ratio(ours, floor),
+        "ratio_p50_txsignalr_vs_raw_echo": ratio(ours, classic_floor),
         "target_ratio_p50": 1.1,
     }
     path = write_results(NAME, summary, args.json)
@@ -198,6 +225,45 @@ async def parent(args: Any) -> int:
     )
     print(f"wrote {path}")
     return 0
+
+
+async def _core_rows(me: str, n: int, warmup: int, timeout: float) -> dict[str, dict[str, Any]]:
+    """The ASP.NET Core rows, against the Core bench server's ``echo`` scenario."""
+    from _core_server import CoreBenchServer
+
+    server = CoreBenchServer()
+    await server.start()
+    url = server.url("echo")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name, child, protocol, transport in CORE_ROWS:
+            connects = len(server.connects)
+            results[name] = r = await run_child(
+                [
+                    me,
+                    "--child",
+                    child,
+                    "--url",
+                    url,
+                    "--n",
+                    str(n),
+                    "--warmup",
+                    str(warmup),
+                    "--transport",
+                    transport,
+                    "--hub-protocol",
+                    protocol,
+                ],
+                timeout,
+            )
+            seen = sorted(set(server.connects[connects:]))
+            if "error" not in r and seen != [(transport, protocol)]:
+                results[name] = {
+                    "error": f"asked for {transport}/{protocol}, the server saw {seen}"
+                }
+    finally:
+        await server.stop()
+    return results
 
 
 def serve_testing() -> None:
@@ -228,7 +294,21 @@ def serve_testing() -> None:
 def child(args: Any) -> None:
     from _twclients import child_main, floor_echo_main, txsignalr_invoke_main
 
-    if args.child == "floor":
+    if args.hub_protocol:
+        import _core_clients as core
+
+        if args.child == "floor":
+            child_main(core.floor_echo_main, args.url, args.n, args.warmup, args.hub_protocol)
+        else:
+            child_main(
+                core.txsignalr_invoke_main,
+                args.url,
+                args.n,
+                args.warmup,
+                args.hub_protocol,
+                args.transport,
+            )
+    elif args.child == "floor":
         child_main(floor_echo_main, args.url, args.n, args.warmup)
     else:
         child_main(txsignalr_invoke_main, args.url, args.n, args.warmup, args.transport)

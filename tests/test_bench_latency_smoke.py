@@ -10,18 +10,32 @@ from pathlib import Path
 
 from test_bench_smoke import positive, run_smoke
 
-INVOKE_ROWS = {
+CLASSIC_INVOKE_ROWS = {
     "raw echo",
     "txsignalr",
     "txsignalr serverSentEvents",
     "txsignalr longPolling",
     "txsignalr vs testing server",
 }
+#: (hub protocol, transport) of the ASP.NET Core rows: MessagePack is not carried by SSE.
+CORE_WIRES = [
+    ("json", "webSockets"),
+    ("json", "serverSentEvents"),
+    ("json", "longPolling"),
+    ("messagepack", "webSockets"),
+    ("messagepack", "longPolling"),
+]
+INVOKE_ROWS = (
+    CLASSIC_INVOKE_ROWS
+    | {f"core {p} {t}" for p, t in CORE_WIRES}
+    | {"core json raw echo", "core messagepack raw echo"}
+)
 
 
 def test_invoke_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
     """invoke.py --smoke gives p50/p90/p99 for the raw echo and txsignalr over each
-    transport, each row over the transport it asked for."""
+    transport, classic and ASP.NET Core (JSON and MessagePack), each row over the
+    transport and hub protocol it asked for (the script checks what the server saw)."""
     data = run_smoke("invoke", tmp_path, timeout=180)
     assert set(data["clients"]) == INVOKE_ROWS
     for name, client in data["clients"].items():
@@ -34,6 +48,9 @@ def test_invoke_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
         assert data["clients"][f"txsignalr {transport}"]["transport_in_use"] == transport
     assert data["clients"]["txsignalr"]["transport_in_use"] == "webSockets"
     assert positive(data["ratio_p50_txsignalr_vs_raw_echo"])
+    for protocol, transport in CORE_WIRES:
+        client = data["clients"][f"core {protocol} {transport}"]
+        assert (client["transport_in_use"], client["hub_protocol"]) == (transport, protocol)
 
 
 def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
@@ -46,6 +63,10 @@ def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
         "txsignalr": "webSockets",
         "txsignalr serverSentEvents": "serverSentEvents",
         "txsignalr longPolling": "longPolling",
+        "core json webSockets": "webSockets",
+        "core json serverSentEvents": "serverSentEvents",
+        "core json longPolling": "longPolling",
+        "core messagepack webSockets": "webSockets",
     }
     assert set(data["clients"]) == {f"{name}@{n}" for name in rows}
     for name, transport in rows.items():
@@ -63,5 +84,7 @@ def test_connections_smoke_has_a_row_per_transport(tmp_path: Path) -> None:
         ):
             assert positive(client[key]), (name, key, client)
         assert isinstance(client["kib_per_connection"], float)
+        if name.startswith("core "):
+            assert client["hub_protocol"] == name.split()[1]
     assert set(data["round_trips_to_open"]) == {"webSockets", "serverSentEvents", "longPolling"}
     assert positive(data["target_connections_per_s"])
