@@ -12,6 +12,7 @@ from typing import Any, Final, Protocol
 from txsignalr import _core_msgpack as _mp
 from txsignalr import _core_protocol as _json
 from txsignalr._core_protocol import _NO_RESULT, HubMessage, PlainCall
+from txsignalr.errors import ProtocolError
 
 __all__ = ["HUB_PROTOCOLS", "JSON", "MESSAGEPACK", "HubCodec", "Splitter", "hub_codec"]
 
@@ -54,6 +55,15 @@ class HubCodec(Protocol):
 
     def parse_plain(self, record: bytes) -> HubMessage | PlainCall | None:
         """:meth:`parse`, with a plain non-blocking call as ``(target, arguments)``."""
+
+    def parse_plain_many(
+        self, records: list[bytes], out: list[HubMessage | ProtocolError | PlainCall]
+    ) -> None:
+        """
+        :meth:`parse_plain` of each record, appended to ``out`` in order; a record
+        that is not valid appends its :class:`~txsignalr.errors.ProtocolError`, and
+        messages a client ignores append nothing.
+        """
 
     def encode_invocation(
         self,
@@ -98,6 +108,7 @@ class _JsonCodec:
 
     parse = staticmethod(_json.parse_record)
     parse_plain = staticmethod(_json.parse_record_plain)
+    parse_plain_many = staticmethod(_json.parse_records_plain)
     encode_invocation = staticmethod(_json.encode_invocation)
     encode_stream_invocation = staticmethod(_json.encode_stream_invocation)
     encode_stream_item = staticmethod(_json.encode_stream_item)
@@ -123,6 +134,7 @@ class _MessagePackCodec:
 
     parse = staticmethod(_mp.parse_body)
     parse_plain = staticmethod(_mp.parse_body_plain)
+    parse_plain_many = staticmethod(_mp.parse_bodies_plain)
     encode_invocation = staticmethod(_mp.encode_invocation)
     encode_stream_invocation = staticmethod(_mp.encode_stream_invocation)
     encode_stream_item = staticmethod(_mp.encode_stream_item)

@@ -450,6 +450,25 @@ def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
         raise
 
 
+def parse_bodies_plain(
+    bodies: list[bytes], out: list[HubMessage | ProtocolError | PlainCall]
+) -> None:
+    """
+    :func:`parse_body_plain` of each body, appended to ``out`` in order, a
+    :class:`~txsignalr.errors.ProtocolError` included (the others are still read);
+    messages a client ignores add nothing.
+    """
+    append = out.append
+    for body in bodies:
+        try:
+            message = parse_body_plain(body)
+        except ProtocolError as e:
+            append(e)
+            continue
+        if message is not None:
+            append(message)
+
+
 def parse_body(body: bytes) -> HubMessage | None:
     """
     Decode one message body (without its length prefix) and build its message value.

@@ -28,7 +28,7 @@ from txsignalr._core_negotiate import (
     negotiate_url,
     parse_core_negotiate,
 )
-from txsignalr._protocol import _JSONError, decode_frame, dumps, loads
+from txsignalr._protocol import _JSONError, _loads, decode_frame, dumps, loads, not_json
 from txsignalr.errors import HandshakeError, MessageTooLarge, ProtocolError
 
 __all__ = [
@@ -492,6 +492,39 @@ def parse_record_plain(record: bytes) -> HubMessage | PlainCall | None:
             if type(args) is list:
                 return target, args
     return parse_message(obj)
+
+
+def parse_records_plain(
+    records: list[bytes], out: list[HubMessage | ProtocolError | PlainCall]
+) -> None:
+    """
+    :func:`parse_record_plain` of each record, in one loop: what each gives is appended
+    to ``out`` in order, a :class:`~txsignalr.errors.ProtocolError` included (the
+    record is skipped and the others are still read); messages a client ignores add
+    nothing.
+    """
+    append = out.append
+    for record in records:
+        try:
+            obj = _loads(record)
+        except _JSONError as e:
+            append(not_json(e, record))
+            continue
+        if type(obj) is dict and len(obj) == 3:
+            kind = obj.get("type")
+            target = obj.get("target")
+            args = obj.get("arguments")
+            if kind == 1 and type(kind) is int and type(target) is str and target:
+                if type(args) is list:
+                    append((target, args))
+                    continue
+        try:
+            message = parse_message(obj)
+        except ProtocolError as e:
+            append(e)
+            continue
+        if message is not None:
+            append(message)
 
 
 def parse_record(record: bytes) -> HubMessage | None:

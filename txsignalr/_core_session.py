@@ -354,16 +354,7 @@ class CoreSession:
             out.append(response)
             if not data:
                 return out
-        parse = self.codec.parse_plain
-        append = out.append
-        for record in self._splitter.feed(data):
-            try:
-                message = parse(record)
-            except ProtocolError as e:
-                append(e)
-                continue
-            if message is not None:
-                append(message)
+        self.codec.parse_plain_many(self._splitter.feed(data), out)  # type: ignore[arg-type]
         return out
 
     # -- sending

@@ -361,7 +361,12 @@ def decode_frame(data: bytes | str) -> Any:
     try:
         return _loads(data)
     except _JSONError as e:
-        raise ProtocolError(f"frame is not valid JSON ({e})", _text(data)) from None
+        raise not_json(e, data) from None
+
+
+def not_json(error: Exception, data: bytes | str) -> ProtocolError:
+    """The error for received bytes the JSON decoder refused with ``error``."""
+    return ProtocolError(f"frame is not valid JSON ({error})", _text(data))
 
 
 def frame_from_json(obj: Any, data: bytes | str) -> Frame:
