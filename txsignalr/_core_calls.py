@@ -134,6 +134,18 @@ class CoreCalls:
         else:
             call.callback(message.result)
 
+    def plain_lane(
+        self,
+    ) -> tuple[dict[str, dict[str, list[Any]]], str, Callable[[list[Any], Any, str, str], None]]:
+        """
+        What the receive loop needs to call plain calls' handlers without a function
+        call of its own per call: the router's route cache, the hub's name, and the
+        router's ``call_handlers(handlers, arguments, hub, target)``.  A call whose
+        route is not cached, or has no handler, goes to :meth:`plain_call`.
+        """
+        router = self._router
+        return router.routes, self._hub, router.call_handlers
+
     def plain_call(self, target: str, arguments: list[Any]) -> None:
         """A non-blocking call from the receive path's fast lane (no Invocation value)."""
         if not self._router.call(self._hub, target, arguments):

@@ -354,6 +354,7 @@ class CoreEngine:
         connected = self._connected()
         calls = self.calls
         buffer = calls.buffer
+        routes, hub, call_handlers = calls.plain_lane()
         for message in messages:
             kind = type(message)
             if kind is tuple:
@@ -361,7 +362,12 @@ class CoreEngine:
                 # when nothing else has to see it first
                 target, arguments = message  # type: ignore[misc]
                 if connected and buffer is None:
-                    calls.plain_call(target, arguments)
+                    route = routes.get(hub)
+                    handlers = None if route is None else route.get(target)
+                    if handlers:
+                        call_handlers(handlers, arguments, hub, target)
+                    else:
+                        calls.plain_call(target, arguments)  # routes it, or warns
                     if transport is not self.link.transport:
                         return
                     continue

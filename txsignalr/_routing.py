@@ -164,6 +164,16 @@ class Router:
         self._log = log
         self._on_error = on_error
 
+    @property
+    def routes(self) -> dict[str, dict[str, list[Handler]]]:
+        """
+        The route cache (server hub spelling -> server method spelling -> handlers),
+        for a receive loop that looks its handlers up itself.  It is cleared in place
+        when handlers change, so look the hub up again for every call: a handler may
+        add or remove handlers.  A miss is :meth:`call`'s to fill.
+        """
+        return self._routes
+
     def add(self, proxy: HubProxy) -> None:
         """Register a new proxy."""
         self.proxies[proxy.name.lower()] = proxy
