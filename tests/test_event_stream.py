@@ -80,3 +80,49 @@ def test_an_event_in_many_chunks_is_reassembled() -> None:
     stream = b"data: " + body + b"\n\n"
     chunks = [stream[i : i + 1000] for i in range(0, len(stream), 1000)]
     assert feed_all(EventStreamParser(), chunks) == [body]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def transport_opened(self, transport: object) -> None:
+        pass
+
+    def data_received(self, transport: object, data: bytes) -> None:
+        self.messages.append(data)
+
+    def transport_lost(self, transport: object, reason: object) -> None:
+        raise AssertionError(f"lost: {reason}")
+
+
+@pytest.mark.parametrize("join", [False, True])
+def test_one_read_of_events_is_one_message_when_the_family_joins_them(join: bool) -> None:
+    """ASP.NET Core's events carry a byte stream of records: the events of one read go
+    to the sink as one message (one dispatch per read, not per event), in order and
+    with nothing lost; classic's events are frames, one message each."""
+    from http.cookiejar import CookieJar
+
+    from twisted.internet.task import Clock
+
+    from txsignalr import Transport
+    from txsignalr._http import HttpSession
+    from txsignalr._sse import ServerSentEventsTransport
+    from txsignalr._transport import TransportRequest
+
+    clock = Clock()
+    request = TransportRequest(
+        Transport.server_sent_events, "http://127.0.0.1:1/hub", join_events=join
+    )
+    sink = _Sink()
+    http = HttpSession(clock, {}, CookieJar(), None, None, 5.0)
+    transport = ServerSentEventsTransport(clock, request, http, sink)  # type: ignore[arg-type]
+    events = [b'{"type":1,"target":"t","arguments":[%d]}\x1e' % i for i in range(5)]
+    wire = b"".join(b"data: " + e + b"\r\n\r\n" for e in events)
+    transport.stream_data(wire[:100])  # part of the stream: whole events only go on
+    transport.stream_data(wire[100:])
+    assert b"".join(sink.messages) == b"".join(events)
+    if join:
+        assert len(sink.messages) == 2  # one message per read that completed events
+    else:
+        assert sink.messages == events

@@ -266,7 +266,7 @@ class CoreSession:
             )
         body = self._binary_body if binary else _text_body
         if transport is Transport.server_sent_events:
-            return TransportRequest(transport, url, url, body, max_size=chunk)
+            return TransportRequest(transport, url, url, body, max_size=chunk, join_events=True)
         return TransportRequest(
             transport,
             url,

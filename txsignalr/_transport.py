@@ -54,6 +54,9 @@ class TransportRequest:
         :class:`~txsignalr.MessageTooLarge` as the cause.
     :ivar frame_binary: WebSockets: whether a message goes as a binary frame
         (``None``: every message is a text frame).
+    :ivar join_events: Server-Sent Events: hand the sink the events of one read as one
+        message, their data joined, for a family whose events carry a byte stream of
+        records (ASP.NET Core) rather than a frame each (classic).
     """
 
     transport: Transport
@@ -65,6 +68,7 @@ class TransportRequest:
     poll_method: str = "POST"
     max_size: int = DEFAULT_MAX_RECEIVE_SIZE
     frame_binary: Callable[[bytes], bool] | None = None
+    join_events: bool = False
 
 
 class TransportSink(Protocol):
