@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import orjson
 from _common import ECHO_VALUE
 from _core_server import RS, item_record, split_records, tick_record, varint
-from _twclients import CHEAPEST_OPTIONS, _cpu, _idle_run, _latencies, _Meter
+from _twclients import CHEAPEST_OPTIONS, _cpu, _idle_run, _Meter, timed_calls
 
 try:
     import ormsgpack
@@ -98,9 +98,22 @@ async def _negotiate(http: Any, url: str) -> str:
     return f"{url}?id={token}"
 
 
+def _open_ws(reactor: Any, conn_url: str, protocol: Any) -> None:
+    """Connect a bare autobahn ``protocol`` class, with the cheapest options, to the
+    negotiated connection URL."""
+    from autobahn.twisted.websocket import WebSocketClientFactory
+
+    ws_url = "ws" + conn_url[4:]
+    factory = WebSocketClientFactory(ws_url)
+    factory.protocol = protocol
+    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
+    parts = urlsplit(ws_url)
+    reactor.connectTCP(parts.hostname, parts.port, factory)
+
+
 async def floor_ws_main(reactor: Any, url: str, n: int, protocol: str, kind: int) -> dict[str, Any]:
     """Bare autobahn: handshake, then split each message's records and decode them."""
-    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.defer import Deferred
 
     http, pool = _http(reactor)
@@ -138,12 +151,7 @@ async def floor_ws_main(reactor: Any, url: str, n: int, protocol: str, kind: int
             if meter.done.called:
                 self.sendClose()
 
-    ws_url = "ws" + conn_url[4:]
-    factory = WebSocketClientFactory(ws_url)
-    factory.protocol = Floor
-    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
-    parts = urlsplit(ws_url)
-    reactor.connectTCP(parts.hostname, parts.port, factory)
+    _open_ws(reactor, conn_url, Floor)
     await handshaken
     await meter.done
     return meter.result() | {"transport_in_use": "webSockets", "hub_protocol": protocol}
@@ -318,7 +326,7 @@ async def floor_echo_main(
 ) -> dict[str, Any]:
     """Bare autobahn: negotiate and handshake, then encode each ``Echo`` Invocation,
     send it, wait for its Completion and decode it (the Core invoke floor)."""
-    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.defer import Deferred
 
     http, pool = _http(reactor)
@@ -349,32 +357,20 @@ async def floor_echo_main(
             elif waiting:
                 waiting.pop().callback(decode(payload))
 
-    ws_url = "ws" + conn_url[4:]
-    factory = WebSocketClientFactory(ws_url)
-    factory.protocol = Echo
-    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
-    parts = urlsplit(ws_url)
-    reactor.connectTCP(parts.hostname, parts.port, factory)
+    _open_ws(reactor, conn_url, Echo)
     proto = await opened
     binary = protocol != "json"
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    cpu0 = _cpu()
-    for i in range(warmup + n):
-        if i == warmup:
-            cpu0 = _cpu()
-        t0 = clock()
+
+    def call(i: int) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         waiting.append(d)
         proto.sendMessage(_echo_invocation(protocol, i), isBinary=binary)
-        result = await d
-        t1 = clock()
-        if i >= warmup:
-            samples.append(t1 - t0)
-    cpu = _cpu() - cpu0
-    assert result == ECHO_VALUE, result
+        return d
+
+    out = await timed_calls(call, n, warmup)
+    assert out.pop("last") == ECHO_VALUE, out
     proto.sendClose()
-    return _latencies(samples, cpu) | {"transport_in_use": "webSockets", "hub_protocol": protocol}
+    return out | {"transport_in_use": "webSockets", "hub_protocol": protocol}
 
 
 async def txsignalr_invoke_main(
@@ -395,22 +391,9 @@ async def txsignalr_invoke_main(
     )
     await conn.start()
     in_use, hub_protocol = conn.transport, conn.hub_protocol
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    cpu0 = _cpu()
-    result = None
-    for i in range(warmup + n):
-        if i == warmup:
-            cpu0 = _cpu()
-        t0 = clock()
-        result = await conn.invoke("Echo", ECHO_VALUE)
-        t1 = clock()
-        if i >= warmup:
-            samples.append(t1 - t0)
-    cpu = _cpu() - cpu0
-    assert result == ECHO_VALUE, result
+    out = await timed_calls(lambda i: conn.invoke("Echo", ECHO_VALUE), n, warmup)
+    assert out.pop("last") == ECHO_VALUE, out
     await conn.stop()
-    out = _latencies(samples, cpu)
     out["transport_in_use"] = None if in_use is None else in_use.value
     out["hub_protocol"] = hub_protocol
     return out

@@ -169,6 +169,24 @@ def _latencies(samples_ns: list[int], cpu_s: float) -> dict[str, Any]:
     }
 
 
+async def timed_calls(call: Callable[[int], Any], n: int, warmup: int) -> dict[str, Any]:
+    """``await call(i)`` for ``warmup + n`` calls, one at a time; the latencies of the
+    last ``n`` and the client's CPU over them, plus ``"last"``, the last result."""
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    cpu0 = _cpu()
+    result = None
+    for i in range(warmup + n):
+        if i == warmup:
+            cpu0 = _cpu()
+        t0 = clock()
+        result = await call(i)
+        t1 = clock()
+        if i >= warmup:
+            samples.append(t1 - t0)
+    return _latencies(samples, _cpu() - cpu0) | {"last": result}
+
+
 async def floor_echo_main(reactor: Any, url: str, n: int, warmup: int) -> dict[str, Any]:
     """Bare autobahn: send the encoded invocation, wait for the echo, decode it."""
     from autobahn.twisted.websocket import WebSocketClientProtocol
@@ -186,23 +204,18 @@ async def floor_echo_main(reactor: Any, url: str, n: int, warmup: int) -> dict[s
 
     _connect_raw(reactor, url, Echo)
     proto = await opened
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    for i in range(warmup + n):
-        if i == warmup:
-            cpu0 = _cpu()
-        t0 = clock()
+
+    def call(i: int) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         waiting.append(d)
         proto.sendMessage(jdumps({"H": HUB, "M": "Echo", "A": [ECHO_VALUE], "I": i}))
-        reply = await d
-        t1 = clock()
-        if i >= warmup:
-            samples.append(t1 - t0)
-    cpu = _cpu() - cpu0
+        return d
+
+    out = await timed_calls(call, n, warmup)
+    reply = out.pop("last")
     assert reply["A"] == [ECHO_VALUE], reply
     proto.sendClose()
-    return _latencies(samples, cpu)
+    return out
 
 
 async def txsignalr_invoke_main(
@@ -216,21 +229,10 @@ async def txsignalr_invoke_main(
     conn = HubConnection(reactor, url, transports=[transport])
     hub = conn.hub(HUB)
     await conn.start()
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    for i in range(warmup + n):
-        if i == warmup:
-            cpu0 = _cpu()
-        t0 = clock()
-        result = await hub.invoke("Echo", ECHO_VALUE)
-        t1 = clock()
-        if i >= warmup:
-            samples.append(t1 - t0)
-    cpu = _cpu() - cpu0
-    assert result == ECHO_VALUE, result
+    out = await timed_calls(lambda i: hub.invoke("Echo", ECHO_VALUE), n, warmup)
+    assert out.pop("last") == ECHO_VALUE, out
     in_use = conn.transport
     await conn.stop()
-    out = _latencies(samples, cpu)
     out["transport_in_use"] = None if in_use is None else in_use.value
     return out
 

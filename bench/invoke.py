@@ -128,22 +128,7 @@ async def parent(args: Any) -> int:
     try:
         for name, child, transport in CLASSIC_ROWS:
             connects = len(server.connects)
-            results[name] = r = await run_child(
-                [
-                    me,
-                    "--child",
-                    child,
-                    "--url",
-                    url,
-                    "--n",
-                    str(n),
-                    "--warmup",
-                    str(warmup),
-                    "--transport",
-                    transport,
-                ],
-                timeout,
-            )
+            results[name] = r = await _run(me, child, url, n, warmup, timeout, transport)
             seen = sorted(set(server.connects[connects:]))
             if child != "floor" and "error" not in r and seen != [transport]:
                 results[name] = {"error": f"asked for {transport}, the server saw {seen}"}
@@ -157,20 +142,7 @@ async def parent(args: Any) -> int:
             results[name] = {"error": str(e)}
         else:
             try:
-                results[name] = await run_child(
-                    [
-                        me,
-                        "--child",
-                        "txsignalr",
-                        "--url",
-                        turl,
-                        "--n",
-                        str(n),
-                        "--warmup",
-                        str(warmup),
-                    ],
-                    timeout,
-                )
+                results[name] = await _run(me, "txsignalr", turl, n, warmup, timeout)
             finally:
                 proc.kill()
                 await proc.wait()
@@ -227,6 +199,17 @@ async def parent(args: Any) -> int:
     return 0
 
 
+async def _run(
+    me: str, child: str, url: str, n: int, warmup: int, timeout: float, *extra: str
+) -> dict[str, Any]:
+    """One client child: ``child`` (floor or txsignalr) against ``url``, with the
+    transport (and more options) in ``extra``."""
+    args = [me, "--child", child, "--url", url, "--n", str(n), "--warmup", str(warmup)]
+    if extra:
+        args += ["--transport", *extra]
+    return await run_child(args, timeout)
+
+
 async def _core_rows(me: str, n: int, warmup: int, timeout: float) -> dict[str, dict[str, Any]]:
     """The ASP.NET Core rows, against the Core bench server's ``echo`` scenario."""
     from _core_server import CoreBenchServer
@@ -238,23 +221,8 @@ async def _core_rows(me: str, n: int, warmup: int, timeout: float) -> dict[str, 
     try:
         for name, child, protocol, transport in CORE_ROWS:
             connects = len(server.connects)
-            results[name] = r = await run_child(
-                [
-                    me,
-                    "--child",
-                    child,
-                    "--url",
-                    url,
-                    "--n",
-                    str(n),
-                    "--warmup",
-                    str(warmup),
-                    "--transport",
-                    transport,
-                    "--hub-protocol",
-                    protocol,
-                ],
-                timeout,
+            results[name] = r = await _run(
+                me, child, url, n, warmup, timeout, transport, "--hub-protocol", protocol
             )
             seen = sorted(set(server.connects[connects:]))
             if "error" not in r and seen != [(transport, protocol)]:
