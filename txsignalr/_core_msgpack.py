@@ -33,6 +33,7 @@ from txsignalr._core_protocol import (
     Sequence,
     StreamInvocation,
     StreamItem,
+    parse_one,
 )
 from txsignalr.errors import MessageTooLarge, ProtocolError
 
@@ -409,64 +410,63 @@ def parse_body_plain(body: bytes) -> HubMessage | PlainCall | None:
     tuple without building its :class:`Invocation` (also with .NET's empty sixth
     element, the stream ids).
     """
-    try:
-        m = _unpackb(body, ext_hook=_ext_hook, option=_UNPACK)
-    except (ValueError, TypeError) as e:
-        raise ProtocolError(f"a received message is not MessagePack ({e})", body[:200]) from None
-    if type(m) is not list or not m:
-        raise ProtocolError("Invalid payload.", m)
-    # .NET writes 6 elements (StreamIds [] when none), Microsoft's TS code 5: unpacked
-    # straight into names (no slice), the cheapest tests first
-    size = len(m)
-    if size == 5:
-        kind, headers, invocation_id, target, args = m
-    elif size == 6:
-        kind, headers, invocation_id, target, args, streams = m
-        if streams != []:
-            kind = None
-    else:
-        kind = None
-    if (
-        kind == 1
-        and invocation_id is None
-        and type(target) is str
-        and type(args) is list
-        and type(headers) is dict
-        and not headers
-        and target
-        and type(kind) is int
-    ):
-        return target, args
-    kind = m[0]
-    if type(kind) is not int:
-        raise ProtocolError("Invalid payload.", m)
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        return None
-    try:
-        return parser(m)
-    except ProtocolError as e:
-        e.message_type = kind
-        raise
+    return parse_one(parse_bodies_plain, body)
 
 
 def parse_bodies_plain(
     bodies: list[bytes], out: list[HubMessage | ProtocolError | PlainCall]
 ) -> None:
     """
-    :func:`parse_body_plain` of each body, appended to ``out`` in order, a
-    :class:`~txsignalr.errors.ProtocolError` included (the others are still read);
-    messages a client ignores add nothing.
+    :func:`parse_body_plain` of each body, in one loop: what each gives is appended to
+    ``out`` in order, a :class:`~txsignalr.errors.ProtocolError` included (the body is
+    skipped and the others are still read); messages a client ignores add nothing.
     """
     append = out.append
+    unpackb, hook, option = _unpackb, _ext_hook, _UNPACK
     for body in bodies:
         try:
-            message = parse_body_plain(body)
-        except ProtocolError as e:
-            append(e)
+            m = unpackb(body, ext_hook=hook, option=option)
+        except (ValueError, TypeError) as e:
+            append(ProtocolError(f"a received message is not MessagePack ({e})", body[:200]))
             continue
-        if message is not None:
-            append(message)
+        if type(m) is not list or not m:
+            append(ProtocolError("Invalid payload.", m))
+            continue
+        # .NET writes 6 elements (StreamIds [] when none), Microsoft's TS code 5:
+        # unpacked straight into names (no slice), the cheapest tests first
+        size = len(m)
+        if size == 5:
+            kind, headers, invocation_id, target, args = m
+        elif size == 6:
+            kind, headers, invocation_id, target, args, streams = m
+            if streams != []:
+                kind = None
+        else:
+            kind = None
+        if (
+            kind == 1
+            and invocation_id is None
+            and type(target) is str
+            and type(args) is list
+            and type(headers) is dict
+            and not headers
+            and target
+            and type(kind) is int
+        ):
+            append((target, args))
+            continue
+        kind = m[0]
+        if type(kind) is not int:
+            append(ProtocolError("Invalid payload.", m))
+            continue
+        parser = _PARSERS.get(kind)
+        if parser is None:
+            continue
+        try:
+            append(parser(m))
+        except ProtocolError as e:
+            e.message_type = kind
+            append(e)
 
 
 def parse_body(body: bytes) -> HubMessage | None:

@@ -28,7 +28,7 @@ from txsignalr._core_negotiate import (
     negotiate_url,
     parse_core_negotiate,
 )
-from txsignalr._protocol import _JSONError, _loads, decode_frame, dumps, loads, not_json
+from txsignalr._protocol import _JSONError, _loads, dumps, loads, not_json
 from txsignalr.errors import HandshakeError, MessageTooLarge, ProtocolError
 
 __all__ = [
@@ -483,15 +483,23 @@ def parse_record_plain(record: bytes) -> HubMessage | PlainCall | None:
     ``{"type":1,"target":…,"arguments":[…]}`` with nothing else, comes back as a
     ``(target, arguments)`` tuple without building its :class:`Invocation`.
     """
-    obj = decode_frame(record)
-    if type(obj) is dict and len(obj) == 3:
-        kind = obj.get("type")
-        target = obj.get("target")
-        args = obj.get("arguments")
-        if kind == 1 and type(kind) is int and type(target) is str and target:
-            if type(args) is list:
-                return target, args
-    return parse_message(obj)
+    return parse_one(parse_records_plain, record)
+
+
+def parse_one(
+    parse_many: Callable[[list[bytes], list[HubMessage | ProtocolError | PlainCall]], None],
+    data: bytes,
+) -> HubMessage | PlainCall | None:
+    """One record or body through a hub protocol's ``parse_plain_many``: its message,
+    ``None`` for one a client ignores; raises its :class:`ProtocolError`."""
+    out: list[HubMessage | ProtocolError | PlainCall] = []
+    parse_many([data], out)
+    if not out:
+        return None
+    message = out[0]
+    if isinstance(message, ProtocolError):
+        raise message
+    return message
 
 
 def parse_records_plain(
