@@ -5,11 +5,19 @@ only (the client's CPU per connection, in batches, to see whether it grows with
 the number of live connections).
 
     python bench/profile_connect.py [--n N] [--transport T] [--profile] [--top K]
-        [--gc-freeze]
+        [--gc-freeze] [--callgrind]
 
 ``--gc-freeze`` calls ``gc.freeze()`` after every batch in the *benchmark client*:
 a diagnosis of how much of the growth is the cyclic collector walking the live
 connections, not something the library does.
+
+``--callgrind`` runs the client under ``valgrind --tool=callgrind`` twice, with
+``--n`` and ``2 * --n`` connections (one batch each, one at a time), and prints the
+difference in instructions per connection (slow: the imports alone take about a
+minute under valgrind).  Run one at a time on a machine that is not busy: the
+transports' timeouts still run on the wall clock, and a client slowed down too much
+by other work fails connections (reported) or handles more of the server's
+keep-alives and timers per connection than it would otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ def _args() -> Any:
     p.add_argument("--types", type=int, default=0, help="show the K types that grew most")
     p.add_argument("--dump", default="", help="write the cProfile stats to this file")
     p.add_argument("--profile-last", action="store_true", help="profile only the last batch")
+    p.add_argument(
+        "--callgrind", action="store_true", help="instructions per connection under callgrind"
+    )
     return p.parse_args()
 
 
@@ -94,6 +105,11 @@ async def parent(args: Any) -> int:
         argv.append("--core")
     if args.profile_last:
         argv.append("--profile-last")
+    if args.callgrind:
+        try:
+            return await _callgrind(args, argv, n)
+        finally:
+            await server.stop()
     try:
         r = await run_child(argv, 1200.0)
     finally:
@@ -116,6 +132,42 @@ async def parent(args: Any) -> int:
         print(f"  {count / n:8.2f} {name} per connection")
     if r.get("profile"):
         print(r["profile"])
+    return 0
+
+
+async def _callgrind(args: Any, argv: list[str], n: int) -> int:
+    """Instructions per connection: two runs under callgrind, n and 2n connections."""
+    import re
+    import tempfile
+
+    # A plain run first writes the bytecode caches, whose compiling would otherwise
+    # count in whichever run under callgrind imports a module first.
+    warm = list(argv)
+    warm[warm.index("--n") + 1] = "1"
+    r = await run_child(warm, 600.0)
+    if "error" in r:
+        print(r["error"])
+        return 1
+    totals = []
+    for k in (n, 2 * n):
+        run_argv = list(argv)
+        run_argv[run_argv.index("--n") + 1] = str(k)
+        run_argv[run_argv.index("--batch") + 1] = str(k)
+        # one at a time: under valgrind many at once miss the transports' timeouts
+        run_argv[run_argv.index("--concurrency") + 1] = "1"
+        with tempfile.NamedTemporaryFile(suffix=".cg") as out:
+            cmd = ["--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable]
+            r = await run_child(cmd + run_argv, 3600.0, python="valgrind")
+            if "error" in r:
+                print(r["error"])
+                return 1
+            text = open(out.name, encoding="utf-8", errors="replace").read()
+        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        assert m, "no totals in the callgrind output"
+        totals.append(int(m.group(1)))
+    per = (totals[1] - totals[0]) / n
+    family = "Core " if args.core else ""
+    print(f"{family}{args.transport}: {per:,.0f} instructions per connection (callgrind, n={n})")
     return 0
 
 
