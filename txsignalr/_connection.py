@@ -15,6 +15,7 @@ runs under ``task.Clock``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from http.cookiejar import CookieJar
 from typing import Any, TypeVar
 
@@ -32,7 +33,12 @@ from txsignalr._classic import ClassicSession
 from txsignalr._classic_connection import ClassicEngine
 from txsignalr._core_codecs import hub_codec
 from txsignalr._core_connection import DEFAULT_CORE_RETRY_DELAYS, CoreEngine, core_policy
-from txsignalr._core_negotiate import ClassicAnswer, CoreNegotiateResponse, parse_core_negotiate
+from txsignalr._core_negotiate import (
+    ClassicAnswer,
+    CoreNegotiateResponse,
+    _with_query,
+    parse_core_negotiate,
+)
 from txsignalr._events import Observers
 from txsignalr._http import HTTPClientLike, HttpSession
 from txsignalr._link import DEFAULT_TRANSPORT_FACTORIES
@@ -267,45 +273,62 @@ class HubConnection:
         else:
             classic_delay = _classic_policy(reconnect_delay, protocol)
             core_delay = reconnect_delay
-        self._core = CoreEngine(
-            self,
-            reactor,
-            url,
-            query,
-            self._http,
-            factories,
-            log,
-            main_router,
-            self._main.name,
-            transports=self._transports,
-            access_token_factory=access_token_factory,
-            keepalive_interval=keepalive_interval,
-            server_timeout=server_timeout,
-            reconnect_policy=core_policy(core_delay),
-            max_receive_size=max_receive_size,
-            invoke_timeout=invoke_timeout,
-            skip_negotiation=skip_negotiation,
-            stop_timeout=abort_timeout,
-            codec=codec,
-            stateful_reconnect=stateful_reconnect,
-            stateful_buffer_size=stateful_buffer_size,
-        )
-        self._classic = ClassicEngine(
-            self,
-            reactor,
-            self._session,
-            self._http,
-            factories,
-            log,
-            self._router,
-            url=url,
-            transports=self._transports,
-            access_token_factory=access_token_factory,
-            reconnect_delay=classic_delay,
-            max_message_size=max_message_size,
-            invoke_timeout=invoke_timeout,
-            abort_timeout=abort_timeout,
-        )
+        policy = core_policy(core_delay)
+        if protocol != "core":
+            # What building the Core engine checks (InvalidURL), checked now although
+            # the engine is built only when the family needs it.
+            _with_query(url, query)
+
+        # Each family's engine is built on first use (see _core, _classic): a classic
+        # connection never needs the Core one, a Core one the classic one only when
+        # used before its family is known.
+        def new_core() -> CoreEngine:
+            return CoreEngine(
+                self,
+                reactor,
+                url,
+                query,
+                self._http,
+                factories,
+                log,
+                main_router,
+                self._main.name,
+                transports=self._transports,
+                access_token_factory=access_token_factory,
+                keepalive_interval=keepalive_interval,
+                server_timeout=server_timeout,
+                reconnect_policy=policy,
+                max_receive_size=max_receive_size,
+                invoke_timeout=invoke_timeout,
+                skip_negotiation=skip_negotiation,
+                stop_timeout=abort_timeout,
+                codec=codec,
+                stateful_reconnect=stateful_reconnect,
+                stateful_buffer_size=stateful_buffer_size,
+            )
+
+        def new_classic() -> ClassicEngine:
+            return ClassicEngine(
+                self,
+                reactor,
+                self._session,
+                self._http,
+                factories,
+                log,
+                self._router,
+                url=url,
+                transports=self._transports,
+                access_token_factory=access_token_factory,
+                reconnect_delay=classic_delay,
+                max_message_size=max_message_size,
+                invoke_timeout=invoke_timeout,
+                abort_timeout=abort_timeout,
+            )
+
+        self._new_core = new_core
+        self._new_classic = new_classic
+        if protocol == "core":
+            self._core = new_core()
         self._start_task: Deferred[None] | None = None
         self._stop_task: Deferred[None] | None = None
         self._connected_waiters: list[Deferred[None]] = []
@@ -313,6 +336,16 @@ class HubConnection:
         # outcome of the last session, for when_closed()
         self._closed_waiters: list[Deferred[None]] = []
         self._last_close: ConnectionClosed | None = None
+
+    @cached_property
+    def _core(self) -> CoreEngine:
+        """The ASP.NET Core engine, built on first use (then an instance attribute)."""
+        return self._new_core()
+
+    @cached_property
+    def _classic(self) -> ClassicEngine:
+        """The classic engine, built on first use (then an instance attribute)."""
+        return self._new_classic()
 
     def __repr__(self) -> str:
         return (
