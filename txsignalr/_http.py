@@ -15,6 +15,7 @@ from http.cookiejar import CookieJar
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import twisted.web.client
 from twisted.internet import protocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -226,6 +227,41 @@ class _BytesProducer:
         pass
 
 
+#: what CookieAgent hands the jar as the request (its name depends on Twisted's version)
+_FakeRequest: Any = getattr(twisted.web.client, "_FakeStdlibRequest", None) or getattr(
+    twisted.web.client, "_FakeUrllib2Request", None
+)
+
+
+class _CookieAgent(CookieAgent):
+    """
+    A ``CookieAgent`` that skips the jar when it has nothing to do: with no cookie in
+    the jar there is no ``Cookie`` header to add, and an answer without
+    ``Set-Cookie`` has nothing to store (the jar parses the URL for either, whose
+    request object Twisted builds by parsing it once more).
+    """
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        if len(self.cookieJar) or _FakeRequest is None:
+            return super().request(method, uri, headers, bodyProducer)
+        if headers is None:
+            headers = Headers()
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        return d.addCallback(self._extract_if_set, uri)
+
+    def _extract_if_set(self, response: IResponse, uri: bytes) -> IResponse:
+        has = response.headers.hasHeader
+        if has(b"set-cookie") or has(b"set-cookie2"):
+            return self._extractCookies(response, _FakeRequest(uri))
+        return response
+
+
 class _AgentClient:
     """
     The session's own HTTP client: what ``treq.HTTPClient.request`` does for the
@@ -238,7 +274,7 @@ class _AgentClient:
 
     def __init__(self, agent: IAgent, cookies: CookieJar) -> None:
         self._agent: IAgent = ContentDecoderAgent(
-            RedirectAgent(CookieAgent(agent, cookies)), [(b"gzip", GzipDecoder)]
+            RedirectAgent(_CookieAgent(agent, cookies)), [(b"gzip", GzipDecoder)]
         )
 
     def request(
@@ -613,6 +649,8 @@ class HttpSession:
     def handshake_headers(self, http_url: str) -> dict[str, str]:
         """The custom headers plus the cookies for ``http_url`` (for a WebSocket upgrade)."""
         headers = dict(self._base(http_url))
+        if not len(self.cookies):
+            return headers  # no cookie to add: no request object to make and parse
         request = urllib.request.Request(http_url)
         self.cookies.add_cookie_header(request)
         cookie = request.get_header("Cookie")
