@@ -493,6 +493,22 @@ class HttpSession:
         :raises SignalRError: (through the Deferred) when the request fails or times out.
         """
         limit = self.timeout if timeout is None else timeout
+        return Deferred.fromCoroutine(
+            self._open(method, url, what, data, headers, limit, unbuffered, deadline)
+        )
+
+    async def _open(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        limit: float,
+        unbuffered: bool,
+        deadline: _Deadline | None,
+    ) -> IResponse:
+        """:meth:`open` as a coroutine, for :meth:`request` to await without a Deferred."""
         kwargs: dict[str, Any] = {
             "headers": self._headers(url, headers),
             "cookies": self.cookies,
@@ -501,18 +517,14 @@ class HttpSession:
             kwargs["data"] = data
         if unbuffered:
             kwargs["unbuffered"] = True
-
-        async def run() -> IResponse:
-            response: IResponse = await self._bounded(
-                self._client.request(method, url, **kwargs), limit, what, deadline
-            )
-            cookies = getattr(response, "cookies", None) if self._copy_cookies else None
-            if cookies is not None:
-                for cookie in cookies():
-                    self.cookies.set_cookie(cookie)
-            return response
-
-        return Deferred.fromCoroutine(run())
+        response: IResponse = await self._bounded(
+            self._client.request(method, url, **kwargs), limit, what, deadline
+        )
+        cookies = getattr(response, "cookies", None) if self._copy_cookies else None
+        if cookies is not None:
+            for cookie in cookies():
+                self.cookies.set_cookie(cookie)
+        return response
 
     async def request(
         self,
@@ -537,16 +549,7 @@ class HttpSession:
         limit = self.timeout if timeout is None else timeout
         deadline = None if limit == math.inf else _Deadline(self._reactor)
         try:
-            response = await self.open(
-                method,
-                url,
-                what,
-                data=data,
-                headers=headers,
-                timeout=limit,
-                unbuffered=True,
-                deadline=deadline,
-            )
+            response = await self._open(method, url, what, data, headers, limit, True, deadline)
             if max_size is None:
                 reading = read_body(
                     response,
