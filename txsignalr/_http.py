@@ -233,6 +233,15 @@ _FakeRequest: Any = getattr(twisted.web.client, "_FakeStdlibRequest", None) or g
 )
 
 
+#: whether Twisted's CookieAgent has the private parts the lean path uses; a Twisted
+#: without them takes CookieAgent's own path for every request
+_LEAN_COOKIES: Any = (
+    _FakeRequest is not None
+    and hasattr(CookieAgent, "_extractCookies")
+    and hasattr(CookieAgent(None, CookieJar()), "_agent")  # type: ignore[arg-type]
+)
+
+
 class _CookieAgent(CookieAgent):
     """
     A ``CookieAgent`` that skips the jar when it has nothing to do: with no cookie in
@@ -248,7 +257,7 @@ class _CookieAgent(CookieAgent):
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
-        if len(self.cookieJar) or _FakeRequest is None:
+        if len(self.cookieJar) or not _LEAN_COOKIES:
             return super().request(method, uri, headers, bodyProducer)
         if headers is None:
             headers = Headers()
