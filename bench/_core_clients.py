@@ -303,6 +303,9 @@ async def decode_main(reactor: Any, n: int, protocol: str, mode: str) -> dict[st
 # --------------------------------------------------------------------- invoke
 
 
+_NOT_A_RESULT = object()
+
+
 def _echo_invocation(protocol: str, invocation_id: int) -> bytes:
     """One framed ``Echo(ECHO_VALUE)`` Invocation, as a client encodes it."""
     if protocol == "json":
@@ -334,15 +337,19 @@ async def floor_echo_main(
     await pool.closeCachedConnections()
     opened: Deferred[Any] = Deferred()
     waiting: list[Deferred[Any]] = []
+    # Decode every message; only a Completion answers the waiting call (the server
+    # also sends a Ping every 15 s).
     if protocol == "json":
 
         def decode(payload: bytes) -> Any:
-            return orjson.loads(payload[:-1])["result"]
+            message = orjson.loads(payload[:-1])
+            return message["result"] if message["type"] == 3 else _NOT_A_RESULT
 
     else:
 
         def decode(payload: bytes) -> Any:
-            return ormsgpack.unpackb(split_records(payload, "messagepack")[0][0])[4]
+            message = ormsgpack.unpackb(split_records(payload, "messagepack")[0][0])
+            return message[4] if message[0] == 3 else _NOT_A_RESULT
 
     class Echo(WebSocketClientProtocol):
         started = False
@@ -354,8 +361,10 @@ async def floor_echo_main(
             if not self.started:
                 self.started = True  # the handshake answer, {}\x1e
                 opened.callback(self)
-            elif waiting:
-                waiting.pop().callback(decode(payload))
+            else:
+                result = decode(payload)
+                if result is not _NOT_A_RESULT and waiting:
+                    waiting.pop().callback(result)
 
     _open_ws(reactor, conn_url, Echo)
     proto = await opened
