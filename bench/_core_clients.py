@@ -22,6 +22,7 @@ ASP.NET Core benchmark clients that run on Twisted, each in a child process of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,62 +99,61 @@ async def _negotiate(http: Any, url: str) -> str:
     return f"{url}?id={token}"
 
 
-def _open_ws(reactor: Any, conn_url: str, protocol: Any) -> None:
-    """Connect a bare autobahn ``protocol`` class, with the cheapest options, to the
-    negotiated connection URL."""
-    from autobahn.twisted.websocket import WebSocketClientFactory
-
-    ws_url = "ws" + conn_url[4:]
-    factory = WebSocketClientFactory(ws_url)
-    factory.protocol = protocol
-    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
-    parts = urlsplit(ws_url)
-    reactor.connectTCP(parts.hostname, parts.port, factory)
-
-
-async def floor_ws_main(reactor: Any, url: str, n: int, protocol: str, kind: int) -> dict[str, Any]:
-    """Bare autobahn: handshake, then split each message's records and decode them."""
-    from autobahn.twisted.websocket import WebSocketClientProtocol
+async def _core_ws(
+    reactor: Any, url: str, protocol: str, received: Callable[[bytes, bool], None]
+) -> Any:
+    """
+    Negotiate, open a bare autobahn WebSocket with the cheapest options and send the
+    handshake.  Returns the connected protocol once the handshake is answered; from
+    then on autobahn hands each message straight to ``received(payload, is_binary)``.
+    """
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
     from twisted.internet.defer import Deferred
 
     http, pool = _http(reactor)
     conn_url = await _negotiate(http, url)
     await pool.closeCachedConnections()
-    meter = _Meter(n)
-    records = _counter(meter, protocol, kind)
-    handshaken: Deferred[None] = Deferred()
-
-    if protocol == "json":
-
-        def split(payload: bytes) -> list[bytes]:
-            return payload.split(RS)[:-1]
-
-    else:
-
-        def split(payload: bytes) -> list[bytes]:
-            return split_records(payload, "messagepack")[0]
+    handshaken: Deferred[Any] = Deferred()
 
     class Floor(WebSocketClientProtocol):
-        started = False
-
         def onOpen(self) -> None:
             self.sendMessage(HANDSHAKE[protocol])
 
         def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            if not self.started:
-                self.started = True  # the handshake answer, {}\x1e
-                handshaken.callback(None)
-                invocation = _after_handshake(protocol, kind, n)
-                if invocation:
-                    self.sendMessage(invocation, isBinary=protocol != "json")
-                return
-            records(split(payload))
-            if meter.done.called:
-                self.sendClose()
+            # the handshake answer, {}\x1e: later messages skip this method
+            self.onMessage = received  # type: ignore[method-assign]
+            handshaken.callback(self)
 
-    _open_ws(reactor, conn_url, Floor)
-    await handshaken
+    ws_url = "ws" + conn_url[4:]
+    factory = WebSocketClientFactory(ws_url)
+    factory.protocol = Floor
+    factory.setProtocolOptions(**CHEAPEST_OPTIONS)
+    parts = urlsplit(ws_url)
+    reactor.connectTCP(parts.hostname, parts.port, factory)
+    return await handshaken
+
+
+async def floor_ws_main(reactor: Any, url: str, n: int, protocol: str, kind: int) -> dict[str, Any]:
+    """Bare autobahn: handshake, then split each message's records and decode them."""
+    meter = _Meter(n)
+    records = _counter(meter, protocol, kind)
+
+    if protocol == "json":
+
+        def received(payload: bytes, is_binary: bool) -> None:
+            records(payload.split(RS)[:-1])
+
+    else:
+
+        def received(payload: bytes, is_binary: bool) -> None:
+            records(split_records(payload, "messagepack")[0])
+
+    proto = await _core_ws(reactor, url, protocol, received)
+    invocation = _after_handshake(protocol, kind, n)
+    if invocation:
+        proto.sendMessage(invocation, isBinary=protocol != "json")
     await meter.done
+    proto.sendClose()
     return meter.result() | {"transport_in_use": "webSockets", "hub_protocol": protocol}
 
 
@@ -329,13 +329,8 @@ async def floor_echo_main(
 ) -> dict[str, Any]:
     """Bare autobahn: negotiate and handshake, then encode each ``Echo`` Invocation,
     send it, wait for its Completion and decode it (the Core invoke floor)."""
-    from autobahn.twisted.websocket import WebSocketClientProtocol
     from twisted.internet.defer import Deferred
 
-    http, pool = _http(reactor)
-    conn_url = await _negotiate(http, url)
-    await pool.closeCachedConnections()
-    opened: Deferred[Any] = Deferred()
     waiting: list[Deferred[Any]] = []
     # Decode every message; only a Completion answers the waiting call (the server
     # also sends a Ping every 15 s).
@@ -351,23 +346,12 @@ async def floor_echo_main(
             message = ormsgpack.unpackb(split_records(payload, "messagepack")[0][0])
             return message[4] if message[0] == 3 else _NOT_A_RESULT
 
-    class Echo(WebSocketClientProtocol):
-        started = False
+    def received(payload: bytes, is_binary: bool) -> None:
+        result = decode(payload)
+        if result is not _NOT_A_RESULT and waiting:
+            waiting.pop().callback(result)
 
-        def onOpen(self) -> None:
-            self.sendMessage(HANDSHAKE[protocol])
-
-        def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            if not self.started:
-                self.started = True  # the handshake answer, {}\x1e
-                opened.callback(self)
-            else:
-                result = decode(payload)
-                if result is not _NOT_A_RESULT and waiting:
-                    waiting.pop().callback(result)
-
-    _open_ws(reactor, conn_url, Echo)
-    proto = await opened
+    proto = await _core_ws(reactor, url, protocol, received)
     binary = protocol != "json"
 
     def call(i: int) -> Deferred[Any]:
